@@ -1,0 +1,145 @@
+#include "keystore/algorithm.h"
+
+#include <strings.h>
+
+namespace tpmkey {
+namespace {
+
+constexpr AlgorithmSpec kAlgorithms[] = {
+    {"ec-p256", KeyKind::kEc, 256, TPM2_ECC_NIST_P256, "P-256"},
+    {"ec-p384", KeyKind::kEc, 384, TPM2_ECC_NIST_P384, "P-384"},
+    {"ec-p521", KeyKind::kEc, 521, TPM2_ECC_NIST_P521, "P-521"},
+    {"rsa2048", KeyKind::kRsa, 2048, TPM2_ECC_NONE, nullptr},
+    {"rsa3072", KeyKind::kRsa, 3072, TPM2_ECC_NONE, nullptr},
+    {"rsa4096", KeyKind::kRsa, 4096, TPM2_ECC_NONE, nullptr},
+};
+
+struct GroupAlias {
+  const char* alias;
+  TPM2_ECC_CURVE curve;
+};
+constexpr GroupAlias kGroupAliases[] = {
+    {"P-256", TPM2_ECC_NIST_P256}, {"prime256v1", TPM2_ECC_NIST_P256}, {"secp256r1", TPM2_ECC_NIST_P256},
+    {"P-384", TPM2_ECC_NIST_P384}, {"secp384r1", TPM2_ECC_NIST_P384},
+    {"P-521", TPM2_ECC_NIST_P521}, {"secp521r1", TPM2_ECC_NIST_P521},
+};
+
+struct HashInfo {
+  TPM2_ALG_ID alg;
+  const char* name;
+  size_t size;
+  const char* aliases[2];
+};
+constexpr HashInfo kHashes[] = {
+    {TPM2_ALG_SHA1, "SHA1", 20, {"SHA-1", "SHA1"}},
+    {TPM2_ALG_SHA256, "SHA256", 32, {"SHA2-256", "SHA-256"}},
+    {TPM2_ALG_SHA384, "SHA384", 48, {"SHA2-384", "SHA-384"}},
+    {TPM2_ALG_SHA512, "SHA512", 64, {"SHA2-512", "SHA-512"}},
+};
+
+}  // namespace
+
+std::span<const AlgorithmSpec> all_algorithms() { return kAlgorithms; }
+
+const AlgorithmSpec* find_algorithm(std::string_view name) {
+  for (const auto& a : kAlgorithms)
+    if (name.size() == std::char_traits<char>::length(a.name) && strncasecmp(a.name, name.data(), name.size()) == 0)
+      return &a;
+  return nullptr;
+}
+
+const AlgorithmSpec* find_ec_curve(TPM2_ECC_CURVE curve) {
+  for (const auto& a : kAlgorithms)
+    if (a.kind == KeyKind::kEc && a.curve == curve) return &a;
+  return nullptr;
+}
+
+const AlgorithmSpec* find_ec_group(std::string_view group) {
+  for (const auto& g : kGroupAliases)
+    if (group.size() == std::char_traits<char>::length(g.alias) && strncasecmp(g.alias, group.data(), group.size()) == 0)
+      return find_ec_curve(g.curve);
+  return nullptr;
+}
+
+const AlgorithmSpec* find_rsa_bits(int bits) {
+  for (const auto& a : kAlgorithms)
+    if (a.kind == KeyKind::kRsa && a.bits == bits) return &a;
+  return nullptr;
+}
+
+Result<const AlgorithmSpec*> spec_of(const TPMT_PUBLIC& pub) {
+  const AlgorithmSpec* s = nullptr;
+  if (pub.type == TPM2_ALG_ECC) s = find_ec_curve(pub.parameters.eccDetail.curveID);
+  else if (pub.type == TPM2_ALG_RSA) s = find_rsa_bits(pub.parameters.rsaDetail.keyBits);
+  if (!s) return make_error(Reason::kUnsupported, "the key's algorithm is not one tpmkey supports");
+  return s;
+}
+
+TPM2B_PUBLIC key_template(const KeyOptions& opts) {
+  TPM2B_PUBLIC t{};
+  TPMT_PUBLIC& p = t.publicArea;
+  p.nameAlg = TPM2_ALG_SHA256;
+  p.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
+                       TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_SIGN_ENCRYPT;
+  if (!opts.with_auth) p.objectAttributes |= TPMA_OBJECT_NODA;
+  if (opts.spec->kind == KeyKind::kEc) {
+    p.type = TPM2_ALG_ECC;
+    p.parameters.eccDetail.symmetric.algorithm = TPM2_ALG_NULL;
+    p.parameters.eccDetail.scheme.scheme = TPM2_ALG_NULL;
+    p.parameters.eccDetail.curveID = opts.spec->curve;
+    p.parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
+  } else {
+    p.type = TPM2_ALG_RSA;
+    p.parameters.rsaDetail.symmetric.algorithm = TPM2_ALG_NULL;
+    p.parameters.rsaDetail.scheme.scheme = TPM2_ALG_NULL;
+    p.parameters.rsaDetail.keyBits = TPM2_KEY_BITS(opts.spec->bits);
+    p.parameters.rsaDetail.exponent = opts.rsa_exponent == 65537 ? 0 : opts.rsa_exponent;
+  }
+  return t;
+}
+
+TPM2B_PUBLIC srk_template() {
+  TPM2B_PUBLIC t{};
+  TPMT_PUBLIC& p = t.publicArea;
+  p.type = TPM2_ALG_ECC;
+  p.nameAlg = TPM2_ALG_SHA256;
+  p.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
+                       TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA | TPMA_OBJECT_RESTRICTED |
+                       TPMA_OBJECT_DECRYPT;
+  p.parameters.eccDetail.symmetric.algorithm = TPM2_ALG_AES;
+  p.parameters.eccDetail.symmetric.keyBits.aes = 128;
+  p.parameters.eccDetail.symmetric.mode.aes = TPM2_ALG_CFB;
+  p.parameters.eccDetail.scheme.scheme = TPM2_ALG_NULL;
+  p.parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
+  p.parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
+  return t;  // unique left empty, as the other TPM key-file tools do
+}
+
+TPM2_ALG_ID hash_for_digest_size(size_t len) {
+  for (const auto& h : kHashes)
+    if (h.size == len) return h.alg;
+  return TPM2_ALG_ERROR;
+}
+
+TPM2_ALG_ID hash_from_name(std::string_view n) {
+  for (const auto& h : kHashes) {
+    for (const char* cand : {h.name, h.aliases[0], h.aliases[1]})
+      if (n.size() == std::char_traits<char>::length(cand) && strncasecmp(cand, n.data(), n.size()) == 0)
+        return h.alg;
+  }
+  return TPM2_ALG_ERROR;
+}
+
+const char* hash_name(TPM2_ALG_ID alg) {
+  for (const auto& h : kHashes)
+    if (h.alg == alg) return h.name;
+  return "unknown";
+}
+
+size_t hash_size(TPM2_ALG_ID alg) {
+  for (const auto& h : kHashes)
+    if (h.alg == alg) return h.size;
+  return 0;
+}
+
+}  // namespace tpmkey

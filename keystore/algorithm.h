@@ -1,0 +1,52 @@
+// The key algorithms tpmkey offers, and the TPM templates that create them.
+#pragma once
+
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include <tss2/tss2_tpm2_types.h>
+
+#include "keystore/error.h"
+
+namespace tpmkey {
+
+enum class KeyKind { kEc, kRsa };
+
+struct AlgorithmSpec {
+  const char* name;        // "ec-p256", "rsa2048": the CLI spelling
+  KeyKind kind;
+  int bits;                // RSA modulus bits or EC field bits
+  TPM2_ECC_CURVE curve;    // EC only
+  const char* group;       // EC only: OpenSSL group name ("P-256")
+};
+
+std::span<const AlgorithmSpec> all_algorithms();
+const AlgorithmSpec* find_algorithm(std::string_view name);
+// Accepts "P-256", "prime256v1", "secp384r1", ... (case-insensitive).
+const AlgorithmSpec* find_ec_group(std::string_view group);
+const AlgorithmSpec* find_rsa_bits(int bits);
+const AlgorithmSpec* find_ec_curve(TPM2_ECC_CURVE curve);
+// The spec a TPM public area corresponds to, if tpmkey supports it.
+Result<const AlgorithmSpec*> spec_of(const TPMT_PUBLIC& pub);
+
+struct KeyOptions {
+  const AlgorithmSpec* spec = nullptr;
+  uint32_t rsa_exponent = 0;  // 0 = 65537
+  bool with_auth = false;     // the key needs a password
+};
+
+// Public template for a signing key: fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth, sign;
+// scheme NULL so that each TPM2_Sign picks the scheme and hash.
+TPM2B_PUBLIC key_template(const KeyOptions& opts);
+// The standard ECC P-256 storage primary (the parent 0x40000001 stands for).
+TPM2B_PUBLIC srk_template();
+
+// Hash algorithm for a digest length (SHA-1/256/384/512), TPM2_ALG_ERROR if none.
+TPM2_ALG_ID hash_for_digest_size(size_t len);
+TPM2_ALG_ID hash_from_name(std::string_view openssl_name);  // "SHA256", "SHA2-256", "sha384", ...
+const char* hash_name(TPM2_ALG_ID alg);                     // "SHA256"
+size_t hash_size(TPM2_ALG_ID alg);
+
+}  // namespace tpmkey

@@ -1,0 +1,29 @@
+// Internal software crypto in a private OSSL_LIB_CTX that holds only the default provider,
+// so nothing tpmkey computes itself can recurse into tpmkey (design.md §2.5).
+#pragma once
+
+#include <memory>
+
+#include <tss2/tss2_tpm2_types.h>
+
+#include "keystore/error.h"
+#include "keystore/ossl.h"
+
+namespace tpmkey {
+
+class Crypto {
+ public:
+  static Result<std::unique_ptr<Crypto>> create();
+  OSSL_LIB_CTX* libctx() const { return libctx_.get(); }
+  // Digests are fetched once; nullptr for an algorithm tpmkey does not hash with.
+  const EVP_MD* md(TPM2_ALG_ID alg) const;
+  ~Crypto();
+
+ private:
+  Crypto() = default;
+  LibCtxPtr libctx_;
+  OSSL_PROVIDER* default_ = nullptr;
+  EvpMdPtr sha1_, sha256_, sha384_, sha512_;
+};
+
+}  // namespace tpmkey

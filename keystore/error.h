@@ -1,0 +1,94 @@
+// Error and Result: how the core reports expected failures (no exceptions cross the C ABI).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <variant>
+
+#include <tss2/tss2_common.h>
+
+namespace tpmkey {
+
+// The few reasons a user can act on. Values are the provider's OpenSSL reason codes.
+enum class Reason : int {
+  kTpmUnreachable = 1,
+  kAuthFailed,
+  kLockout,
+  kKeyNotFound,
+  kMalformedUri,
+  kMalformedKey,
+  kUnsupported,
+  kTpmBusy,
+  kInvalidArgument,
+  kIo,
+  kInternal,
+};
+
+// Human text for a reason, e.g. "authorization failed".
+const char* reason_text(Reason r);
+
+// Never holds a secret: messages name objects and decoded return codes only.
+struct Error {
+  Reason reason = Reason::kInternal;
+  std::string where;   // what was being done to which object: "sign(tpm2:ssh)"
+  std::string detail;  // why: "tpm:session(1):the authorization HMAC check failed (rc=0x000009a2)"
+
+  // Prepends an outer operation: "load(tpm2:ssh)" + "read(/k.pem)" -> "load(tpm2:ssh): read(/k.pem)".
+  Error& context(const std::string& what);
+  // "sign(tpm2:ssh): authorization failed: tpm:session(1):... (rc=0x000009a2)"
+  std::string text() const;
+};
+
+Error make_error(Reason r, std::string detail);
+
+// Classifies a TSS2 return code into a Reason, masking handle/session/parameter numbers.
+Reason classify_rc(TSS2_RC rc);
+// "tpm:session(1):the authorization HMAC check failed (rc=0x000009a2)"
+std::string describe_rc(TSS2_RC rc);
+// The error for a failed TPM/TSS call made while doing `what`.
+Error tss_error(const std::string& what, TSS2_RC rc);
+
+// Result<T>: a value or an Error. Result<void> is spelled Status.
+template <typename T>
+class [[nodiscard]] Result {
+ public:
+  Result(T value) : v_(std::move(value)) {}
+  Result(Error e) : v_(std::move(e)) {}
+  bool ok() const { return v_.index() == 0; }
+  explicit operator bool() const { return ok(); }
+  T& value() & { return std::get<0>(v_); }
+  T&& value() && { return std::get<0>(std::move(v_)); }
+  const T& value() const& { return std::get<0>(v_); }
+  T* operator->() { return &value(); }
+  T& operator*() { return value(); }
+  const Error& error() const { return std::get<1>(v_); }
+  Error&& take_error() { return std::get<1>(std::move(v_)); }
+
+ private:
+  std::variant<T, Error> v_;
+};
+
+class [[nodiscard]] Status {
+ public:
+  Status() = default;
+  Status(Error e) : err_(std::move(e)), ok_(false) {}
+  static Status Ok() { return {}; }
+  bool ok() const { return ok_; }
+  explicit operator bool() const { return ok_; }
+  const Error& error() const { return err_; }
+  Error&& take_error() { return std::move(err_); }
+
+ private:
+  Error err_;
+  bool ok_ = true;
+};
+
+}  // namespace tpmkey
+
+// Propagates a failed Result/Status out of the current function.
+#define TPMKEY_TRY(expr)                                   \
+  do {                                                     \
+    auto&& tpmkey_try_r_ = (expr);                         \
+    if (!tpmkey_try_r_) return tpmkey_try_r_.take_error(); \
+  } while (0)

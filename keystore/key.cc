@@ -1,0 +1,125 @@
+#include "keystore/key.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "keystore/public_key.h"
+
+namespace tpmkey {
+
+Result<std::shared_ptr<Key>> Key::from_file(Context& ctx, KeyFile kf, std::string label) {
+  auto spec = spec_of(kf.pub.publicArea);
+  if (!spec) return spec.take_error().context("open(" + label + ")");
+  if (!(kf.pub.publicArea.objectAttributes & TPMA_OBJECT_SIGN_ENCRYPT))
+    return make_error(Reason::kUnsupported, "the key is not a signing key").context("open(" + label + ")");
+  auto crypto = ctx.crypto();
+  if (!crypto) return crypto.take_error();
+  auto pub = tpmkey::public_pkey(kf.pub.publicArea, (*crypto)->libctx());
+  if (!pub) return pub.take_error().context("open(" + label + ")");
+  auto tpm = ctx.tpm_if_connected();
+  std::shared_ptr<Key> k(new Key(ctx));
+  k->kf_ = std::move(kf);
+  k->spec_ = *spec;
+  k->label_ = std::move(label);
+  k->pub_ = std::move(*pub);
+  k->id_ = tpm ? tpm->new_object_id() : 0;
+  return k;
+}
+
+Result<std::shared_ptr<Key>> Key::generate(Context& ctx, const KeyOptions& opts, SecretBytes auth,
+                                           std::string label) {
+  const std::string what = std::string("generate(") + opts.spec->name + ")";
+  auto tpm = ctx.tpm();
+  if (!tpm) return tpm.take_error().context(what);
+  auto kf = (*tpm)->create_key(opts, auth, kOwnerParent);
+  if (!kf) return kf.take_error().context(what);
+  auto key = from_file(ctx, std::move(*kf), std::move(label));
+  if (key && !auth.empty()) (*key)->set_auth(std::move(auth));
+  return key;
+}
+
+Result<std::shared_ptr<Key>> Key::open(Context& ctx, const TpmUri& uri) {
+  const std::string label = display_uri(uri);
+  Result<KeyFile> kf = make_error(Reason::kInternal, "");
+  if (uri.name) {
+    kf = ctx.keystore().read(*uri.name);
+  } else if (uri.file) {
+    kf = read_keyfile(*uri.file);
+  } else if (uri.handle) {
+    kf = make_error(Reason::kUnsupported, "persistent keys (handle=) are not supported yet");
+  } else {
+    kf = make_error(Reason::kInvalidArgument, "the URI names the whole keystore, not a key");
+  }
+  if (!kf) return kf.take_error().context("open(" + label + ")");
+  auto key = from_file(ctx, std::move(*kf), label);
+  if (!key) return key;
+  if (uri.pin_value) {
+    (*key)->set_auth(*uri.pin_value);
+  } else if (uri.pin_source) {
+    auto pin = read_pin_source(*uri.pin_source);
+    if (!pin) return pin.take_error().context("open(" + label + ")");
+    (*key)->set_auth(std::move(*pin));
+  }
+  return key;
+}
+
+Key::~Key() {
+  if (Tpm* t = ctx_.tpm_if_connected()) t->forget(id_);
+}
+
+size_t Key::max_signature_size() const { return size_t(EVP_PKEY_get_size(pub_.get())); }
+
+Result<Bytes> Key::sign(const TPMT_SIG_SCHEME& scheme, const uint8_t* digest, size_t len) {
+  const std::string what = "sign(" + label_ + ")";
+  if (needs_auth() && !has_auth_)
+    return make_error(Reason::kAuthFailed, "the key needs a password and none was given").context(what);
+  auto tpm = ctx_.tpm();
+  if (!tpm) return tpm.take_error().context(what);
+  if (id_ == 0) id_ = (*tpm)->new_object_id();
+  SignRequest req;
+  req.scheme = scheme;
+  req.digest.assign(digest, digest + len);
+  auto sig = (*tpm)->sign(id_, kf_, auth_, req);
+  if (!sig) return sig.take_error().context(what);
+
+  if (spec_->kind == KeyKind::kRsa) {
+    const TPM2B_PUBLIC_KEY_RSA& s = sig->signature.rsassa.sig;  // rsapss has the same layout
+    return Bytes(s.buffer, s.buffer + s.size);
+  }
+  const TPMS_SIGNATURE_ECDSA& e = sig->signature.ecdsa;
+  EcdsaSigPtr es(ECDSA_SIG_new());
+  BIGNUM* r = BN_bin2bn(e.signatureR.buffer, e.signatureR.size, nullptr);
+  BIGNUM* s = BN_bin2bn(e.signatureS.buffer, e.signatureS.size, nullptr);
+  if (!es || !r || !s || !ECDSA_SIG_set0(es.get(), r, s)) {
+    BN_free(r);
+    BN_free(s);
+    return make_error(Reason::kInternal, "cannot encode the ECDSA signature").context(what);
+  }
+  int n = i2d_ECDSA_SIG(es.get(), nullptr);
+  Bytes out(static_cast<size_t>(n > 0 ? n : 0));
+  uint8_t* p = out.data();
+  if (n <= 0 || i2d_ECDSA_SIG(es.get(), &p) != n)
+    return make_error(Reason::kInternal, "cannot encode the ECDSA signature").context(what);
+  return out;
+}
+
+Result<SecretBytes> read_pin_source(const std::string& path) {
+  const std::string what = "pin-source(" + path + ")";
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return make_error(Reason::kIo, std::strerror(errno)).context(what);
+  uint8_t buf[256];
+  ssize_t n;
+  do n = read(fd, buf, sizeof buf); while (n < 0 && errno == EINTR);
+  close(fd);
+  if (n < 0) return make_error(Reason::kIo, std::strerror(errno)).context(what);
+  size_t len = 0;
+  while (len < size_t(n) && buf[len] != '\n' && buf[len] != '\r') ++len;
+  SecretBytes pin(buf, len);
+  OPENSSL_cleanse(buf, sizeof buf);
+  return pin;
+}
+
+}  // namespace tpmkey

@@ -1,0 +1,55 @@
+// Key: one TPM key as the provider and the CLI use it: its key file, its public half, and signing.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "keystore/algorithm.h"
+#include "keystore/context.h"
+#include "keystore/keyfile.h"
+#include "keystore/uri.h"
+
+namespace tpmkey {
+
+class Key {
+ public:
+  // `label` names the key in messages ("tpm2:ssh").
+  static Result<std::shared_ptr<Key>> from_file(Context& ctx, KeyFile kf, std::string label);
+  // Generates a key inside the TPM under the owner storage primary.
+  static Result<std::shared_ptr<Key>> generate(Context& ctx, const KeyOptions& opts, SecretBytes auth,
+                                               std::string label);
+  // Opens what a tpm2: URI names (a keystore entry or a key file), with the URI's pin, if any.
+  static Result<std::shared_ptr<Key>> open(Context& ctx, const TpmUri& uri);
+  ~Key();
+
+  const KeyFile& file() const { return kf_; }
+  const AlgorithmSpec& spec() const { return *spec_; }
+  const std::string& label() const { return label_; }
+  EVP_PKEY* public_pkey() const { return pub_.get(); }
+  bool needs_auth() const { return !kf_.empty_auth; }
+  bool has_auth() const { return has_auth_; }
+  void set_auth(SecretBytes auth) {
+    auth_ = std::move(auth);
+    has_auth_ = true;
+  }
+  // ECDSA: DER ECDSA-Sig-Value; RSA: the signature octets. `digest` is already hashed.
+  Result<Bytes> sign(const TPMT_SIG_SCHEME& scheme, const uint8_t* digest, size_t len);
+  // Largest signature sign() returns.
+  size_t max_signature_size() const;
+
+ private:
+  Key(Context& ctx) : ctx_(ctx) {}
+  Context& ctx_;
+  KeyFile kf_;
+  const AlgorithmSpec* spec_ = nullptr;
+  std::string label_;
+  EvpPkeyPtr pub_;
+  ObjectId id_ = 0;
+  SecretBytes auth_;
+  bool has_auth_ = false;
+};
+
+// Reads a password from a pin-source path (first line, without the newline).
+Result<SecretBytes> read_pin_source(const std::string& path);
+
+}  // namespace tpmkey

@@ -1,0 +1,146 @@
+#include "keystore/keyfile.h"
+
+#include <cstring>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <tss2/tss2_mu.h>
+
+#include "keystore/der.h"
+
+namespace tpmkey {
+namespace {
+
+// 2.23.133.10.1.{3,4,5}: loadableKey, importableKey, sealedData.
+constexpr uint8_t kOidLoadable[] = {0x67, 0x81, 0x05, 0x0A, 0x01, 0x03};
+constexpr uint8_t kOidImportable[] = {0x67, 0x81, 0x05, 0x0A, 0x01, 0x04};
+constexpr uint8_t kOidSealed[] = {0x67, 0x81, 0x05, 0x0A, 0x01, 0x05};
+
+Error bad(std::string detail) { return make_error(Reason::kMalformedKey, std::move(detail)); }
+
+bool oid_is(const der::Tlv& t, const uint8_t* oid, size_t n) {
+  return t.length == n && std::memcmp(t.value, oid, n) == 0;
+}
+
+Result<KeyFile> parse_der(const uint8_t* data, size_t size) {
+  der::Reader outer(data, size);
+  auto seq = outer.next_if(der::kSequence);
+  if (!seq || !outer.at_end()) return bad("not a TSS2 PRIVATE KEY structure");
+  der::Reader r(seq->value, seq->length);
+
+  auto oid = r.next_if(der::kOid);
+  if (!oid) return bad("missing key type OID");
+  if (oid_is(*oid, kOidImportable, sizeof kOidImportable))
+    return make_error(Reason::kUnsupported, "importable (duplicated) keys are not supported yet");
+  if (oid_is(*oid, kOidSealed, sizeof kOidSealed))
+    return make_error(Reason::kUnsupported, "the file holds sealed data, not a key");
+  if (!oid_is(*oid, kOidLoadable, sizeof kOidLoadable)) return bad("unknown key type OID");
+
+  KeyFile kf;
+  kf.empty_auth = false;  // absent emptyAuth means the key has a password
+  if (auto t = r.next_if(der::context_tag(0))) {
+    der::Reader b(t->value, t->length);
+    auto v = b.next_if(der::kBoolean);
+    if (!v || v->length != 1 || !b.at_end()) return bad("bad emptyAuth field");
+    kf.empty_auth = v->value[0] != 0;
+  }
+  for (int tag : {1, 2, 3}) {
+    if (r.next_if(der::context_tag(tag)))
+      return make_error(Reason::kUnsupported, "keys with authorization policies are not supported yet");
+  }
+  if (auto t = r.next_if(der::context_tag(4))) {
+    der::Reader b(t->value, t->length);
+    auto v = b.next_if(der::kUtf8String);
+    if (!v || !b.at_end()) return bad("bad description field");
+    kf.description.assign(reinterpret_cast<const char*>(v->value), v->length);
+  }
+  if (auto t = r.next_if(der::context_tag(5))) {
+    der::Reader b(t->value, t->length);
+    auto v = b.next_if(der::kBoolean);
+    if (!v || v->length != 1 || !b.at_end()) return bad("bad rsaParent field");
+    if (v->value[0]) return make_error(Reason::kUnsupported, "keys under an RSA parent are not supported");
+  }
+  auto parent = r.next_if(der::kInteger);
+  auto parent_value = parent ? der::to_u32(*parent) : std::nullopt;
+  if (!parent_value) return bad("missing or invalid parent handle");
+  kf.parent = *parent_value;
+
+  auto pub = r.next_if(der::kOctetString);
+  auto priv = r.next_if(der::kOctetString);
+  if (!pub || !priv || !r.at_end() || r.failed()) return bad("missing public or private blob");
+  size_t off = 0;
+  if (Tss2_MU_TPM2B_PUBLIC_Unmarshal(pub->value, pub->length, &off, &kf.pub) != TSS2_RC_SUCCESS ||
+      off != pub->length)
+    return bad("the public blob is not a TPM2B_PUBLIC");
+  off = 0;
+  if (Tss2_MU_TPM2B_PRIVATE_Unmarshal(priv->value, priv->length, &off, &kf.priv) != TSS2_RC_SUCCESS ||
+      off != priv->length)
+    return bad("the private blob is not a TPM2B_PRIVATE");
+  return kf;
+}
+
+}  // namespace
+
+Result<KeyFile> parse_keyfile(const uint8_t* data, size_t size) {
+  static constexpr char kPemStart[] = "-----BEGIN ";
+  bool pem = false;
+  for (size_t i = 0; i + sizeof kPemStart - 1 <= size && i < 64; ++i) {
+    if (std::memcmp(data + i, kPemStart, sizeof kPemStart - 1) == 0) { pem = true; break; }
+  }
+  if (!pem) return parse_der(data, size);
+
+  BioPtr bio(BIO_new_mem_buf(data, int(size)));
+  char *name = nullptr, *header = nullptr;
+  unsigned char* body = nullptr;
+  long len = 0;
+  if (!bio || PEM_read_bio(bio.get(), &name, &header, &body, &len) != 1) {
+    ERR_clear_error();
+    return bad("unreadable PEM");
+  }
+  bool label_ok = std::strcmp(name, kTss2PemLabel) == 0;
+  auto result = label_ok ? parse_der(body, size_t(len))
+                         : Result<KeyFile>(bad(std::string("PEM label is \"") + name + "\", not \"" +
+                                               kTss2PemLabel + "\""));
+  OPENSSL_free(name);
+  OPENSSL_free(header);
+  OPENSSL_free(body);
+  return result;
+}
+
+Bytes keyfile_der(const KeyFile& kf) {
+  uint8_t pub[sizeof(TPM2B_PUBLIC)], priv[sizeof(TPM2B_PRIVATE)];
+  size_t pub_len = 0, priv_len = 0;
+  Tss2_MU_TPM2B_PUBLIC_Marshal(&kf.pub, pub, sizeof pub, &pub_len);
+  Tss2_MU_TPM2B_PRIVATE_Marshal(&kf.priv, priv, sizeof priv, &priv_len);
+
+  static constexpr uint8_t kOid[] = {0x67, 0x81, 0x05, 0x0A, 0x01, 0x03};
+  der::Writer body;
+  body.tlv(der::kOid, kOid, sizeof kOid);
+  if (kf.empty_auth) {
+    der::Writer b;
+    b.boolean(true);
+    body.tlv(der::context_tag(0), b.bytes());
+  }
+  if (!kf.description.empty()) {
+    der::Writer d;
+    d.tlv(der::kUtf8String, reinterpret_cast<const uint8_t*>(kf.description.data()), kf.description.size());
+    body.tlv(der::context_tag(4), d.bytes());
+  }
+  body.u32(kf.parent);
+  body.tlv(der::kOctetString, pub, pub_len);
+  body.tlv(der::kOctetString, priv, priv_len);
+  der::Writer out;
+  out.tlv(der::kSequence, body.bytes());
+  return out.bytes();
+}
+
+std::string keyfile_pem(const KeyFile& kf) {
+  Bytes d = keyfile_der(kf);
+  BioPtr bio(BIO_new(BIO_s_mem()));
+  PEM_write_bio(bio.get(), kTss2PemLabel, "", d.data(), long(d.size()));
+  char* p = nullptr;
+  long n = BIO_get_mem_data(bio.get(), &p);
+  return std::string(p, size_t(n));
+}
+
+}  // namespace tpmkey

@@ -1,0 +1,31 @@
+// The TSS2 PRIVATE KEY file (draft-bottomley-tpm2-keys): parse and format, PEM and DER.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <tss2/tss2_tpm2_types.h>
+
+#include "keystore/error.h"
+#include "keystore/ossl.h"
+
+namespace tpmkey {
+
+inline constexpr const char* kTss2PemLabel = "TSS2 PRIVATE KEY";
+// Parent 0x40000001: the standard ECC P-256 storage primary under the owner hierarchy.
+inline constexpr uint32_t kOwnerParent = TPM2_RH_OWNER;
+
+struct KeyFile {
+  bool empty_auth = true;  // false: the key needs a password
+  uint32_t parent = kOwnerParent;
+  std::string description;
+  TPM2B_PUBLIC pub{};
+  TPM2B_PRIVATE priv{};
+};
+
+// Accepts PEM ("-----BEGIN TSS2 PRIVATE KEY-----") or DER.
+Result<KeyFile> parse_keyfile(const uint8_t* data, size_t size);
+Bytes keyfile_der(const KeyFile& kf);
+std::string keyfile_pem(const KeyFile& kf);
+
+}  // namespace tpmkey

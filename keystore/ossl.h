@@ -1,0 +1,75 @@
+// One unique_ptr spelling for every OpenSSL object, and a wiped byte buffer for secrets.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/crypto.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/param_build.h>
+#include <openssl/x509.h>
+
+namespace tpmkey {
+
+template <typename T, void (*Free)(T*)>
+struct OsslDeleter {
+  void operator()(T* p) const { Free(p); }
+};
+template <typename T, void (*Free)(T*)>
+using OsslPtr = std::unique_ptr<T, OsslDeleter<T, Free>>;
+
+using EvpPkeyPtr = OsslPtr<EVP_PKEY, EVP_PKEY_free>;
+using EvpPkeyCtxPtr = OsslPtr<EVP_PKEY_CTX, EVP_PKEY_CTX_free>;
+using EvpMdPtr = OsslPtr<EVP_MD, EVP_MD_free>;
+using EvpMdCtxPtr = OsslPtr<EVP_MD_CTX, EVP_MD_CTX_free>;
+using BioPtr = OsslPtr<BIO, BIO_free_all>;
+using BignumPtr = OsslPtr<BIGNUM, BN_free>;
+using EcdsaSigPtr = OsslPtr<ECDSA_SIG, ECDSA_SIG_free>;
+using ParamBldPtr = OsslPtr<OSSL_PARAM_BLD, OSSL_PARAM_BLD_free>;
+using ParamPtr = OsslPtr<OSSL_PARAM, OSSL_PARAM_free>;
+using LibCtxPtr = OsslPtr<OSSL_LIB_CTX, OSSL_LIB_CTX_free>;
+
+using Bytes = std::vector<uint8_t>;
+
+// A byte buffer that is wiped (OPENSSL_cleanse) when it is destroyed or cleared.
+class SecretBytes {
+ public:
+  SecretBytes() = default;
+  SecretBytes(const uint8_t* p, size_t n) : v_(p, p + n) {}
+  SecretBytes(const SecretBytes&) = default;
+  SecretBytes& operator=(const SecretBytes& o) {
+    if (this != &o) { wipe(); v_ = o.v_; }
+    return *this;
+  }
+  SecretBytes(SecretBytes&& o) noexcept : v_(std::move(o.v_)) {}
+  SecretBytes& operator=(SecretBytes&& o) noexcept {
+    if (this != &o) { wipe(); v_ = std::move(o.v_); }
+    return *this;
+  }
+  ~SecretBytes() { wipe(); }
+  void wipe() {
+    if (!v_.empty()) OPENSSL_cleanse(v_.data(), v_.size());
+    v_.clear();
+  }
+  void append(const uint8_t* p, size_t n) {
+    // Grow by copying into a fresh buffer so no stale copy is left behind unwiped.
+    std::vector<uint8_t> next;
+    next.reserve(v_.size() + n);
+    next.insert(next.end(), v_.begin(), v_.end());
+    next.insert(next.end(), p, p + n);
+    wipe();
+    v_ = std::move(next);
+  }
+  const uint8_t* data() const { return v_.data(); }
+  size_t size() const { return v_.size(); }
+  bool empty() const { return v_.empty(); }
+
+ private:
+  std::vector<uint8_t> v_;
+};
+
+}  // namespace tpmkey

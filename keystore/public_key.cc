@@ -1,0 +1,127 @@
+#include "keystore/public_key.h"
+
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+
+#include "keystore/algorithm.h"
+
+namespace tpmkey {
+namespace {
+
+size_t field_bytes(int bits) { return size_t(bits + 7) / 8; }
+
+void append_padded(Bytes& out, const uint8_t* p, size_t n, size_t width) {
+  while (n > width && *p == 0) { ++p; --n; }
+  out.insert(out.end(), width > n ? width - n : 0, 0);
+  out.insert(out.end(), p, p + n);
+}
+
+void ssh_string(Bytes& out, const uint8_t* p, size_t n) {
+  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(uint8_t(n >> shift));
+  out.insert(out.end(), p, p + n);
+}
+void ssh_string(Bytes& out, const std::string& s) {
+  ssh_string(out, reinterpret_cast<const uint8_t*>(s.data()), s.size());
+}
+// An SSH mpint from an unsigned big-endian number.
+void ssh_mpint(Bytes& out, const uint8_t* p, size_t n) {
+  while (n && *p == 0) { ++p; --n; }
+  Bytes v;
+  if (n && (p[0] & 0x80)) v.push_back(0);
+  v.insert(v.end(), p, p + n);
+  ssh_string(out, v.data(), v.size());
+}
+
+}  // namespace
+
+Bytes ec_point(const TPMT_PUBLIC& pub) {
+  const AlgorithmSpec* s = find_ec_curve(pub.parameters.eccDetail.curveID);
+  size_t w = s ? field_bytes(s->bits) : pub.unique.ecc.x.size;
+  Bytes out{0x04};
+  append_padded(out, pub.unique.ecc.x.buffer, pub.unique.ecc.x.size, w);
+  append_padded(out, pub.unique.ecc.y.buffer, pub.unique.ecc.y.size, w);
+  return out;
+}
+
+uint32_t rsa_exponent(const TPMT_PUBLIC& pub) {
+  return pub.parameters.rsaDetail.exponent ? pub.parameters.rsaDetail.exponent : 65537;
+}
+
+Result<EvpPkeyPtr> public_pkey(const TPMT_PUBLIC& pub, OSSL_LIB_CTX* libctx) {
+  auto spec = spec_of(pub);
+  if (!spec) return spec.take_error();
+  ParamBldPtr bld(OSSL_PARAM_BLD_new());
+  BignumPtr n, e;
+  Bytes point;
+  const char* type = nullptr;
+  if ((*spec)->kind == KeyKind::kEc) {
+    type = "EC";
+    point = ec_point(pub);
+    OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME, (*spec)->group, 0);
+    OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY, point.data(), point.size());
+  } else {
+    type = "RSA";
+    n.reset(BN_bin2bn(pub.unique.rsa.buffer, pub.unique.rsa.size, nullptr));
+    e.reset(BN_new());
+    BN_set_word(e.get(), rsa_exponent(pub));
+    OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_N, n.get());
+    OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_E, e.get());
+  }
+  ParamPtr params(OSSL_PARAM_BLD_to_param(bld.get()));
+  EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_name(libctx, type, "provider=default"));
+  EVP_PKEY* pkey = nullptr;
+  if (!ctx || EVP_PKEY_fromdata_init(ctx.get()) <= 0 ||
+      EVP_PKEY_fromdata(ctx.get(), &pkey, EVP_PKEY_PUBLIC_KEY, params.get()) <= 0) {
+    ERR_clear_error();
+    return make_error(Reason::kMalformedKey, "the key's public area is not a valid public key");
+  }
+  return EvpPkeyPtr(pkey);
+}
+
+Result<Bytes> spki_der(EVP_PKEY* pkey) {
+  int n = i2d_PUBKEY(pkey, nullptr);
+  if (n <= 0) return make_error(Reason::kInternal, "cannot encode the public key");
+  Bytes out(static_cast<size_t>(n));
+  uint8_t* p = out.data();
+  i2d_PUBKEY(pkey, &p);
+  return out;
+}
+
+Result<std::string> spki_pem(EVP_PKEY* pkey) {
+  BioPtr bio(BIO_new(BIO_s_mem()));
+  if (!PEM_write_bio_PUBKEY(bio.get(), pkey)) return make_error(Reason::kInternal, "cannot encode the public key");
+  char* p = nullptr;
+  long n = BIO_get_mem_data(bio.get(), &p);
+  return std::string(p, size_t(n));
+}
+
+Result<std::string> openssh_public(const TPMT_PUBLIC& pub, const std::string& comment) {
+  auto spec = spec_of(pub);
+  if (!spec) return spec.take_error();
+  Bytes blob;
+  std::string type;
+  if ((*spec)->kind == KeyKind::kEc) {
+    std::string curve = "nistp" + std::to_string((*spec)->bits);
+    type = "ecdsa-sha2-" + curve;
+    Bytes q = ec_point(pub);
+    ssh_string(blob, type);
+    ssh_string(blob, curve);
+    ssh_string(blob, q.data(), q.size());
+  } else {
+    type = "ssh-rsa";
+    uint32_t e = rsa_exponent(pub);
+    uint8_t eb[4] = {uint8_t(e >> 24), uint8_t(e >> 16), uint8_t(e >> 8), uint8_t(e)};
+    ssh_string(blob, type);
+    ssh_mpint(blob, eb, 4);
+    ssh_mpint(blob, pub.unique.rsa.buffer, pub.unique.rsa.size);
+  }
+  std::string b64(4 * ((blob.size() + 2) / 3) + 1, '\0');
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(b64.data()), blob.data(), int(blob.size()));
+  b64.resize(size_t(n));
+  std::string line = type + " " + b64;
+  if (!comment.empty()) line += " " + comment;
+  return line;
+}
+
+}  // namespace tpmkey

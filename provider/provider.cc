@@ -1,0 +1,148 @@
+// OSSL_provider_init and the provider-wide dispatch: parameters, operations, reason strings.
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/params.h>
+
+#include <cstdarg>
+
+#include "provider/provider.h"
+
+namespace tpmkey::provider {
+namespace {
+
+const OSSL_ALGORITHM kKeymgmtAlgs[] = {
+    {"EC:id-ecPublicKey:1.2.840.10045.2.1", kProperties, kEcKeymgmt, "TPM 2.0 EC key"},
+    {"RSA:rsaEncryption:1.2.840.113549.1.1.1", kProperties, kRsaKeymgmt, "TPM 2.0 RSA key"},
+    {nullptr, nullptr, nullptr, nullptr}};
+const OSSL_ALGORITHM kSignatureAlgs[] = {
+    {"ECDSA", kProperties, kEcdsaSignature, "ECDSA signed by the TPM"},
+    {"RSA:rsaEncryption:1.2.840.113549.1.1.1", kProperties, kRsaSignature, "RSA signed by the TPM"},
+    {nullptr, nullptr, nullptr, nullptr}};
+const OSSL_ALGORITHM kStoreAlgs[] = {
+    {"tpm2", kProperties, kStore, "tpm2: URIs (keystore entries and key files)"},
+    {nullptr, nullptr, nullptr, nullptr}};
+// A TPM private key is written as its TSS2 PRIVATE KEY file (the wrapped blob), both when asked
+// for "TSS2" and when asked for "PrivateKeyInfo" (what PEM_write_bio_PrivateKey asks for).
+#define TPMKEY_ENCODERS(type)                                                                          \
+  {type, "provider=tpmkey,output=pem,structure=PrivateKeyInfo", kTss2PemEncoder, "TSS2 PRIVATE KEY"}, \
+      {type, "provider=tpmkey,output=der,structure=PrivateKeyInfo", kTss2DerEncoder, "TSS2 PRIVATE KEY"}, \
+      {type, "provider=tpmkey,output=pem,structure=TSS2", kTss2PemEncoder, "TSS2 PRIVATE KEY"},      \
+      {type, "provider=tpmkey,output=der,structure=TSS2", kTss2DerEncoder, "TSS2 PRIVATE KEY"}
+const OSSL_ALGORITHM kEncoderAlgs[] = {TPMKEY_ENCODERS("EC"), TPMKEY_ENCODERS("RSA"),
+                                       {nullptr, nullptr, nullptr, nullptr}};
+
+const OSSL_ITEM kReasonStrings[] = {
+    {unsigned(Reason::kTpmUnreachable), const_cast<char*>("TPM unreachable")},
+    {unsigned(Reason::kAuthFailed), const_cast<char*>("authorization failed")},
+    {unsigned(Reason::kLockout), const_cast<char*>("TPM lockout")},
+    {unsigned(Reason::kKeyNotFound), const_cast<char*>("key not found")},
+    {unsigned(Reason::kMalformedUri), const_cast<char*>("malformed URI")},
+    {unsigned(Reason::kMalformedKey), const_cast<char*>("malformed key file")},
+    {unsigned(Reason::kUnsupported), const_cast<char*>("unsupported")},
+    {unsigned(Reason::kTpmBusy), const_cast<char*>("TPM busy")},
+    {unsigned(Reason::kInvalidArgument), const_cast<char*>("invalid argument")},
+    {unsigned(Reason::kIo), const_cast<char*>("file error")},
+    {unsigned(Reason::kInternal), const_cast<char*>("internal error")},
+    {0, nullptr}};
+
+const OSSL_PARAM kGettableParams[] = {
+    OSSL_PARAM_DEFN(OSSL_PROV_PARAM_NAME, OSSL_PARAM_UTF8_PTR, nullptr, 0),
+    OSSL_PARAM_DEFN(OSSL_PROV_PARAM_VERSION, OSSL_PARAM_UTF8_PTR, nullptr, 0),
+    OSSL_PARAM_DEFN(OSSL_PROV_PARAM_BUILDINFO, OSSL_PARAM_UTF8_PTR, nullptr, 0),
+    OSSL_PARAM_DEFN(OSSL_PROV_PARAM_STATUS, OSSL_PARAM_INTEGER, nullptr, 0), OSSL_PARAM_END};
+
+void teardown(void* vctx) noexcept { delete static_cast<ProviderCtx*>(vctx); }
+
+const OSSL_PARAM* gettable_params(void*) noexcept { return kGettableParams; }
+
+int get_params(void*, OSSL_PARAM params[]) noexcept {
+  OSSL_PARAM* p;
+  if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_NAME)) && !OSSL_PARAM_set_utf8_ptr(p, "tpmkey TPM 2.0 provider"))
+    return 0;
+  if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_VERSION)) && !OSSL_PARAM_set_utf8_ptr(p, TPMKEY_VERSION))
+    return 0;
+  if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_BUILDINFO)) && !OSSL_PARAM_set_utf8_ptr(p, TPMKEY_VERSION))
+    return 0;
+  if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_STATUS)) && !OSSL_PARAM_set_int(p, 1)) return 0;
+  return 1;
+}
+
+const OSSL_ALGORITHM* query_operation(void*, int operation_id, int* no_cache) noexcept {
+  *no_cache = 0;
+  switch (operation_id) {
+    case OSSL_OP_KEYMGMT: return kKeymgmtAlgs;
+    case OSSL_OP_SIGNATURE: return kSignatureAlgs;
+    case OSSL_OP_STORE: return kStoreAlgs;
+    case OSSL_OP_ENCODER: return kEncoderAlgs;
+    default: return nullptr;  // no RAND, digests or ciphers: the TPM only signs (design.md §2.3)
+  }
+}
+
+const OSSL_ITEM* get_reason_strings(void*) noexcept { return kReasonStrings; }
+
+const OSSL_DISPATCH kProviderDispatch[] = {
+    {OSSL_FUNC_PROVIDER_TEARDOWN, reinterpret_cast<void (*)()>(teardown)},
+    {OSSL_FUNC_PROVIDER_GETTABLE_PARAMS, reinterpret_cast<void (*)()>(gettable_params)},
+    {OSSL_FUNC_PROVIDER_GET_PARAMS, reinterpret_cast<void (*)()>(get_params)},
+    {OSSL_FUNC_PROVIDER_QUERY_OPERATION, reinterpret_cast<void (*)()>(query_operation)},
+    {OSSL_FUNC_PROVIDER_GET_REASON_STRINGS, reinterpret_cast<void (*)()>(get_reason_strings)},
+    {0, nullptr}};
+
+// Reads a string from the provider's openssl.cnf section; nullptr when absent.
+const char* config_value(OSSL_FUNC_core_get_params_fn* get, const OSSL_CORE_HANDLE* handle, const char* key) {
+  if (!get) return nullptr;
+  const char* value = nullptr;
+  OSSL_PARAM params[] = {OSSL_PARAM_utf8_ptr(key, const_cast<char**>(&value), 0), OSSL_PARAM_END};
+  if (!get(handle, params)) return nullptr;
+  return value;
+}
+
+}  // namespace
+
+void ProviderCtx::raise(const Error& e, const char* func) const {
+  if (!new_error || !vset_error) return;
+  new_error(handle);
+  if (set_error_debug) set_error_debug(handle, nullptr, 0, func);
+  std::string text = e.text();
+  auto set = [&](const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vset_error(handle, uint32_t(e.reason), fmt, ap);
+    va_end(ap);
+  };
+  set("%s", text.c_str());
+}
+
+}  // namespace tpmkey::provider
+
+using namespace tpmkey::provider;
+
+extern "C" __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HANDLE* handle,
+                                                                         const OSSL_DISPATCH* in,
+                                                                         const OSSL_DISPATCH** out,
+                                                                         void** provctx) noexcept {
+  try {
+    auto ctx = std::make_unique<ProviderCtx>();
+    ctx->handle = handle;
+    OSSL_FUNC_core_get_params_fn* get_params = nullptr;
+    for (; in->function_id != 0; ++in) {
+      switch (in->function_id) {
+        case OSSL_FUNC_CORE_GET_PARAMS: get_params = OSSL_FUNC_core_get_params(in); break;
+        case OSSL_FUNC_CORE_NEW_ERROR: ctx->new_error = OSSL_FUNC_core_new_error(in); break;
+        case OSSL_FUNC_CORE_SET_ERROR_DEBUG: ctx->set_error_debug = OSSL_FUNC_core_set_error_debug(in); break;
+        case OSSL_FUNC_CORE_VSET_ERROR: ctx->vset_error = OSSL_FUNC_core_vset_error(in); break;
+        case OSSL_FUNC_BIO_WRITE_EX: ctx->bio_write = OSSL_FUNC_BIO_write_ex(in); break;
+        default: break;
+      }
+    }
+    // Configuration is read here, once; the TPM is not touched until a key is used.
+    auto settings = tpmkey::resolve_settings(config_value(get_params, handle, "tcti"),
+                                             config_value(get_params, handle, "keystore"));
+    ctx->core = std::make_unique<tpmkey::Context>(std::move(settings));
+    *out = kProviderDispatch;
+    *provctx = ctx.release();
+    return 1;
+  } catch (...) {
+    return 0;
+  }
+}

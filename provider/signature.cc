@@ -1,0 +1,358 @@
+// Signature: ECDSA and RSA (PKCS#1 v1.5, PSS) by the TPM. Hashing happens in software; the TPM
+// signs the digest with one TPM2_Sign.
+#include <cstring>
+
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/params.h>
+#include <openssl/rsa.h>
+
+#include "keystore/der.h"
+#include "provider/provider.h"
+
+namespace tpmkey::provider {
+namespace {
+
+struct SigCtx {
+  ProviderCtx* prov = nullptr;
+  KeyKind kind = KeyKind::kEc;
+  std::shared_ptr<Key> key;
+  TPM2_ALG_ID hash = TPM2_ALG_NULL;  // NULL: not set (EVP_PKEY_sign infers it from the length)
+  int padding = RSA_PKCS1_PADDING;
+  int saltlen = RSA_PSS_SALTLEN_DIGEST;
+  TPM2_ALG_ID mgf1 = TPM2_ALG_NULL;  // NULL: same as the digest
+  EvpMdCtxPtr md_ctx;                // DigestSign only
+};
+
+// --- AlgorithmIdentifier DER, built from OIDs (the TPM's PSS salt length is the digest length) ---
+
+struct HashOids {
+  TPM2_ALG_ID hash;
+  Bytes hash_oid, ecdsa_oid, rsa_oid;
+};
+const HashOids kOids[] = {
+    {TPM2_ALG_SHA1, {0x2B, 0x0E, 0x03, 0x02, 0x1A}, {0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x01},
+     {0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x05}},
+    {TPM2_ALG_SHA256, {0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01},
+     {0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x02}, {0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x0B}},
+    {TPM2_ALG_SHA384, {0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02},
+     {0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x03}, {0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x0C}},
+    {TPM2_ALG_SHA512, {0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03},
+     {0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x04}, {0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x0D}},
+};
+const Bytes kOidRsaPss = {0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x0A};
+const Bytes kOidMgf1 = {0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x08};
+
+const HashOids* oids_for(TPM2_ALG_ID h) {
+  for (const auto& o : kOids)
+    if (o.hash == h) return &o;
+  return nullptr;
+}
+
+Bytes algorithm_id(const SigCtx& c) {
+  const HashOids* o = oids_for(c.hash);
+  if (!o) return {};
+  der::Writer body;
+  if (c.kind == KeyKind::kEc) {
+    body.tlv(der::kOid, o->ecdsa_oid);
+  } else if (c.padding == RSA_PKCS1_PADDING) {
+    body.tlv(der::kOid, o->rsa_oid);
+    body.tlv(0x05, nullptr, 0);  // NULL parameters
+  } else {
+    der::Writer hash_alg;
+    hash_alg.tlv(der::kOid, o->hash_oid);
+    der::Writer hash_seq;
+    hash_seq.tlv(der::kSequence, hash_alg.bytes());
+    der::Writer mgf;
+    mgf.tlv(der::kOid, kOidMgf1);
+    mgf.tlv(der::kSequence, hash_alg.bytes());
+    der::Writer mgf_seq;
+    mgf_seq.tlv(der::kSequence, mgf.bytes());
+    der::Writer salt;
+    salt.u32(uint32_t(hash_size(c.hash)));
+    der::Writer params;
+    params.tlv(der::context_tag(0), hash_seq.bytes());
+    params.tlv(der::context_tag(1), mgf_seq.bytes());
+    params.tlv(der::context_tag(2), salt.bytes());
+    body.tlv(der::kOid, kOidRsaPss);
+    body.tlv(der::kSequence, params.bytes());
+  }
+  der::Writer out;
+  out.tlv(der::kSequence, body.bytes());
+  return out.bytes();
+}
+
+// --- context lifecycle ---
+
+SigCtx* new_ctx(void* provctx, KeyKind kind) {
+  auto* c = new (std::nothrow) SigCtx;
+  if (c) {
+    c->prov = static_cast<ProviderCtx*>(provctx);
+    c->kind = kind;
+  }
+  return c;
+}
+void* ecdsa_newctx(void* provctx, const char*) noexcept { return new_ctx(provctx, KeyKind::kEc); }
+void* rsa_newctx(void* provctx, const char*) noexcept { return new_ctx(provctx, KeyKind::kRsa); }
+void freectx(void* vc) noexcept { delete static_cast<SigCtx*>(vc); }
+
+void* dupctx(void* vc) noexcept {
+  auto* c = static_cast<SigCtx*>(vc);
+  auto* d = new (std::nothrow) SigCtx;
+  if (!d) return nullptr;
+  d->prov = c->prov;
+  d->kind = c->kind;
+  d->key = c->key;
+  d->hash = c->hash;
+  d->padding = c->padding;
+  d->saltlen = c->saltlen;
+  d->mgf1 = c->mgf1;
+  if (c->md_ctx) {
+    d->md_ctx.reset(EVP_MD_CTX_new());
+    if (!d->md_ctx || !EVP_MD_CTX_copy_ex(d->md_ctx.get(), c->md_ctx.get())) {
+      delete d;
+      return nullptr;
+    }
+  }
+  return d;
+}
+
+Status set_param(SigCtx& c, const OSSL_PARAM& p) {
+  std::string key = p.key;
+  if (key == OSSL_SIGNATURE_PARAM_DIGEST) {
+    const char* name = nullptr;
+    if (!OSSL_PARAM_get_utf8_string_ptr(&p, &name)) return make_error(Reason::kInvalidArgument, "digest must be a name");
+    TPM2_ALG_ID h = hash_from_name(name);
+    if (h == TPM2_ALG_ERROR) return make_error(Reason::kUnsupported, std::string("digest ") + name + " (use SHA256, SHA384 or SHA512)");
+    if (c.md_ctx && h != c.hash) return make_error(Reason::kInvalidArgument, "cannot change the digest during DigestSign");
+    c.hash = h;
+  } else if (c.kind == KeyKind::kRsa && key == OSSL_SIGNATURE_PARAM_PAD_MODE) {
+    int mode = 0;
+    const char* name = nullptr;
+    if (p.data_type == OSSL_PARAM_UTF8_STRING && OSSL_PARAM_get_utf8_string_ptr(&p, &name)) {
+      std::string n = name;
+      mode = n == OSSL_PKEY_RSA_PAD_MODE_PKCSV15 ? RSA_PKCS1_PADDING : n == OSSL_PKEY_RSA_PAD_MODE_PSS ? RSA_PKCS1_PSS_PADDING : -1;
+    } else if (!OSSL_PARAM_get_int(&p, &mode)) {
+      return make_error(Reason::kInvalidArgument, "bad RSA padding mode");
+    }
+    if (mode != RSA_PKCS1_PADDING && mode != RSA_PKCS1_PSS_PADDING)
+      return make_error(Reason::kUnsupported, "RSA padding mode (the TPM signs with PKCS#1 v1.5 or PSS)");
+    c.padding = mode;
+  } else if (c.kind == KeyKind::kRsa && key == OSSL_SIGNATURE_PARAM_PSS_SALTLEN) {
+    int len = 0;
+    const char* name = nullptr;
+    if (p.data_type == OSSL_PARAM_UTF8_STRING && OSSL_PARAM_get_utf8_string_ptr(&p, &name)) {
+      std::string n = name;
+      if (n == OSSL_PKEY_RSA_PSS_SALT_LEN_DIGEST) len = RSA_PSS_SALTLEN_DIGEST;
+      else if (n == OSSL_PKEY_RSA_PSS_SALT_LEN_AUTO) len = RSA_PSS_SALTLEN_AUTO;
+      else if (n == OSSL_PKEY_RSA_PSS_SALT_LEN_MAX) len = RSA_PSS_SALTLEN_MAX;
+      else len = std::atoi(name);
+    } else if (!OSSL_PARAM_get_int(&p, &len)) {
+      return make_error(Reason::kInvalidArgument, "bad PSS salt length");
+    }
+    c.saltlen = len;
+  } else if (c.kind == KeyKind::kRsa && key == OSSL_SIGNATURE_PARAM_MGF1_DIGEST) {
+    const char* name = nullptr;
+    if (!OSSL_PARAM_get_utf8_string_ptr(&p, &name)) return make_error(Reason::kInvalidArgument, "mgf1 digest must be a name");
+    c.mgf1 = hash_from_name(name);
+    if (c.mgf1 == TPM2_ALG_ERROR) return make_error(Reason::kUnsupported, std::string("MGF1 digest ") + name);
+  }
+  return Status::Ok();
+}
+
+int set_ctx_params(void* vc, const OSSL_PARAM params[]) noexcept {
+  auto* c = static_cast<SigCtx*>(vc);
+  return guard(c->prov, "signature_set_ctx_params", [&]() -> Status {
+    for (const OSSL_PARAM* p = params; p && p->key; ++p) TPMKEY_TRY(set_param(*c, *p));
+    return Status::Ok();
+  });
+}
+
+int get_ctx_params(void* vc, OSSL_PARAM params[]) noexcept {
+  auto* c = static_cast<SigCtx*>(vc);
+  OSSL_PARAM* p;
+  if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_ALGORITHM_ID))) {
+    Bytes id = algorithm_id(*c);
+    if (id.empty() || !OSSL_PARAM_set_octet_string(p, id.data(), id.size())) return 0;
+  }
+  if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_DIGEST)) && c->hash != TPM2_ALG_NULL &&
+      !OSSL_PARAM_set_utf8_string(p, hash_name(c->hash)))
+    return 0;
+  if (c->kind == KeyKind::kRsa) {
+    if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_PAD_MODE))) {
+      bool ok = p->data_type == OSSL_PARAM_INTEGER
+                    ? OSSL_PARAM_set_int(p, c->padding)
+                    : OSSL_PARAM_set_utf8_string(p, c->padding == RSA_PKCS1_PSS_PADDING ? OSSL_PKEY_RSA_PAD_MODE_PSS
+                                                                                        : OSSL_PKEY_RSA_PAD_MODE_PKCSV15);
+      if (!ok) return 0;
+    }
+    if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_PSS_SALTLEN))) {
+      bool ok = p->data_type == OSSL_PARAM_INTEGER ? OSSL_PARAM_set_int(p, c->saltlen)
+                                                   : OSSL_PARAM_set_utf8_string(p, OSSL_PKEY_RSA_PSS_SALT_LEN_DIGEST);
+      if (!ok) return 0;
+    }
+    if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_MGF1_DIGEST))) {
+      TPM2_ALG_ID m = c->mgf1 != TPM2_ALG_NULL ? c->mgf1 : c->hash;
+      if (m != TPM2_ALG_NULL && !OSSL_PARAM_set_utf8_string(p, hash_name(m))) return 0;
+    }
+  }
+  return 1;
+}
+
+const OSSL_PARAM kEcdsaGettable[] = {OSSL_PARAM_octet_string(OSSL_SIGNATURE_PARAM_ALGORITHM_ID, nullptr, 0),
+                                     OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, nullptr, 0), OSSL_PARAM_END};
+const OSSL_PARAM kEcdsaSettable[] = {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, nullptr, 0),
+                                     OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PROPERTIES, nullptr, 0),
+                                     OSSL_PARAM_END};
+const OSSL_PARAM kRsaGettable[] = {OSSL_PARAM_octet_string(OSSL_SIGNATURE_PARAM_ALGORITHM_ID, nullptr, 0),
+                                   OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, nullptr, 0),
+                                   OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PAD_MODE, nullptr, 0),
+                                   OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PSS_SALTLEN, nullptr, 0),
+                                   OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_MGF1_DIGEST, nullptr, 0),
+                                   OSSL_PARAM_END};
+const OSSL_PARAM kRsaSettable[] = {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, nullptr, 0),
+                                   OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PROPERTIES, nullptr, 0),
+                                   OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PAD_MODE, nullptr, 0),
+                                   OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PSS_SALTLEN, nullptr, 0),
+                                   OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_MGF1_DIGEST, nullptr, 0),
+                                   OSSL_PARAM_END};
+const OSSL_PARAM* ecdsa_gettable(void*, void*) noexcept { return kEcdsaGettable; }
+const OSSL_PARAM* ecdsa_settable(void*, void*) noexcept { return kEcdsaSettable; }
+const OSSL_PARAM* rsa_gettable(void*, void*) noexcept { return kRsaGettable; }
+const OSSL_PARAM* rsa_settable(void*, void*) noexcept { return kRsaSettable; }
+
+// --- signing ---
+
+// Only our own private keys: a foreign or public-only key never reaches the TPM (design.md §2.2).
+Status init(SigCtx& c, void* vkd, const OSSL_PARAM params[]) {
+  auto* kd = static_cast<KeyData*>(vkd);
+  if (!kd || !kd->key || kd->kind != c.kind)
+    return make_error(Reason::kInvalidArgument, "not a tpmkey private key");
+  c.key = kd->key;
+  c.md_ctx.reset();
+  for (const OSSL_PARAM* p = params; p && p->key; ++p) TPMKEY_TRY(set_param(c, *p));
+  return Status::Ok();
+}
+
+int sign_init(void* vc, void* vkd, const OSSL_PARAM params[]) noexcept {
+  auto* c = static_cast<SigCtx*>(vc);
+  return guard(c->prov, "sign_init", [&] { return init(*c, vkd, params); });
+}
+
+Status tpm_sign(SigCtx& c, unsigned char* sig, size_t* siglen, size_t sigsize, const unsigned char* tbs,
+                size_t tbslen) {
+  const std::string what = "sign(" + c.key->label() + ")";
+  TPM2_ALG_ID hash = c.hash != TPM2_ALG_NULL ? c.hash : hash_for_digest_size(tbslen);
+  if (hash == TPM2_ALG_ERROR || hash_size(hash) != tbslen)
+    return make_error(Reason::kInvalidArgument, "input is " + std::to_string(tbslen) +
+                                                    " bytes, not a SHA-1/256/384/512 digest" +
+                                                    (c.hash != TPM2_ALG_NULL ? std::string(" of ") + hash_name(c.hash) : ""))
+        .context(what);
+  TPMT_SIG_SCHEME scheme{};
+  if (c.kind == KeyKind::kEc) {
+    scheme.scheme = TPM2_ALG_ECDSA;
+  } else if (c.padding == RSA_PKCS1_PADDING) {
+    scheme.scheme = TPM2_ALG_RSASSA;
+  } else {
+    scheme.scheme = TPM2_ALG_RSAPSS;
+    int hlen = int(hash_size(hash));
+    if (c.saltlen != RSA_PSS_SALTLEN_DIGEST && c.saltlen != RSA_PSS_SALTLEN_AUTO && c.saltlen != hlen)
+      return make_error(Reason::kUnsupported,
+                        "the TPM signs PSS with a salt as long as the digest (" + std::to_string(hlen) + " bytes)")
+          .context(what);
+    if (c.mgf1 != TPM2_ALG_NULL && c.mgf1 != hash)
+      return make_error(Reason::kUnsupported, "the TPM uses the signature digest for MGF1").context(what);
+  }
+  scheme.details.any.hashAlg = hash;
+  auto out = c.key->sign(scheme, tbs, tbslen);
+  if (!out) return out.take_error();
+  if (out->size() > sigsize)
+    return make_error(Reason::kInvalidArgument, "signature buffer too small").context(what);
+  std::memcpy(sig, out->data(), out->size());
+  *siglen = out->size();
+  return Status::Ok();
+}
+
+int sign(void* vc, unsigned char* sig, size_t* siglen, size_t sigsize, const unsigned char* tbs,
+         size_t tbslen) noexcept {
+  auto* c = static_cast<SigCtx*>(vc);
+  return guard(c->prov, "sign", [&]() -> Status {
+    if (!c->key) return make_error(Reason::kInvalidArgument, "sign without sign_init");
+    if (!sig) {
+      *siglen = c->key->max_signature_size();
+      return Status::Ok();
+    }
+    return tpm_sign(*c, sig, siglen, sigsize, tbs, tbslen);
+  });
+}
+
+int digest_sign_init(void* vc, const char* mdname, void* vkd, const OSSL_PARAM params[]) noexcept {
+  auto* c = static_cast<SigCtx*>(vc);
+  return guard(c->prov, "digest_sign_init", [&]() -> Status {
+    TPMKEY_TRY(init(*c, vkd, params));
+    if (mdname && *mdname) {
+      c->hash = hash_from_name(mdname);
+      if (c->hash == TPM2_ALG_ERROR)
+        return make_error(Reason::kUnsupported, std::string("digest ") + mdname + " (use SHA256, SHA384 or SHA512)");
+    } else if (c->hash == TPM2_ALG_NULL) {
+      c->hash = TPM2_ALG_SHA256;
+    }
+    auto crypto = c->prov->core->crypto();
+    if (!crypto) return crypto.take_error();
+    const EVP_MD* md = (*crypto)->md(c->hash);
+    if (!md) return make_error(Reason::kUnsupported, std::string("digest ") + hash_name(c->hash));
+    c->md_ctx.reset(EVP_MD_CTX_new());
+    if (!c->md_ctx || !EVP_DigestInit_ex(c->md_ctx.get(), md, nullptr))
+      return make_error(Reason::kInternal, "cannot start the digest");
+    return Status::Ok();
+  });
+}
+
+int digest_sign_update(void* vc, const unsigned char* data, size_t len) noexcept {
+  auto* c = static_cast<SigCtx*>(vc);
+  return c->md_ctx && EVP_DigestUpdate(c->md_ctx.get(), data, len) == 1;
+}
+
+int digest_sign_final(void* vc, unsigned char* sig, size_t* siglen, size_t sigsize) noexcept {
+  auto* c = static_cast<SigCtx*>(vc);
+  return guard(c->prov, "digest_sign_final", [&]() -> Status {
+    if (!c->key || !c->md_ctx) return make_error(Reason::kInvalidArgument, "digest_sign_final without init");
+    if (!sig) {
+      *siglen = c->key->max_signature_size();
+      return Status::Ok();
+    }
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int dlen = 0;
+    if (!EVP_DigestFinal_ex(c->md_ctx.get(), digest, &dlen)) return make_error(Reason::kInternal, "digest failed");
+    return tpm_sign(*c, sig, siglen, sigsize, digest, dlen);
+  });
+}
+
+}  // namespace
+
+#define TPMKEY_SIGNATURE_COMMON                                                                     \
+  TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_FREECTX, signature_freectx, freectx),                         \
+      TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_DUPCTX, signature_dupctx, dupctx),                        \
+      TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_SIGN_INIT, signature_sign_init, sign_init),               \
+      TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_SIGN, signature_sign, sign),                              \
+      TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_DIGEST_SIGN_INIT, signature_digest_sign_init, digest_sign_init), \
+      TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_DIGEST_SIGN_UPDATE, signature_digest_sign_update, digest_sign_update), \
+      TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_DIGEST_SIGN_FINAL, signature_digest_sign_final, digest_sign_final), \
+      TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_GET_CTX_PARAMS, signature_get_ctx_params, get_ctx_params), \
+      TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_SET_CTX_PARAMS, signature_set_ctx_params, set_ctx_params)
+
+const OSSL_DISPATCH kEcdsaSignature[] = {
+    TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_NEWCTX, signature_newctx, ecdsa_newctx),
+    TPMKEY_SIGNATURE_COMMON,
+    TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_GETTABLE_CTX_PARAMS, signature_gettable_ctx_params, ecdsa_gettable),
+    TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_SETTABLE_CTX_PARAMS, signature_settable_ctx_params, ecdsa_settable),
+    {0, nullptr}};
+
+const OSSL_DISPATCH kRsaSignature[] = {
+    TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_NEWCTX, signature_newctx, rsa_newctx),
+    TPMKEY_SIGNATURE_COMMON,
+    TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_GETTABLE_CTX_PARAMS, signature_gettable_ctx_params, rsa_gettable),
+    TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_SETTABLE_CTX_PARAMS, signature_settable_ctx_params, rsa_settable),
+    {0, nullptr}};
+
+}  // namespace tpmkey::provider
