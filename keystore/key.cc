@@ -34,7 +34,9 @@ Result<std::shared_ptr<Key>> Key::generate(Context& ctx, const KeyOptions& opts,
   const std::string what = std::string("generate(") + opts.spec->name + ")";
   auto tpm = ctx.tpm();
   if (!tpm) return tpm.take_error().context(what);
-  auto kf = (*tpm)->create_key(opts, auth, kOwnerParent);
+  KeyOptions with_auth = opts;
+  with_auth.with_auth = !auth.empty();
+  auto kf = (*tpm)->create_key(with_auth, auth, kOwnerParent);
   if (!kf) return kf.take_error().context(what);
   auto key = from_file(ctx, std::move(*kf), std::move(label));
   if (key && !auth.empty()) (*key)->set_auth(std::move(auth));

@@ -216,7 +216,14 @@ Result<KeyFile> Tpm::create_key(const KeyOptions& opts, const SecretBytes& auth,
   TSS2_RC rc = Esys_Create(esys_, *p, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive, &tmpl, &outside,
                            &pcrs, &out_priv, &out_pub, nullptr, nullptr, nullptr);
   OPENSSL_cleanse(&sensitive, sizeof sensitive);
-  if (rc != TSS2_RC_SUCCESS) return tss_error(std::string("create ") + opts.spec->name + " key", rc);
+  if (rc != TSS2_RC_SUCCESS) {
+    Error e = tss_error(std::string("create ") + opts.spec->name + " key", rc);
+    if (!test_parms(opts)) {  // say plainly when the TPM lacks the algorithm
+      e.reason = Reason::kUnsupported;
+      e.detail = std::string("this TPM does not support ") + opts.spec->name + " keys: " + e.detail;
+    }
+    return e;
+  }
   KeyFile kf;
   kf.parent = parent_handle;
   kf.empty_auth = auth.empty();
@@ -255,16 +262,21 @@ Result<TPMT_SIGNATURE> Tpm::sign(ObjectId id, const KeyFile& kf, const SecretByt
   return out;
 }
 
-Status Tpm::supports(const AlgorithmSpec& spec) {
-  std::lock_guard lock(mu_);
-  KeyOptions opts;
-  opts.spec = &spec;
+bool Tpm::test_parms(const KeyOptions& opts) {
   TPM2B_PUBLIC t = key_template(opts);
   TPMT_PUBLIC_PARMS parms{};
   parms.type = t.publicArea.type;
   parms.parameters = t.publicArea.parameters;
-  TSS2_RC rc = Esys_TestParms(esys_, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &parms);
-  if (rc != TSS2_RC_SUCCESS) {
+  last_test_parms_rc_ = Esys_TestParms(esys_, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &parms);
+  return last_test_parms_rc_ == TSS2_RC_SUCCESS;
+}
+
+Status Tpm::supports(const AlgorithmSpec& spec) {
+  std::lock_guard lock(mu_);
+  KeyOptions opts;
+  opts.spec = &spec;
+  if (!test_parms(opts)) {
+    TSS2_RC rc = last_test_parms_rc_;
     Error e = tss_error(std::string("TPM2_TestParms(") + spec.name + ")", rc);
     if ((rc & TSS2_RC_LAYER_MASK) == TSS2_TPM_RC_LAYER) e.reason = Reason::kUnsupported;
     return e;

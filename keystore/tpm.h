@@ -72,6 +72,8 @@ class Tpm {
   template <typename Fn>
   TSS2_RC with_slot(ObjectId pinned_a, ObjectId pinned_b, Fn&& fn);
   bool evict_one(ObjectId pinned_a, ObjectId pinned_b);
+  // TPM2_TestParms for the key template; the TPM's answer is kept in last_test_parms_rc_.
+  bool test_parms(const KeyOptions& opts);
   size_t loaded_transients() const;
   void flush(Entry& e);
 
@@ -83,6 +85,7 @@ class Tpm {
   pid_t pid_ = 0;
   uint32_t transient_limit_ = 3;
   uint64_t clock_ = 0;
+  TSS2_RC last_test_parms_rc_ = TSS2_RC_SUCCESS;
   // Parents are keyed by their key-file handle (0x40000001, 0x81xxxxxx); keys by ObjectId.
   std::unordered_map<ObjectId, Entry> objects_;
 };

@@ -31,32 +31,35 @@ const OSSL_ALGORITHM kStoreAlgs[] = {
 const OSSL_ALGORITHM kEncoderAlgs[] = {TPMKEY_ENCODERS("EC"), TPMKEY_ENCODERS("RSA"),
                                        {nullptr, nullptr, nullptr, nullptr}};
 
-const OSSL_ITEM kReasonStrings[] = {
-    {unsigned(Reason::kTpmUnreachable), const_cast<char*>("TPM unreachable")},
-    {unsigned(Reason::kAuthFailed), const_cast<char*>("authorization failed")},
-    {unsigned(Reason::kLockout), const_cast<char*>("TPM lockout")},
-    {unsigned(Reason::kKeyNotFound), const_cast<char*>("key not found")},
-    {unsigned(Reason::kMalformedUri), const_cast<char*>("malformed URI")},
-    {unsigned(Reason::kMalformedKey), const_cast<char*>("malformed key file")},
-    {unsigned(Reason::kUnsupported), const_cast<char*>("unsupported")},
-    {unsigned(Reason::kTpmBusy), const_cast<char*>("TPM busy")},
-    {unsigned(Reason::kInvalidArgument), const_cast<char*>("invalid argument")},
-    {unsigned(Reason::kIo), const_cast<char*>("file error")},
-    {unsigned(Reason::kInternal), const_cast<char*>("internal error")},
-    {0, nullptr}};
+// OpenSSL reason strings, from the core's own texts (keystore/error.cc).
+struct ReasonStrings {
+  OSSL_ITEM items[int(Reason::kInternal) + 1];
+  ReasonStrings() {
+    for (int r = int(Reason::kTpmUnreachable); r <= int(Reason::kInternal); ++r)
+      items[r - 1] = {unsigned(r), const_cast<char*>(reason_text(Reason(r)))};
+    items[int(Reason::kInternal)] = {0, nullptr};
+  }
+};
+const ReasonStrings kReasonStrings;
 
 const OSSL_PARAM kGettableParams[] = {
     OSSL_PARAM_DEFN(OSSL_PROV_PARAM_NAME, OSSL_PARAM_UTF8_PTR, nullptr, 0),
     OSSL_PARAM_DEFN(OSSL_PROV_PARAM_VERSION, OSSL_PARAM_UTF8_PTR, nullptr, 0),
     OSSL_PARAM_DEFN(OSSL_PROV_PARAM_BUILDINFO, OSSL_PARAM_UTF8_PTR, nullptr, 0),
-    OSSL_PARAM_DEFN(OSSL_PROV_PARAM_STATUS, OSSL_PARAM_INTEGER, nullptr, 0), OSSL_PARAM_END};
+    OSSL_PARAM_DEFN(OSSL_PROV_PARAM_STATUS, OSSL_PARAM_INTEGER, nullptr, 0),
+    OSSL_PARAM_DEFN(kParamTpmCommands, OSSL_PARAM_UNSIGNED_INTEGER, nullptr, 0), OSSL_PARAM_END};
 
 void teardown(void* vctx) noexcept { delete static_cast<ProviderCtx*>(vctx); }
 
 const OSSL_PARAM* gettable_params(void*) noexcept { return kGettableParams; }
 
-int get_params(void*, OSSL_PARAM params[]) noexcept {
+int get_params(void* vctx, OSSL_PARAM params[]) noexcept {
+  auto* prov = static_cast<ProviderCtx*>(vctx);
   OSSL_PARAM* p;
+  if ((p = OSSL_PARAM_locate(params, kParamTpmCommands))) {
+    Tpm* tpm = prov->core->tpm_if_connected();
+    if (!OSSL_PARAM_set_uint64(p, tpm ? tpm->commands() : 0)) return 0;
+  }
   if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_NAME)) && !OSSL_PARAM_set_utf8_ptr(p, "tpmkey TPM 2.0 provider"))
     return 0;
   if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_VERSION)) && !OSSL_PARAM_set_utf8_ptr(p, TPMKEY_VERSION))
@@ -78,7 +81,7 @@ const OSSL_ALGORITHM* query_operation(void*, int operation_id, int* no_cache) no
   }
 }
 
-const OSSL_ITEM* get_reason_strings(void*) noexcept { return kReasonStrings; }
+const OSSL_ITEM* get_reason_strings(void*) noexcept { return kReasonStrings.items; }
 
 const OSSL_DISPATCH kProviderDispatch[] = {
     {OSSL_FUNC_PROVIDER_TEARDOWN, reinterpret_cast<void (*)()>(teardown)},

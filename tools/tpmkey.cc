@@ -1,1 +1,330 @@
+// tpmkey: create, list, show and delete TPM keys in the keystore.
+#include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "keystore/context.h"
+#include "keystore/key.h"
+#include "keystore/public_key.h"
+#include "tools/prompt.h"
+
+namespace tpmkey::cli {
+namespace {
+
+constexpr int kExitOk = 0, kExitError = 1, kExitUsage = 2;
+
+const char* kMainHelp = R"(Usage: tpmkey [--tcti TCTI] [--keystore DIR] COMMAND [ARGS]
+
+Keys that never leave the TPM, for OpenSSL, TLS and SSH.
+
+Commands:
+  create NAME      generate a key inside the TPM and store it as NAME
+  list             list the keys in the keystore
+  pubkey NAME      print a key's public key (PEM or OpenSSH)
+  delete NAME      delete a key from the keystore
+  algorithms       show which key algorithms this TPM supports
+
+Options (for every command):
+  --tcti TCTI      the TPM to use, as a tpm2-tss TCTI string, for example
+                   "device:/dev/tpmrm0" or "swtpm:host=127.0.0.1,port=2321"
+                   (default: $TPMKEY_TCTI, else the tpm2-tss default)
+  --keystore DIR   the keystore directory (default: $TPMKEY_KEYSTORE, else
+                   $XDG_DATA_HOME/tpmkey or ~/.local/share/tpmkey)
+  -h, --help       show help; "tpmkey COMMAND --help" shows a command's help
+  --version        show the version
+
+Keys are used through the OpenSSL provider as tpm2:NAME, for example:
+  openssl pkeyutl -provider tpmkey -provider default -sign -inkey tpm2:NAME ...
+See docs/uri.md and docs/configuration.md.
+)";
+
+const char* kCreateHelp = R"(Usage: tpmkey create NAME [--algorithm ALG] [--password | --password-file FILE]
+                    [--description TEXT]
+
+Generates a key inside the TPM and stores its TPM-wrapped blob in the keystore as
+NAME.pem (a standard TSS2 PRIVATE KEY file, mode 0600). The private key never
+leaves the TPM: it is created with fixedTPM and fixedParent (non-migratable) under
+the owner storage primary key (parent 0x40000001). An existing key is never
+overwritten.
+
+  NAME                letters, digits, "-", "_" and "." (not first); at most 128
+  --algorithm ALG     ec-p256 (default), ec-p384, ec-p521, rsa2048, rsa3072, rsa4096
+  --password          protect the key with a password, asked for on the terminal
+  --password-file F   protect the key with the password in the first line of F
+  --description TEXT  a note stored in the key file
+
+Example:
+  tpmkey create ssh --algorithm ec-p256
+)";
+
+const char* kListHelp = R"(Usage: tpmkey list
+
+Lists the keys in the keystore: name, algorithm, size in bits, whether a password is
+needed, and the parent the key was created under. Does not use the TPM.
+)";
+
+const char* kPubkeyHelp = R"(Usage: tpmkey pubkey NAME [--format pem|openssh] [--comment TEXT]
+
+Prints the public key of NAME. "pem" (default) is a SubjectPublicKeyInfo PEM block;
+"openssh" is one line for ~/.ssh/authorized_keys (comment: NAME unless --comment).
+Does not use the TPM.
+)";
+
+const char* kDeleteHelp = R"(Usage: tpmkey delete NAME [--yes]
+
+Deletes NAME from the keystore. The key cannot be recovered: anything signed
+with it stays valid, but no new signature can be made. Asks for confirmation on
+the terminal; --yes skips the question (needed when there is no terminal).
+)";
+
+const char* kAlgorithmsHelp = R"(Usage: tpmkey algorithms
+
+Asks the TPM (TPM2_TestParms) which of tpmkey's key algorithms it supports.
+)";
+
+struct Args {
+  std::string command;
+  std::vector<std::string> positional;
+  std::map<std::string, std::string> options;  // --name value
+  std::vector<std::string> flags;              // --name
+  bool has_flag(const std::string& f) const {
+    for (const auto& x : flags)
+      if (x == f) return true;
+    return false;
+  }
+  std::optional<std::string> option(const std::string& o) const {
+    auto it = options.find(o);
+    if (it == options.end()) return std::nullopt;
+    return it->second;
+  }
+};
+
+const std::vector<std::string> kValueOptions = {"--tcti", "--keystore", "--algorithm", "--password-file",
+                                                "--description", "--format", "--comment"};
+const std::vector<std::string> kFlagOptions = {"--help", "-h", "--version", "--password", "--yes", "-y"};
+
+int usage_error(const std::string& msg) {
+  std::fprintf(stderr, "tpmkey: %s\nTry \"tpmkey --help\".\n", msg.c_str());
+  return kExitUsage;
+}
+
+int fail(const Error& e) {
+  std::fprintf(stderr, "tpmkey: %s\n", e.text().c_str());
+  return kExitError;
+}
+
+std::optional<Args> parse_args(int argc, char** argv, int* exit_code) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    std::string s = argv[i];
+    if (s.size() > 1 && s[0] == '-') {
+      std::string name = s, value;
+      bool has_value = false;
+      if (size_t eq = s.find('='); eq != std::string::npos && s.rfind("--", 0) == 0) {
+        name = s.substr(0, eq);
+        value = s.substr(eq + 1);
+        has_value = true;
+      }
+      bool is_value_opt = std::find(kValueOptions.begin(), kValueOptions.end(), name) != kValueOptions.end();
+      bool is_flag = std::find(kFlagOptions.begin(), kFlagOptions.end(), name) != kFlagOptions.end();
+      if (is_value_opt) {
+        if (!has_value) {
+          if (i + 1 >= argc) { *exit_code = usage_error(name + " needs a value"); return std::nullopt; }
+          value = argv[++i];
+        }
+        a.options[name] = value;
+      } else if (is_flag && !has_value) {
+        a.flags.push_back(name);
+      } else {
+        *exit_code = usage_error("unknown option " + name);
+        return std::nullopt;
+      }
+    } else if (a.command.empty()) {
+      a.command = s;
+    } else {
+      a.positional.push_back(s);
+    }
+  }
+  return a;
+}
+
+Context make_context(const Args& a) {
+  auto tcti = a.option("--tcti"), ks = a.option("--keystore");
+  return Context(resolve_settings(tcti ? tcti->c_str() : nullptr, ks ? ks->c_str() : nullptr));
+}
+
+Result<std::string> one_name(const Args& a) {
+  if (a.positional.size() != 1)
+    return make_error(Reason::kInvalidArgument, "expected exactly one key NAME");
+  TPMKEY_TRY(validate_name(a.positional[0]));
+  return a.positional[0];
+}
+
+int cmd_create(const Args& a) {
+  auto name = one_name(a);
+  if (!name) return fail(name.error());
+  std::string alg = a.option("--algorithm").value_or("ec-p256");
+  const AlgorithmSpec* spec = find_algorithm(alg);
+  if (!spec)
+    return fail(make_error(Reason::kUnsupported, "unknown algorithm \"" + alg +
+                                                     "\" (ec-p256, ec-p384, ec-p521, rsa2048, rsa3072, rsa4096)"));
+  Context ctx = make_context(a);
+  const std::string what = "create(tpm2:" + *name + ")";
+  if (ctx.keystore().exists(*name))
+    return fail(make_error(Reason::kInvalidArgument, "a key with this name already exists in " + ctx.keystore().dir())
+                    .context(what));
+  SecretBytes auth;
+  if (auto file = a.option("--password-file")) {
+    auto pw = read_pin_source(*file);
+    if (!pw) return fail(pw.error());
+    if (pw->empty()) return fail(make_error(Reason::kInvalidArgument, "the password file is empty").context(what));
+    auth = std::move(*pw);
+  } else if (a.has_flag("--password")) {
+    auto pw = prompt_password("Password for the new key " + *name + ": ", true);
+    if (!pw) return fail(pw.error());
+    if (pw->empty()) return fail(make_error(Reason::kInvalidArgument, "the password is empty").context(what));
+    auth = std::move(*pw);
+  }
+  KeyOptions opts;
+  opts.spec = spec;
+  opts.with_auth = !auth.empty();
+  auto tpm = ctx.tpm();
+  if (!tpm) return fail(tpm.take_error().context(what));
+  auto kf = (*tpm)->create_key(opts, auth, kOwnerParent);
+  if (!kf) return fail(kf.take_error().context(what));
+  kf->description = a.option("--description").value_or("");
+  if (Status st = ctx.keystore().add(*name, *kf); !st) return fail(st.take_error().context(what));
+  std::printf("created tpm2:%s (%s%s) in %s\n", name->c_str(), spec->name, auth.empty() ? "" : ", password",
+              ctx.keystore().path_of(*name).c_str());
+  return kExitOk;
+}
+
+int cmd_list(const Args& a) {
+  Context ctx = make_context(a);
+  auto names = ctx.keystore().list();
+  if (!names) return fail(names.error());
+  if (names->empty()) {
+    std::printf("no keys in %s (create one with: tpmkey create NAME)\n", ctx.keystore().dir().c_str());
+    return kExitOk;
+  }
+  std::printf("%-24s %-10s %-6s %-9s %s\n", "NAME", "ALGORITHM", "BITS", "PASSWORD", "PARENT");
+  int rc = kExitOk;
+  for (const auto& n : *names) {
+    auto kf = ctx.keystore().read(n);
+    if (!kf) {
+      std::printf("%-24s %s\n", n.c_str(), kf.error().text().c_str());
+      rc = kExitError;
+      continue;
+    }
+    auto spec = spec_of(kf->pub.publicArea);
+    char parent[16];
+    std::snprintf(parent, sizeof parent, "0x%08x", kf->parent);
+    std::printf("%-24s %-10s %-6d %-9s %s%s\n", n.c_str(), spec ? (*spec)->name : "unknown", spec ? (*spec)->bits : 0,
+                kf->empty_auth ? "no" : "yes", parent, kf->parent == kOwnerParent ? " (owner SRK)" : "");
+  }
+  return rc;
+}
+
+int cmd_pubkey(const Args& a) {
+  auto name = one_name(a);
+  if (!name) return fail(name.error());
+  std::string format = a.option("--format").value_or("pem");
+  if (format != "pem" && format != "openssh")
+    return usage_error("--format must be pem or openssh");
+  Context ctx = make_context(a);
+  const std::string what = "pubkey(tpm2:" + *name + ")";
+  auto kf = ctx.keystore().read(*name);
+  if (!kf) return fail(kf.take_error().context(what));
+  if (format == "openssh") {
+    auto line = openssh_public(kf->pub.publicArea, a.option("--comment").value_or(*name));
+    if (!line) return fail(line.take_error().context(what));
+    std::printf("%s\n", line->c_str());
+    return kExitOk;
+  }
+  auto crypto = ctx.crypto();
+  if (!crypto) return fail(crypto.error());
+  auto pkey = public_pkey(kf->pub.publicArea, (*crypto)->libctx());
+  if (!pkey) return fail(pkey.take_error().context(what));
+  auto pem = spki_pem(pkey->get());
+  if (!pem) return fail(pem.take_error().context(what));
+  std::fputs(pem->c_str(), stdout);
+  return kExitOk;
+}
+
+int cmd_delete(const Args& a) {
+  auto name = one_name(a);
+  if (!name) return fail(name.error());
+  Context ctx = make_context(a);
+  const std::string what = "delete(tpm2:" + *name + ")";
+  if (!ctx.keystore().exists(*name))
+    return fail(make_error(Reason::kKeyNotFound, "no key named \"" + *name + "\" in the keystore " + ctx.keystore().dir())
+                    .context(what));
+  if (!a.has_flag("--yes") && !a.has_flag("-y")) {
+    if (!have_tty())
+      return fail(make_error(Reason::kInvalidArgument, "refusing to delete without confirmation: add --yes").context(what));
+    if (!confirm_on_tty("Delete tpm2:" + *name + "? The key cannot be recovered."))
+      return fail(make_error(Reason::kInvalidArgument, "not confirmed; nothing deleted").context(what));
+  }
+  if (Status st = ctx.keystore().remove(*name); !st) return fail(st.take_error().context(what));
+  std::printf("deleted tpm2:%s\n", name->c_str());
+  return kExitOk;
+}
+
+int cmd_algorithms(const Args& a) {
+  Context ctx = make_context(a);
+  auto tpm = ctx.tpm();
+  if (!tpm) return fail(tpm.error());
+  for (const auto& spec : all_algorithms()) {
+    Status st = (*tpm)->supports(spec);
+    if (!st && st.error().reason != Reason::kUnsupported) return fail(st.error());
+    std::printf("%-9s %s\n", spec.name, st ? "supported" : "not supported by this TPM");
+  }
+  return kExitOk;
+}
+
+struct Command {
+  const char* name;
+  int (*run)(const Args&);
+  const char* help;
+};
+const Command kCommands[] = {
+    {"create", cmd_create, kCreateHelp},   {"list", cmd_list, kListHelp},
+    {"pubkey", cmd_pubkey, kPubkeyHelp},   {"delete", cmd_delete, kDeleteHelp},
+    {"algorithms", cmd_algorithms, kAlgorithmsHelp},
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int exit_code = kExitOk;
+  auto args = parse_args(argc, argv, &exit_code);
+  if (!args) return exit_code;
+  bool help = args->has_flag("--help") || args->has_flag("-h") || args->command == "help";
+  if (args->has_flag("--version")) {
+    std::printf("tpmkey %s\n", TPMKEY_VERSION);
+    return kExitOk;
+  }
+  if (args->command.empty() || (help && (args->command == "help" || args->command.empty()))) {
+    std::fputs(kMainHelp, args->command.empty() && !help ? stderr : stdout);
+    return args->command.empty() && !help ? kExitUsage : kExitOk;
+  }
+  for (const auto& c : kCommands) {
+    if (args->command != c.name) continue;
+    if (help) {
+      std::fputs(c.help, stdout);
+      return kExitOk;
+    }
+    return c.run(*args);
+  }
+  return usage_error("unknown command \"" + args->command + "\"");
+}
+
+}  // namespace tpmkey::cli
+
+int main(int argc, char** argv) { return tpmkey::cli::main(argc, argv); }

@@ -1,0 +1,100 @@
+#include <gtest/gtest.h>
+
+#include <sys/stat.h>
+
+#include "keystore/keyfile.h"
+#include "keystore/keystore.h"
+#include "test/support.h"
+
+namespace tpmkey {
+namespace {
+
+std::string data_file(const char* name) { return std::string(TPMKEY_TEST_DATA) + "/" + name; }
+
+TEST(KeyFile, ParsesAFileMadeByTpm2Openssl) {
+  auto kf = read_keyfile(data_file("tpm2-openssl-ec-p256.pem"));
+  ASSERT_TRUE(kf) << kf.error().text();
+  EXPECT_TRUE(kf->empty_auth);
+  EXPECT_EQ(kf->parent, 0x40000001u);
+  EXPECT_EQ(kf->pub.publicArea.type, TPM2_ALG_ECC);
+  EXPECT_EQ(kf->pub.publicArea.parameters.eccDetail.curveID, TPM2_ECC_NIST_P256);
+  EXPECT_GT(kf->priv.size, 0);
+}
+
+TEST(KeyFile, FormatParseRoundTripPemAndDer) {
+  auto kf = read_keyfile(data_file("tpm2-openssl-ec-p256.pem"));
+  ASSERT_TRUE(kf);
+  kf->description = "laptop ssh key";
+  kf->parent = 0x81000001;
+  kf->empty_auth = false;
+  std::string pem = keyfile_pem(*kf);
+  EXPECT_EQ(pem.rfind("-----BEGIN TSS2 PRIVATE KEY-----", 0), 0u);
+  for (const Bytes& enc : {Bytes(pem.begin(), pem.end()), keyfile_der(*kf)}) {
+    auto back = parse_keyfile(enc.data(), enc.size());
+    ASSERT_TRUE(back) << back.error().text();
+    EXPECT_EQ(back->description, "laptop ssh key");
+    EXPECT_EQ(back->parent, 0x81000001u);
+    EXPECT_FALSE(back->empty_auth);
+    EXPECT_EQ(keyfile_der(*back), keyfile_der(*kf));
+  }
+}
+
+TEST(KeyFile, RejectsGarbageWithClearErrors) {
+  auto kf = read_keyfile(data_file("tpm2-openssl-ec-p256.pem"));
+  ASSERT_TRUE(kf);
+  Bytes der = keyfile_der(*kf);
+  // Every truncation fails cleanly.
+  for (size_t n = 0; n < der.size(); ++n) {
+    auto r = parse_keyfile(der.data(), n);
+    ASSERT_FALSE(r) << n;
+    EXPECT_EQ(r.error().reason, Reason::kMalformedKey);
+  }
+  // Every single-byte corruption either fails cleanly or still parses; never crashes.
+  for (size_t i = 0; i < der.size(); ++i) {
+    Bytes c = der;
+    c[i] ^= 0x5A;
+    (void)parse_keyfile(c.data(), c.size());
+  }
+  std::string other = "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n";
+  auto r = parse_keyfile(reinterpret_cast<const uint8_t*>(other.data()), other.size());
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().text().find("\"PRIVATE KEY\""), std::string::npos) << r.error().text();
+}
+
+TEST(KeyFile, PolicyAndImportableKeysAreUnsupported) {
+  // SEQUENCE { OID importableKey, INTEGER 0x40000001, OCTET STRING {}, OCTET STRING {} }
+  const uint8_t importable[] = {0x30, 0x12, 0x06, 0x06, 0x67, 0x81, 0x05, 0x0A, 0x01, 0x04, 0x02,
+                                0x04, 0x40, 0x00, 0x00, 0x01, 0x04, 0x00, 0x04, 0x00};
+  auto r = parse_keyfile(importable, sizeof importable);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().reason, Reason::kUnsupported);
+}
+
+TEST(Keystore, AddIsAtomicPrivateAndNeverOverwrites) {
+  std::string dir = test::make_temp_dir("tpmkey-ks") + "/nested/ks";
+  Keystore ks(dir);
+  auto kf = read_keyfile(data_file("tpm2-openssl-ec-p256.pem"));
+  ASSERT_TRUE(kf);
+  ASSERT_TRUE(ks.add("k1", *kf));
+  struct stat st{};
+  ASSERT_EQ(stat(ks.path_of("k1").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  ASSERT_EQ(stat(dir.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  std::string before = test::read_file(ks.path_of("k1"));
+  kf->description = "other";
+  auto again = ks.add("k1", *kf);
+  ASSERT_FALSE(again);
+  EXPECT_NE(again.error().text().find("already exists"), std::string::npos);
+  EXPECT_EQ(test::read_file(ks.path_of("k1")), before);
+  EXPECT_FALSE(ks.add("../escape", *kf));
+  auto names = ks.list();
+  ASSERT_TRUE(names);
+  EXPECT_EQ(*names, std::vector<std::string>{"k1"});  // no temporary files left behind
+  EXPECT_TRUE(ks.remove("k1"));
+  EXPECT_EQ(ks.remove("k1").error().reason, Reason::kKeyNotFound);
+  test::remove_tree(dir.substr(0, dir.size() - std::string("/nested/ks").size()));
+}
+
+}  // namespace
+}  // namespace tpmkey

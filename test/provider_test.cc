@@ -1,0 +1,432 @@
+// The provider in-process against a real swtpm: generation, signing in both provider orders,
+// verification with the default provider alone, store, encoder, errors, TPM command counts.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/provider.h>
+#include <openssl/rsa.h>
+#include <openssl/store.h>
+#include <openssl/x509.h>
+
+#include "keystore/keyfile.h"
+#include "test/support.h"
+
+namespace tpmkey::test {
+namespace {
+
+struct Alg {
+  const char* name;  // tpmkey algorithm name
+  const char* type;  // "EC" / "RSA"
+  const char* group;
+  unsigned bits;
+};
+const Alg kAlgs[] = {{"ec-p256", "EC", "P-256", 0}, {"ec-p384", "EC", "P-384", 0}, {"ec-p521", "EC", "P-521", 0},
+                     {"rsa2048", "RSA", nullptr, 2048}, {"rsa3072", "RSA", nullptr, 3072},
+                     {"rsa4096", "RSA", nullptr, 4096}};
+
+// Verification happens here: a library context holding the default provider and nothing else.
+OSSL_LIB_CTX* default_only() {
+  static OSSL_LIB_CTX* ctx = [] {
+    OSSL_LIB_CTX* c = OSSL_LIB_CTX_new();
+    OSSL_PROVIDER_load(c, "default");
+    return c;
+  }();
+  return ctx;
+}
+
+using PkeyPtr = std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)>;
+
+// The key's public half, re-read from SubjectPublicKeyInfo into the default-only context.
+PkeyPtr public_copy(EVP_PKEY* pkey) {
+  unsigned char* der = nullptr;
+  int n = i2d_PUBKEY(pkey, &der);
+  const unsigned char* p = der;
+  EVP_PKEY* pub = n > 0 ? d2i_PUBKEY_ex(nullptr, &p, n, default_only(), nullptr) : nullptr;
+  OPENSSL_free(der);
+  return PkeyPtr(pub, EVP_PKEY_free);
+}
+
+struct SignOpts {
+  const char* md = "SHA256";
+  int padding = 0;  // RSA: RSA_PKCS1_PADDING or RSA_PKCS1_PSS_PADDING
+};
+
+std::vector<unsigned char> digest_sign(OSSL_LIB_CTX* lib, EVP_PKEY* key, const std::string& msg, SignOpts o) {
+  EVP_MD_CTX* md = EVP_MD_CTX_new();
+  EVP_PKEY_CTX* pctx = nullptr;
+  std::vector<unsigned char> sig;
+  size_t len = 0;
+  if (EVP_DigestSignInit_ex(md, &pctx, o.md, lib, nullptr, key, nullptr) == 1 &&
+      (!o.padding || EVP_PKEY_CTX_set_rsa_padding(pctx, o.padding) == 1) &&
+      (o.padding != RSA_PKCS1_PSS_PADDING || EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) == 1) &&
+      EVP_DigestSign(md, nullptr, &len, reinterpret_cast<const unsigned char*>(msg.data()), msg.size()) == 1) {
+    sig.resize(len);
+    if (EVP_DigestSign(md, sig.data(), &len, reinterpret_cast<const unsigned char*>(msg.data()), msg.size()) == 1)
+      sig.resize(len);
+    else
+      sig.clear();
+  }
+  EVP_MD_CTX_free(md);
+  return sig;
+}
+
+bool digest_verify(EVP_PKEY* pub, const std::string& msg, const std::vector<unsigned char>& sig, SignOpts o) {
+  EVP_MD_CTX* md = EVP_MD_CTX_new();
+  EVP_PKEY_CTX* pctx = nullptr;
+  bool ok = EVP_DigestVerifyInit_ex(md, &pctx, o.md, default_only(), nullptr, pub, nullptr) == 1 &&
+            (!o.padding || EVP_PKEY_CTX_set_rsa_padding(pctx, o.padding) == 1) &&
+            (o.padding != RSA_PKCS1_PSS_PADDING || EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) == 1) &&
+            EVP_DigestVerify(md, sig.data(), sig.size(), reinterpret_cast<const unsigned char*>(msg.data()),
+                             msg.size()) == 1;
+  EVP_MD_CTX_free(md);
+  return ok;
+}
+
+std::vector<unsigned char> sha(const char* md, const std::string& msg) {
+  std::vector<unsigned char> d(EVP_MAX_MD_SIZE);
+  unsigned int n = 0;
+  EVP_Q_digest(default_only(), md, nullptr, msg.data(), msg.size(), d.data(), reinterpret_cast<size_t*>(&n));
+  d.resize(size_t(EVP_MD_get_size(EVP_get_digestbyname(md))));
+  return d;
+}
+
+class ProviderTest : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    tcti_ = shared_swtpm().tcti();
+    dir_ = make_temp_dir("tpmkey-provider-test");
+    keystore_ = dir_ + "/keystore";
+    cnf_ = write_openssl_cnf(dir_, tpmkey_first(), tcti_, keystore_);
+    lib_ = new_configured_libctx(cnf_);
+  }
+  void TearDown() override {
+    OSSL_LIB_CTX_free(lib_);  // provider teardown flushes what it loaded
+    lib_ = nullptr;
+    TpmHandles h = tpm_handles(tcti_);
+    EXPECT_TRUE(h.clean()) << "left in the TPM: " << h.describe();
+    remove_tree(dir_);
+    ERR_clear_error();
+  }
+  bool tpmkey_first() const { return GetParam(); }
+
+  // Generates a key inside the TPM through EVP_PKEY_generate.
+  PkeyPtr generate(const Alg& a, const char* user_auth = nullptr) {
+    EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_name(lib_, a.type, "provider=tpmkey");
+    EVP_PKEY* key = nullptr;
+    OSSL_PARAM params[3];
+    int n = 0;
+    size_t bits = a.bits;
+    if (a.group) params[n++] = OSSL_PARAM_construct_utf8_string("group", const_cast<char*>(a.group), 0);
+    else params[n++] = OSSL_PARAM_construct_size_t("bits", &bits);
+    if (user_auth) params[n++] = OSSL_PARAM_construct_utf8_string("user-auth", const_cast<char*>(user_auth), 0);
+    params[n] = OSSL_PARAM_construct_end();
+    if (!ctx || EVP_PKEY_keygen_init(ctx) != 1 || EVP_PKEY_CTX_set_params(ctx, params) != 1 ||
+        EVP_PKEY_generate(ctx, &key) != 1)
+      key = nullptr;
+    EVP_PKEY_CTX_free(ctx);
+    return PkeyPtr(key, EVP_PKEY_free);
+  }
+
+  // Whether this TPM can make keys of `a` (swtpm builds differ on P-521 / RSA-4096).
+  bool tpm_supports(const Alg& a) {
+    auto r = run({tpmkey_bin(), "--tcti", tcti_, "algorithms"});
+    return r.out.find(std::string(a.name) + std::string(10 - std::strlen(a.name), ' ') + "supported") !=
+           std::string::npos;
+  }
+
+  // Stores `key` as keystore entry `name` through the TSS2 encoder.
+  void store(EVP_PKEY* key, const std::string& name) {
+    std::string path = keystore_ + "/" + name + ".pem";
+    std::filesystem::create_directories(keystore_);
+    BIO* b = BIO_new_file(path.c_str(), "w");
+    ASSERT_TRUE(b);
+    ASSERT_EQ(PEM_write_bio_PrivateKey(b, key, nullptr, nullptr, 0, nullptr, nullptr), 1) << drain_errors();
+    BIO_free(b);
+  }
+
+  PkeyPtr load(const std::string& uri, int expect = 0) {
+    OSSL_STORE_CTX* s = OSSL_STORE_open_ex(uri.c_str(), lib_, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr);
+    EVP_PKEY* key = nullptr;
+    if (s) {
+      if (expect) OSSL_STORE_expect(s, expect);
+      while (!key && !OSSL_STORE_eof(s)) {
+        OSSL_STORE_INFO* info = OSSL_STORE_load(s);
+        if (!info) break;
+        if (OSSL_STORE_INFO_get_type(info) == OSSL_STORE_INFO_PKEY) key = OSSL_STORE_INFO_get1_PKEY(info);
+        if (OSSL_STORE_INFO_get_type(info) == OSSL_STORE_INFO_PUBKEY) key = OSSL_STORE_INFO_get1_PUBKEY(info);
+        OSSL_STORE_INFO_free(info);
+      }
+      OSSL_STORE_close(s);
+    }
+    return PkeyPtr(key, EVP_PKEY_free);
+  }
+
+  std::string tcti_, dir_, keystore_, cnf_;
+  OSSL_LIB_CTX* lib_ = nullptr;
+};
+
+std::string order_name(const ::testing::TestParamInfo<bool>& i) { return i.param ? "TpmkeyFirst" : "DefaultFirst"; }
+INSTANTIATE_TEST_SUITE_P(Order, ProviderTest, ::testing::Bool(), order_name);
+
+TEST_P(ProviderTest, LoadingAndListingDoNotTouchTheTpm) {
+  EXPECT_TRUE(OSSL_PROVIDER_available(lib_, "tpmkey"));
+  EVP_KEYMGMT* km = EVP_KEYMGMT_fetch(lib_, "EC", "provider=tpmkey");
+  EXPECT_TRUE(km);
+  EVP_KEYMGMT_free(km);
+  // No RAND, digest or cipher is registered: those always come from the default provider.
+  EVP_MD* md = EVP_MD_fetch(lib_, "SHA256", "provider=tpmkey");
+  EXPECT_EQ(md, nullptr);
+  EVP_MD_free(md);
+  ERR_clear_error();
+  EXPECT_EQ(tpm_commands(lib_), 0u);
+}
+
+TEST_P(ProviderTest, GenerateSignVerifyEveryAlgorithm) {
+  const std::string msg = "tpmkey signs this";
+  for (const Alg& a : kAlgs) {
+    SCOPED_TRACE(a.name);
+    if (!tpm_supports(a)) {
+      std::printf("[   NOTE   ] %s: not supported by this TPM, checked that it fails cleanly\n", a.name);
+      EXPECT_FALSE(generate(a));
+      EXPECT_NE(drain_errors().find("unsupported"), std::string::npos);
+      continue;
+    }
+    PkeyPtr key = generate(a);
+    ASSERT_TRUE(key) << drain_errors();
+    PkeyPtr pub = public_copy(key.get());
+    ASSERT_TRUE(pub);
+    EXPECT_EQ(EVP_PKEY_get_bits(key.get()), EVP_PKEY_get_bits(pub.get()));
+    std::vector<SignOpts> variants = {{"SHA256", 0}, {"SHA384", 0}, {"SHA512", 0}};
+    if (std::string(a.type) == "RSA") {
+      variants = {{"SHA256", RSA_PKCS1_PADDING}, {"SHA384", RSA_PKCS1_PADDING}, {"SHA256", RSA_PKCS1_PSS_PADDING},
+                  {"SHA512", RSA_PKCS1_PSS_PADDING}};
+    }
+    for (SignOpts o : variants) {
+      SCOPED_TRACE(std::string(o.md) + " padding " + std::to_string(o.padding));
+      auto sig = digest_sign(lib_, key.get(), msg, o);
+      ASSERT_FALSE(sig.empty()) << drain_errors();
+      EXPECT_TRUE(digest_verify(pub.get(), msg, sig, o)) << drain_errors();
+      EXPECT_FALSE(digest_verify(pub.get(), msg + "!", sig, o));
+      ERR_clear_error();
+
+      // EVP_PKEY_sign: the caller hashes, the TPM signs the digest.
+      auto d = sha(o.md, msg);
+      EVP_PKEY_CTX* sctx = EVP_PKEY_CTX_new_from_pkey(lib_, key.get(), nullptr);
+      ASSERT_EQ(EVP_PKEY_sign_init(sctx), 1) << drain_errors();
+      if (o.padding) {
+        ASSERT_EQ(EVP_PKEY_CTX_set_rsa_padding(sctx, o.padding), 1);
+      }
+      ASSERT_EQ(EVP_PKEY_CTX_set_signature_md(sctx, EVP_get_digestbyname(o.md)), 1);
+      size_t len = 0;
+      ASSERT_EQ(EVP_PKEY_sign(sctx, nullptr, &len, d.data(), d.size()), 1);
+      std::vector<unsigned char> raw(len);
+      ASSERT_EQ(EVP_PKEY_sign(sctx, raw.data(), &len, d.data(), d.size()), 1) << drain_errors();
+      raw.resize(len);
+      EVP_PKEY_CTX_free(sctx);
+      EVP_PKEY_CTX* vctx = EVP_PKEY_CTX_new_from_pkey(default_only(), pub.get(), nullptr);
+      EVP_PKEY_verify_init(vctx);
+      if (o.padding) EVP_PKEY_CTX_set_rsa_padding(vctx, o.padding);
+      if (o.padding == RSA_PKCS1_PSS_PADDING) EVP_PKEY_CTX_set_rsa_pss_saltlen(vctx, RSA_PSS_SALTLEN_DIGEST);
+      EVP_PKEY_CTX_set_signature_md(vctx, EVP_get_digestbyname(o.md));
+      EXPECT_EQ(EVP_PKEY_verify(vctx, raw.data(), raw.size(), d.data(), d.size()), 1) << drain_errors();
+      EVP_PKEY_CTX_free(vctx);
+    }
+  }
+}
+
+TEST_P(ProviderTest, WarmSignatureIsExactlyOneTpmCommand) {
+  for (const Alg& a : {kAlgs[0], kAlgs[3]}) {
+    SCOPED_TRACE(a.name);
+    PkeyPtr key = generate(a);
+    ASSERT_TRUE(key) << drain_errors();
+    SignOpts o{"SHA256", std::string(a.type) == "RSA" ? RSA_PKCS1_PSS_PADDING : 0};
+    ASSERT_FALSE(digest_sign(lib_, key.get(), "cold", o).empty());  // loads the key
+    uint64_t before = tpm_commands(lib_);
+    for (int i = 0; i < 5; ++i) ASSERT_FALSE(digest_sign(lib_, key.get(), "warm", o).empty());
+    EXPECT_EQ(tpm_commands(lib_) - before, 5u);
+  }
+}
+
+TEST_P(ProviderTest, ParamsForTlsAndX509) {
+  PkeyPtr ec = generate(kAlgs[1]);
+  ASSERT_TRUE(ec);
+  EXPECT_EQ(EVP_PKEY_get_bits(ec.get()), 384);
+  EXPECT_EQ(EVP_PKEY_get_security_bits(ec.get()), 192);
+  EXPECT_GE(EVP_PKEY_get_size(ec.get()), 100);
+  char group[32] = {};
+  EXPECT_EQ(EVP_PKEY_get_group_name(ec.get(), group, sizeof group, nullptr), 1);
+  EXPECT_STREQ(group, "secp384r1");
+  char mdname[32] = {};
+  EXPECT_GT(EVP_PKEY_get_default_digest_name(ec.get(), mdname, sizeof mdname), 0);
+  EXPECT_STREQ(mdname, "SHA256");
+  unsigned char* point = nullptr;
+  EXPECT_EQ(EVP_PKEY_get1_encoded_public_key(ec.get(), &point), 97u);
+  OPENSSL_free(point);
+  EXPECT_TRUE(EVP_PKEY_can_sign(ec.get()));
+
+  PkeyPtr rsa = generate(kAlgs[3]);
+  ASSERT_TRUE(rsa);
+  EXPECT_EQ(EVP_PKEY_get_bits(rsa.get()), 2048);
+  EXPECT_EQ(EVP_PKEY_get_size(rsa.get()), 256);
+  BIGNUM* e = nullptr;
+  ASSERT_EQ(EVP_PKEY_get_bn_param(rsa.get(), OSSL_PKEY_PARAM_RSA_E, &e), 1);
+  EXPECT_EQ(BN_get_word(e), 65537u);
+  BN_free(e);
+}
+
+TEST_P(ProviderTest, ExportsOnlyThePublicHalf) {
+  PkeyPtr key = generate(kAlgs[0]);
+  ASSERT_TRUE(key);
+  OSSL_PARAM* params = nullptr;
+  EXPECT_NE(EVP_PKEY_todata(key.get(), EVP_PKEY_KEYPAIR, &params), 1);
+  EXPECT_EQ(EVP_PKEY_todata(key.get(), EVP_PKEY_PUBLIC_KEY, &params), 1);
+  EXPECT_TRUE(OSSL_PARAM_locate(params, OSSL_PKEY_PARAM_PUB_KEY));
+  EXPECT_FALSE(OSSL_PARAM_locate(params, OSSL_PKEY_PARAM_PRIV_KEY));
+  OSSL_PARAM_free(params);
+  ERR_clear_error();
+}
+
+TEST_P(ProviderTest, ForeignKeysNeverReachTheTpm) {
+  // A software key in the same library context signs and verifies in software.
+  EVP_PKEY* soft = EVP_PKEY_Q_keygen(lib_, "provider=default", "EC", "P-256");
+  ASSERT_TRUE(soft);
+  PkeyPtr owned(soft, EVP_PKEY_free);
+  auto sig = digest_sign(lib_, soft, "software", {});
+  ASSERT_FALSE(sig.empty()) << drain_errors();
+  EVP_MD_CTX* md = EVP_MD_CTX_new();
+  ASSERT_EQ(EVP_DigestVerifyInit_ex(md, nullptr, "SHA256", lib_, nullptr, soft, nullptr), 1);
+  EXPECT_EQ(EVP_DigestVerify(md, sig.data(), sig.size(), reinterpret_cast<const unsigned char*>("software"), 8), 1);
+  EVP_MD_CTX_free(md);
+  EXPECT_EQ(tpm_commands(lib_), 0u);
+}
+
+TEST_P(ProviderTest, StoreListsLoadsAndGivesPublicKeys) {
+  PkeyPtr a = generate(kAlgs[0]), b = generate(kAlgs[3]);
+  ASSERT_TRUE(a && b);
+  store(a.get(), "alpha");
+  store(b.get(), "beta");
+  // The file is a standard TSS2 key file, 0600.
+  std::string pem = read_file(keystore_ + "/alpha.pem");
+  auto kf = parse_keyfile(reinterpret_cast<const uint8_t*>(pem.data()), pem.size());
+  ASSERT_TRUE(kf) << kf.error().text();
+  EXPECT_EQ(kf->parent, kOwnerParent);
+  EXPECT_TRUE(kf->pub.publicArea.objectAttributes & TPMA_OBJECT_FIXEDTPM);
+  EXPECT_TRUE(kf->pub.publicArea.objectAttributes & TPMA_OBJECT_FIXEDPARENT);
+
+  OSSL_STORE_CTX* s = OSSL_STORE_open_ex("tpm2:", lib_, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr);
+  ASSERT_TRUE(s) << drain_errors();
+  std::vector<std::string> names;
+  while (!OSSL_STORE_eof(s)) {
+    OSSL_STORE_INFO* info = OSSL_STORE_load(s);
+    if (!info) break;
+    EXPECT_EQ(OSSL_STORE_INFO_get_type(info), OSSL_STORE_INFO_NAME);
+    names.push_back(OSSL_STORE_INFO_get0_NAME(info));
+    OSSL_STORE_INFO_free(info);
+  }
+  OSSL_STORE_close(s);
+  EXPECT_EQ(names, (std::vector<std::string>{"tpm2:alpha", "tpm2:beta"}));
+
+  PkeyPtr loaded = load("tpm2:alpha");
+  ASSERT_TRUE(loaded) << drain_errors();
+  EXPECT_EQ(EVP_PKEY_eq(loaded.get(), a.get()), 1);
+  auto sig = digest_sign(lib_, loaded.get(), "from the store", {});
+  ASSERT_FALSE(sig.empty()) << drain_errors();
+  EXPECT_TRUE(digest_verify(public_copy(a.get()).get(), "from the store", sig, {}));
+
+  PkeyPtr pub = load("tpm2:name=beta;type=public");
+  ASSERT_TRUE(pub) << drain_errors();
+  EXPECT_EQ(EVP_PKEY_get_bits(pub.get()), 2048);
+  EXPECT_STREQ(OSSL_PROVIDER_get0_name(EVP_PKEY_get0_provider(pub.get())), "default");
+
+  PkeyPtr by_file = load("tpm2:file=" + keystore_ + "/beta.pem");
+  ASSERT_TRUE(by_file) << drain_errors();
+  EXPECT_STREQ(OSSL_PROVIDER_get0_name(EVP_PKEY_get0_provider(by_file.get())), "tpmkey");
+}
+
+TEST_P(ProviderTest, MoreKeysThanTpmSlotsAllSign) {
+  std::vector<PkeyPtr> keys;
+  for (int i = 0; i < 5; ++i) {
+    keys.push_back(generate(kAlgs[0]));
+    ASSERT_TRUE(keys.back()) << drain_errors();
+  }
+  for (int round = 0; round < 2; ++round) {
+    for (auto& k : keys) {
+      auto sig = digest_sign(lib_, k.get(), "slot", {});
+      ASSERT_FALSE(sig.empty()) << drain_errors();
+      EXPECT_TRUE(digest_verify(public_copy(k.get()).get(), "slot", sig, {}));
+    }
+  }
+}
+
+TEST_P(ProviderTest, KeyWithPassword) {
+  PkeyPtr key = generate(kAlgs[0], "correct horse");
+  ASSERT_TRUE(key) << drain_errors();
+  ASSERT_FALSE(digest_sign(lib_, key.get(), "pw", {}).empty()) << drain_errors();
+  store(key.get(), "pw");
+  // No pin and no way to ask for one: the load fails before anything reaches the TPM.
+  EXPECT_FALSE(load("tpm2:pw"));
+  EXPECT_NE(drain_errors().find("open(tpm2:pw): authorization failed: no password given"), std::string::npos);
+  PkeyPtr with_pin = load("tpm2:pw?pin-value=correct%20horse");
+  ASSERT_TRUE(with_pin);
+  EXPECT_FALSE(digest_sign(lib_, with_pin.get(), "pw", {}).empty()) << drain_errors();
+  write_file(dir_ + "/pin", "correct horse\n");
+  PkeyPtr with_source = load("tpm2:pw?pin-source=" + dir_ + "/pin");
+  ASSERT_TRUE(with_source);
+  EXPECT_FALSE(digest_sign(lib_, with_source.get(), "pw", {}).empty()) << drain_errors();
+  PkeyPtr wrong = load("tpm2:pw?pin-value=wrong");
+  ASSERT_TRUE(wrong);
+  EXPECT_TRUE(digest_sign(lib_, wrong.get(), "pw", {}).empty());
+  std::string err = drain_errors();
+  EXPECT_NE(err.find("sign(tpm2:pw): TPM2_Sign: authorization failed: tpm:session(1)"), std::string::npos) << err;
+  EXPECT_EQ(err.find("wrong"), std::string::npos) << "the pin leaked into a message: " << err;
+}
+
+TEST_P(ProviderTest, ErrorsAreClear) {
+  struct Case {
+    std::string uri, says;
+  };
+  std::filesystem::create_directories(keystore_);
+  write_file(keystore_ + "/corrupt.pem", "-----BEGIN TSS2 PRIVATE KEY-----\nMAMCAQA=\n-----END TSS2 PRIVATE KEY-----\n");
+  write_file(keystore_ + "/empty.pem", "");
+  for (const Case& c : std::vector<Case>{
+           {"tpm2:missing", "open(tpm2:missing): key not found: no key named \"missing\""},
+           {"tpm2:bad/name", "malformed tpm2: URI: key name \"bad/name\""},
+           {"tpm2:name=a;color=red", "unknown attribute \"color\""},
+           {"tpm2:corrupt", "open(tpm2:corrupt): read(" + keystore_ + "/corrupt.pem): malformed or unusable key file"},
+           {"tpm2:empty", "file is empty"},
+           {"tpm2:file=/nonexistent/k.pem", "read(/nonexistent/k.pem): key not found: No such file"}}) {
+    SCOPED_TRACE(c.uri);
+    EXPECT_FALSE(load(c.uri));
+    std::string err = drain_errors();
+    EXPECT_NE(err.find(c.says), std::string::npos) << err;
+  }
+  EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_name(lib_, "EC", "provider=tpmkey");
+  ASSERT_EQ(EVP_PKEY_keygen_init(ctx), 1);
+  EXPECT_NE(EVP_PKEY_CTX_set_group_name(ctx, "P-192"), 1);
+  EXPECT_NE(drain_errors().find("EC group \"P-192\""), std::string::npos);
+  EVP_PKEY_CTX_free(ctx);
+}
+
+TEST(ProviderUnreachable, LoadsThenFailsCleanly) {
+  std::string dir = make_temp_dir("tpmkey-unreachable");
+  // A port nothing listens on: the provider must load, and fail only when a key is used.
+  std::string cnf = write_openssl_cnf(dir, true, "swtpm:host=127.0.0.1,port=1", dir + "/ks");
+  OSSL_LIB_CTX* lib = new_configured_libctx(cnf);
+  EXPECT_TRUE(OSSL_PROVIDER_available(lib, "tpmkey"));
+  EVP_PKEY* key = EVP_PKEY_Q_keygen(lib, "provider=tpmkey", "EC", "P-256");
+  EXPECT_EQ(key, nullptr);
+  std::string err = drain_errors();
+  EXPECT_NE(err.find("generate(ec-p256): connect(swtpm:host=127.0.0.1,port=1): TPM unreachable"), std::string::npos)
+      << err;
+  OSSL_LIB_CTX_free(lib);
+  remove_tree(dir);
+}
+
+}  // namespace
+}  // namespace tpmkey::test
