@@ -1,0 +1,239 @@
+// The real command line: the tpmkey CLI and openssl, against this binary's own swtpm.
+#include <gtest/gtest.h>
+
+#include <sys/stat.h>
+
+#include <filesystem>
+
+#include "test/support.h"
+
+namespace tpmkey::test {
+namespace {
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    tcti_ = shared_swtpm().tcti();
+    dir_ = make_temp_dir("tpmkey-cli-test");
+    keystore_ = dir_ + "/keystore";
+    env_ = {"TPMKEY_TCTI=" + tcti_, "TPMKEY_KEYSTORE=" + keystore_, "OPENSSL_CONF=/dev/null", "TSS2_LOG=all+none"};
+    write_file(dir_ + "/msg", "a file to sign\n");
+  }
+  void TearDown() override {
+    TpmHandles h = tpm_handles(tcti_);
+    EXPECT_TRUE(h.clean()) << "left in the TPM: " << h.describe();
+    remove_tree(dir_);
+  }
+
+  CommandResult tpmkey(std::vector<std::string> args) {
+    args.insert(args.begin(), tpmkey_bin());
+    return run(args, env_);
+  }
+  // openssl with the provider on the command line, in the given order.
+  CommandResult openssl(const std::string& cmd, std::vector<std::string> args, bool tpmkey_first = true) {
+    std::vector<std::string> a = {"openssl", cmd, "-provider-path", provider_dir()};
+    for (const char* p : tpmkey_first ? std::vector<const char*>{"tpmkey", "default"}
+                                      : std::vector<const char*>{"default", "tpmkey"}) {
+      a.push_back("-provider");
+      a.push_back(p);
+    }
+    a.insert(a.end(), args.begin(), args.end());
+    return run(a, env_);
+  }
+  // openssl with nothing but the default provider: the independent verifier.
+  CommandResult plain_openssl(std::vector<std::string> args) {
+    args.insert(args.begin(), "openssl");
+    return run(args, env_);
+  }
+  bool supported(const std::string& alg) {
+    auto r = tpmkey({"algorithms"});
+    return r.out.find(alg + std::string(10 - alg.size(), ' ') + "supported") != std::string::npos;
+  }
+
+  std::string tcti_, dir_, keystore_;
+  std::vector<std::string> env_;
+};
+
+#define EXPECT_OK(r) EXPECT_EQ((r).exit_code, 0) << (r).out << (r).err
+#define EXPECT_FAILS_WITH(r, text)                                                  \
+  do {                                                                              \
+    auto&& res_ = (r);                                                              \
+    EXPECT_NE(res_.exit_code, 0) << res_.out;                                       \
+    EXPECT_LT(res_.exit_code, 128) << "crashed: " << res_.err;                      \
+    EXPECT_NE(res_.err.find(text), std::string::npos) << "stderr: " << res_.err;    \
+  } while (0)
+
+TEST_F(CliTest, CreateListPubkeyDelete) {
+  EXPECT_OK(tpmkey({"create", "ssh"}));
+  EXPECT_OK(tpmkey({"create", "web", "--algorithm", "rsa2048", "--description", "web client"}));
+  struct stat st{};
+  ASSERT_EQ(stat((keystore_ + "/ssh.pem").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+
+  auto list = tpmkey({"list"});
+  EXPECT_OK(list);
+  EXPECT_NE(list.out.find("ssh                      ec-p256    256    no        0x40000001"), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("web                      rsa2048    2048   no        0x40000001"), std::string::npos) << list.out;
+
+  // Refuses to overwrite, and the stored key is unchanged.
+  std::string before = read_file(keystore_ + "/ssh.pem");
+  EXPECT_FAILS_WITH(tpmkey({"create", "ssh", "--algorithm", "rsa2048"}), "already exists");
+  EXPECT_EQ(read_file(keystore_ + "/ssh.pem"), before);
+
+  auto ossh = tpmkey({"pubkey", "ssh", "--format", "openssh"});
+  EXPECT_OK(ossh);
+  EXPECT_EQ(ossh.out.rfind("ecdsa-sha2-nistp256 AAAA", 0), 0u) << ossh.out;
+  write_file(dir_ + "/ssh.pub", ossh.out);
+  auto fp = run({"ssh-keygen", "-l", "-f", dir_ + "/ssh.pub"});
+  EXPECT_OK(fp);
+  EXPECT_NE(fp.out.find("(ECDSA)"), std::string::npos) << fp.out;
+  auto rsa_ssh = tpmkey({"pubkey", "web", "--format", "openssh"});
+  write_file(dir_ + "/web.pub", rsa_ssh.out);
+  EXPECT_NE(run({"ssh-keygen", "-l", "-f", dir_ + "/web.pub"}).out.find("2048"), std::string::npos);
+
+  // The PEM public key equals what openssl derives from the key itself.
+  auto pem = tpmkey({"pubkey", "ssh"});
+  EXPECT_OK(pem);
+  auto derived = openssl("pkey", {"-in", "tpm2:ssh", "-pubout"});
+  EXPECT_OK(derived);
+  EXPECT_EQ(pem.out, derived.out);
+
+  // Without a terminal, delete needs --yes; nothing is lost by the refusal.
+  EXPECT_FAILS_WITH(tpmkey({"delete", "ssh"}), "add --yes");
+  EXPECT_TRUE(std::filesystem::exists(keystore_ + "/ssh.pem"));
+  EXPECT_OK(tpmkey({"delete", "ssh", "--yes"}));
+  EXPECT_FALSE(std::filesystem::exists(keystore_ + "/ssh.pem"));
+  EXPECT_FAILS_WITH(tpmkey({"delete", "ssh", "--yes"}), "no key named \"ssh\"");
+}
+
+TEST_F(CliTest, HelpForEveryCommand) {
+  for (const char* cmd : {"create", "list", "pubkey", "delete", "algorithms"}) {
+    auto r = tpmkey({cmd, "--help"});
+    EXPECT_OK(r);
+    EXPECT_NE(r.out.find(std::string("Usage: tpmkey ") + cmd), std::string::npos) << r.out;
+  }
+  auto r = tpmkey({"--help"});
+  EXPECT_OK(r);
+  EXPECT_NE(r.out.find("--tcti"), std::string::npos);
+  EXPECT_FAILS_WITH(tpmkey({"frobnicate"}), "unknown command");
+  EXPECT_FAILS_WITH(tpmkey({"list", "--bogus"}), "unknown option --bogus");
+}
+
+// openssl pkeyutl -sign with every algorithm and padding, both provider orders; the default
+// provider alone verifies.
+TEST_F(CliTest, OpensslPkeyutlSignsWithEveryAlgorithmInBothOrders) {
+  struct Variant {
+    std::string alg, digest, padding;
+  };
+  std::vector<Variant> variants = {{"ec-p256", "sha256", ""},  {"ec-p384", "sha384", ""},
+                                   {"ec-p521", "sha512", ""},  {"rsa2048", "sha256", "pkcs1"},
+                                   {"rsa2048", "sha256", "pss"}, {"rsa3072", "sha384", "pss"},
+                                   {"rsa3072", "sha512", "pkcs1"}, {"rsa4096", "sha256", "pss"}};
+  for (const auto& v : variants) {
+    SCOPED_TRACE(v.alg + " " + v.digest + " " + v.padding);
+    if (!std::filesystem::exists(keystore_ + "/" + v.alg + ".pem")) {
+      if (!supported(v.alg)) {
+        EXPECT_FAILS_WITH(tpmkey({"create", v.alg, "--algorithm", v.alg}), "does not support");
+        continue;
+      }
+      EXPECT_OK(tpmkey({"create", v.alg, "--algorithm", v.alg}));
+      EXPECT_OK(tpmkey({"pubkey", v.alg, }));
+      write_file(dir_ + "/" + v.alg + ".pub", tpmkey({"pubkey", v.alg}).out);
+    }
+    for (bool first : {true, false}) {
+      std::string sig = dir_ + "/sig";
+      std::vector<std::string> sign = {"-sign", "-inkey", "tpm2:" + v.alg, "-rawin", "-digest", v.digest,
+                                       "-in", dir_ + "/msg", "-out", sig};
+      std::vector<std::string> verify = {"pkeyutl", "-verify", "-pubin", "-inkey", dir_ + "/" + v.alg + ".pub",
+                                         "-rawin", "-digest", v.digest, "-in", dir_ + "/msg", "-sigfile", sig};
+      if (!v.padding.empty()) {
+        for (auto* args : {&sign, &verify}) {
+          args->push_back("-pkeyopt");
+          args->push_back("rsa_padding_mode:" + v.padding);
+        }
+      }
+      if (v.padding == "pss") {
+        verify.push_back("-pkeyopt");
+        verify.push_back("rsa_pss_saltlen:digest");
+      }
+      EXPECT_OK(openssl("pkeyutl", sign, first));
+      auto ok = plain_openssl(verify);
+      EXPECT_OK(ok);
+      EXPECT_NE(ok.out.find("Signature Verified Successfully"), std::string::npos);
+    }
+  }
+}
+
+TEST_F(CliTest, OpensslConfigFileAndPrehashedSign) {
+  EXPECT_OK(tpmkey({"create", "k"}));
+  std::string cnf = write_openssl_cnf(dir_, false, tcti_, keystore_);
+  std::vector<std::string> env = env_;
+  env[2] = "OPENSSL_CONF=" + cnf;
+  auto dgst = run({"openssl", "dgst", "-sha256", "-binary", "-out", dir_ + "/d", dir_ + "/msg"}, env);
+  EXPECT_OK(dgst);
+  EXPECT_OK(run({"openssl", "pkeyutl", "-sign", "-inkey", "tpm2:k", "-in", dir_ + "/d", "-out", dir_ + "/s"}, env));
+  write_file(dir_ + "/k.pub", tpmkey({"pubkey", "k"}).out);
+  EXPECT_OK(plain_openssl({"pkeyutl", "-verify", "-pubin", "-inkey", dir_ + "/k.pub", "-in", dir_ + "/d", "-sigfile",
+                           dir_ + "/s"}));
+}
+
+TEST_F(CliTest, GenpkeyStoreutlAndCertificates) {
+  // genpkey generates inside the TPM and writes the TSS2 key file.
+  std::filesystem::create_directories(keystore_);
+  EXPECT_OK(openssl("genpkey", {"-algorithm", "EC", "-pkeyopt", "group:P-384", "-out", keystore_ + "/gen.pem"}));
+  EXPECT_EQ(read_file(keystore_ + "/gen.pem").rfind("-----BEGIN TSS2 PRIVATE KEY-----", 0), 0u);
+  // With default first, generation in the TPM is asked for by property.
+  EXPECT_OK(openssl("genpkey", {"-propquery", "provider=tpmkey", "-algorithm", "RSA", "-pkeyopt", "bits:2048", "-out",
+                                keystore_ + "/genrsa.pem"},
+                    false));
+  EXPECT_EQ(read_file(keystore_ + "/genrsa.pem").rfind("-----BEGIN TSS2 PRIVATE KEY-----", 0), 0u);
+
+  auto list = openssl("storeutl", {"tpm2:"});
+  EXPECT_OK(list);
+  EXPECT_NE(list.out.find("0: Name: tpm2:gen\nec-p384"), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("1: Name: tpm2:genrsa\nrsa2048"), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("Total found: 2"), std::string::npos) << list.out;
+
+  for (const char* name : {"gen", "genrsa"}) {
+    std::string cert = dir_ + "/" + name + ".crt";
+    std::vector<std::string> req = {"-new", "-x509", "-key", std::string("tpm2:") + name, "-subj", "/CN=tpmkey test",
+                                    "-days", "1", "-out", cert};
+    if (std::string(name) == "genrsa") req.insert(req.end(), {"-sigopt", "rsa_padding_mode:pss"});
+    EXPECT_OK(openssl("req", req, false));
+    EXPECT_OK(plain_openssl({"verify", "-CAfile", cert, cert}));
+  }
+}
+
+TEST_F(CliTest, ErrorsSayWhatWhichAndWhy) {
+  EXPECT_OK(tpmkey({"create", "good"}));
+  write_file(keystore_ + "/corrupt.pem", "-----BEGIN TSS2 PRIVATE KEY-----\nMAMCAQA=\n-----END TSS2 PRIVATE KEY-----\n");
+  auto sign = [&](const std::string& uri) {
+    return openssl("pkeyutl", {"-sign", "-inkey", uri, "-rawin", "-in", dir_ + "/msg", "-out", dir_ + "/s"});
+  };
+  EXPECT_FAILS_WITH(sign("tpm2:bad/name"), "malformed tpm2: URI: key name \"bad/name\"");
+  EXPECT_FAILS_WITH(sign("tpm2:name=x;colour=red"), "unknown attribute \"colour\"");
+  EXPECT_FAILS_WITH(sign("tpm2:nosuchkey"), "open(tpm2:nosuchkey): key not found");
+  EXPECT_FAILS_WITH(sign("tpm2:corrupt"), "open(tpm2:corrupt): read(" + keystore_ + "/corrupt.pem): malformed");
+  EXPECT_FAILS_WITH(tpmkey({"create", "d", "--algorithm", "dsa1024"}), "unknown algorithm \"dsa1024\"");
+  EXPECT_FAILS_WITH(openssl("genpkey", {"-algorithm", "EC", "-pkeyopt", "group:P-192"}), "EC group \"P-192\"");
+  EXPECT_FAILS_WITH(tpmkey({"create", "../x"}), "key name \"../x\"");
+  EXPECT_FAILS_WITH(tpmkey({"pubkey", "corrupt"}), "malformed or unusable key file");
+
+  // No TPM: the provider loads, listing works, signing fails with the decoded TCTI error.
+  std::vector<std::string> dead_env = env_;
+  dead_env[0] = "TPMKEY_TCTI=swtpm:host=127.0.0.1,port=1";
+  auto dead = run({"openssl", "pkeyutl", "-provider-path", provider_dir(), "-provider", "tpmkey", "-provider", "default",
+                   "-sign", "-inkey", "tpm2:good", "-rawin", "-in", dir_ + "/msg", "-out", dir_ + "/s"},
+                  dead_env);
+  EXPECT_FAILS_WITH(dead, "sign(tpm2:good): connect(swtpm:host=127.0.0.1,port=1): TPM unreachable: tcti:IO failure");
+  auto list = run({tpmkey_bin(), "list"}, dead_env);  // no TPM needed; exits 1 for the corrupt file
+  EXPECT_EQ(list.exit_code, 1);
+  EXPECT_NE(list.out.find("good                     ec-p256"), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("corrupt                  read("), std::string::npos) << list.out;
+  EXPECT_FAILS_WITH(run({tpmkey_bin(), "create", "k2"}, dead_env), "TPM unreachable");
+  EXPECT_OK(run({"openssl", "list", "-provider-path", provider_dir(), "-provider", "tpmkey", "-signature-algorithms"},
+                dead_env));
+}
+
+}  // namespace
+}  // namespace tpmkey::test

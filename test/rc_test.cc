@@ -34,8 +34,8 @@ TEST(ReturnCodes, MessageHasContextReasonAndDecodedCode) {
   Error e = tss_error("TPM2_Sign", TPM2_RC_BAD_AUTH | TPM2_RC_S | TPM2_RC_1);
   e.context("sign(tpm2:ssh)");
   EXPECT_EQ(e.text(),
-            "sign(tpm2:ssh): TPM2_Sign: authorization failed: tpm:session(1):the authorization HMAC check failed and "
-            "DA counter incremented (rc=0x000009a2)");
+            "sign(tpm2:ssh): TPM2_Sign: authorization failed: tpm:session(1):authorization failure without DA "
+            "implications (rc=0x000009a2)");
 }
 
 }  // namespace

@@ -190,6 +190,12 @@ CommandResult run(const std::vector<std::string>& argv, const std::vector<std::s
     dup2(fo, 1);
     dup2(fe, 2);
     for (const auto& e : env) putenv(strdup(e.c_str()));
+    // Sanitizer builds: uninstrumented programs (openssl) that load our instrumented provider
+    // need the sanitizer runtime first; their own exit-time leaks are not ours to judge.
+    if (const char* rt = std::getenv("TPMKEY_SUBPROCESS_PRELOAD"); rt && *rt) {
+      setenv("LD_PRELOAD", rt, 1);
+      setenv("ASAN_OPTIONS", "detect_leaks=0", 1);
+    }
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);

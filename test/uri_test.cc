@@ -53,6 +53,8 @@ struct Bad {
   const char* says;  // the offending part the message must name
 };
 
+void PrintTo(const Bad& b, std::ostream* os) { *os << b.uri; }
+
 class UriInvalid : public ::testing::TestWithParam<Bad> {};
 
 TEST_P(UriInvalid, ErrorNamesTheProblem) {
@@ -70,10 +72,10 @@ INSTANTIATE_TEST_SUITE_P(
                       Bad{"tpm2:handle=0x01000001", "persistent"}, Bad{"tpm2:handle=0x8100001", "8 hex"},
                       Bad{"tpm2:handle=0x8100000g", "8 hex"}, Bad{"tpm2:file=%zz", "percent"},
                       Bad{"tpm2:file=%4", "percent"}, Bad{"tpm2:file=a%00b", "NUL"},
-                      Bad{"tpm2:type=secret", "type"}, Bad{"tpm2:a;;type=public", "empty attribute"},
+                      Bad{"tpm2:type=secret", "type"}, Bad{"tpm2:name=a;;type=public", "empty attribute"},
                       Bad{"tpm2:name=a;file=/b", "mutually exclusive"}, Bad{"tpm2:a?pin=1", "pin"},
                       Bad{"tpm2:a?pin-value=1&pin-source=/x", "mutually exclusive"},
-                      Bad{"tpm2:a#frag", "fragment"}, Bad{"tpm2:name", "name"},
+                      Bad{"tpm2:a#frag", "fragment"}, Bad{"tpm2:name=", "key name is empty"}, Bad{"tpm2:a;type=public", "without a value"},
                       Bad{"tpm2:file=a b", "percent-encoded"}));
 
 TEST(Uri, LongNameRefused) {
