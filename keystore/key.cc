@@ -19,13 +19,12 @@ Result<std::shared_ptr<Key>> Key::from_file(Context& ctx, KeyFile kf, std::strin
   if (!crypto) return crypto.take_error();
   auto pub = tpmkey::public_pkey(kf.pub.publicArea, (*crypto)->libctx());
   if (!pub) return pub.take_error().context("open(" + label + ")");
-  auto tpm = ctx.tpm_if_connected();
   std::shared_ptr<Key> k(new Key(ctx));
   k->kf_ = std::move(kf);
   k->spec_ = *spec;
   k->label_ = std::move(label);
   k->pub_ = std::move(*pub);
-  k->id_ = tpm ? tpm->new_object_id() : 0;
+  k->id_ = new_object_id();
   return k;
 }
 
@@ -80,7 +79,6 @@ Result<Bytes> Key::sign(const TPMT_SIG_SCHEME& scheme, const uint8_t* digest, si
     return make_error(Reason::kAuthFailed, "the key needs a password and none was given").context(what);
   auto tpm = ctx_.tpm();
   if (!tpm) return tpm.take_error().context(what);
-  if (id_ == 0) id_ = (*tpm)->new_object_id();
   SignRequest req;
   req.scheme = scheme;
   req.digest.assign(digest, digest + len);

@@ -44,7 +44,7 @@ class Key {
   const AlgorithmSpec* spec_ = nullptr;
   std::string label_;
   EvpPkeyPtr pub_;
-  ObjectId id_ = 0;
+  ObjectId id_ = 0;  // this key's entry in the Tpm object cache
   SecretBytes auth_;
   bool has_auth_ = false;
 };

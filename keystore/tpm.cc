@@ -36,6 +36,11 @@ Result<TPM2B_AUTH> to_auth(const SecretBytes& s) {
 
 }  // namespace
 
+ObjectId new_object_id() {
+  static std::atomic<ObjectId> next{ObjectId(1) << 32};  // above every TPM handle value
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+
 Result<std::unique_ptr<Tpm>> Tpm::connect(const std::string& conf) {
   const std::string what = "connect(" + (conf.empty() ? std::string("default TCTI") : conf) + ")";
   std::unique_ptr<Tpm> t(new Tpm);

@@ -20,8 +20,9 @@
 
 namespace tpmkey {
 
-// Identifies a key in the Tpm's object cache; obtained from Tpm::new_object_id().
+// Identifies a key in the Tpm's object cache; unique in the process (new_object_id()).
 using ObjectId = uint64_t;
+ObjectId new_object_id();
 
 struct SignRequest {
   TPMT_SIG_SCHEME scheme{};  // ECDSA, RSASSA or RSAPSS with its hash
@@ -42,7 +43,6 @@ class Tpm {
   // In a forked child: forget every handle and session without sending a command.
   void abandon();
 
-  ObjectId new_object_id() { return next_id_.fetch_add(1); }
   // Flushes the key's loaded handle, if any, and forgets it.
   void forget(ObjectId id);
 
@@ -79,7 +79,6 @@ class Tpm {
 
   std::mutex mu_;
   std::atomic<uint64_t> commands_{0};
-  std::atomic<ObjectId> next_id_{ObjectId(1) << 32};  // above every TPM handle value
   TSS2_TCTI_CONTEXT* tcti_ = nullptr;
   ESYS_CONTEXT* esys_ = nullptr;
   pid_t pid_ = 0;
