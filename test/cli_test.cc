@@ -204,6 +204,30 @@ TEST_F(CliTest, GenpkeyStoreutlAndCertificates) {
   }
 }
 
+// TSS2 key files are shared with tpm2-openssl (Debian's tpm2-openssl provider, "tpm2").
+TEST_F(CliTest, KeyFilesInteroperateWithTpm2Openssl) {
+  std::vector<std::string> env = env_;
+  env.push_back("TPM2OPENSSL_TCTI=" + tcti_);
+  // tpmkey's key signs in tpm2-openssl.
+  EXPECT_OK(tpmkey({"create", "mine"}));
+  write_file(dir_ + "/mine.pub", tpmkey({"pubkey", "mine"}).out);
+  auto r = run({"openssl", "pkeyutl", "-provider", "tpm2", "-provider", "default", "-sign", "-inkey",
+                keystore_ + "/mine.pem", "-rawin", "-digest", "sha256", "-in", dir_ + "/msg", "-out", dir_ + "/s1"},
+               env);
+  EXPECT_OK(r);
+  EXPECT_OK(plain_openssl({"pkeyutl", "-verify", "-pubin", "-inkey", dir_ + "/mine.pub", "-rawin", "-digest",
+                           "sha256", "-in", dir_ + "/msg", "-sigfile", dir_ + "/s1"}));
+  // tpm2-openssl's key signs in tpmkey.
+  EXPECT_OK(run({"openssl", "genpkey", "-provider", "tpm2", "-provider", "default", "-algorithm", "EC", "-pkeyopt",
+                 "group:P-256", "-out", dir_ + "/theirs.pem"},
+                env));
+  EXPECT_OK(openssl("pkeyutl", {"-sign", "-inkey", "tpm2:file=" + dir_ + "/theirs.pem", "-rawin", "-digest", "sha256",
+                                "-in", dir_ + "/msg", "-out", dir_ + "/s2"}));
+  EXPECT_OK(openssl("pkey", {"-in", "tpm2:file=" + dir_ + "/theirs.pem", "-pubout", "-out", dir_ + "/theirs.pub"}));
+  EXPECT_OK(plain_openssl({"pkeyutl", "-verify", "-pubin", "-inkey", dir_ + "/theirs.pub", "-rawin", "-digest",
+                           "sha256", "-in", dir_ + "/msg", "-sigfile", dir_ + "/s2"}));
+}
+
 TEST_F(CliTest, ErrorsSayWhatWhichAndWhy) {
   EXPECT_OK(tpmkey({"create", "good"}));
   write_file(keystore_ + "/corrupt.pem", "-----BEGIN TSS2 PRIVATE KEY-----\nMAMCAQA=\n-----END TSS2 PRIVATE KEY-----\n");

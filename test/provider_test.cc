@@ -253,6 +253,32 @@ TEST_P(ProviderTest, WarmSignatureIsExactlyOneTpmCommand) {
   }
 }
 
+// Connect (GetCapability) + parent (CreatePrimary) happen once; each further key costs one Load.
+TEST_P(ProviderTest, ParentIsCreatedOncePerProcess) {
+  {
+    OSSL_LIB_CTX* gen = new_configured_libctx(cnf_);
+    std::swap(gen, lib_);
+    PkeyPtr a = generate(kAlgs[0]), b = generate(kAlgs[0]);
+    ASSERT_TRUE(a && b);
+    store(a.get(), "a");
+    store(b.get(), "b");
+    a.reset();
+    b.reset();
+    std::swap(gen, lib_);
+    OSSL_LIB_CTX_free(gen);
+  }
+  ASSERT_EQ(tpm_commands(lib_), 0u);
+  PkeyPtr a = load("tpm2:a"), b = load("tpm2:b");
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(tpm_commands(lib_), 0u);  // loading from the store does not touch the TPM
+  ASSERT_FALSE(digest_sign(lib_, a.get(), "x", {}).empty());
+  EXPECT_EQ(tpm_commands(lib_), 4u);  // GetCapability, CreatePrimary, Load, Sign
+  ASSERT_FALSE(digest_sign(lib_, b.get(), "x", {}).empty());
+  EXPECT_EQ(tpm_commands(lib_), 6u);  // Load, Sign: the parent is reused
+  ASSERT_FALSE(digest_sign(lib_, a.get(), "x", {}).empty());
+  EXPECT_EQ(tpm_commands(lib_), 7u);  // Sign
+}
+
 TEST_P(ProviderTest, ParamsForTlsAndX509) {
   PkeyPtr ec = generate(kAlgs[1]);
   ASSERT_TRUE(ec);
