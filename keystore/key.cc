@@ -57,6 +57,7 @@ Result<std::shared_ptr<Key>> Key::open(Context& ctx, const TpmUri& uri) {
   if (!kf) return kf.take_error().context("open(" + label + ")");
   auto key = from_file(ctx, std::move(*kf), label);
   if (!key) return key;
+  if (!(*key)->needs_auth()) return key;  // a pin for a key without a password is not sent
   if (uri.pin_value) {
     (*key)->set_auth(*uri.pin_value);
   } else if (uri.pin_source) {

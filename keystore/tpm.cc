@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <set>
 
 #include <tss2/tss2_tctildr.h>
 
@@ -32,6 +34,33 @@ Result<TPM2B_AUTH> to_auth(const SecretBytes& s) {
   a.size = uint16_t(s.size());
   if (s.size()) std::memcpy(a.buffer, s.data(), s.size());
   return a;
+}
+
+}  // namespace
+
+namespace {
+
+// Every live connection of this process, so objects still loaded at exit get flushed: a bare TPM
+// (no resource manager) would otherwise keep them until reset. atexit() from a shared object runs
+// at exit or at dlclose, whichever comes first.
+std::mutex g_live_mu;
+std::set<Tpm*> g_live;
+
+void flush_all_at_exit() {
+  std::lock_guard lock(g_live_mu);
+  for (Tpm* t : g_live) t->flush_all();
+}
+
+void register_live(Tpm* t) {
+  static bool registered = (std::atexit(flush_all_at_exit), true);
+  (void)registered;
+  std::lock_guard lock(g_live_mu);
+  g_live.insert(t);
+}
+
+void unregister_live(Tpm* t) {
+  std::lock_guard lock(g_live_mu);
+  g_live.erase(t);
 }
 
 }  // namespace
@@ -72,18 +101,23 @@ Result<std::unique_ptr<Tpm>> Tpm::connect(const std::string& conf) {
       cap->data.tpmProperties.tpmProperty[0].property == TPM2_PT_HR_TRANSIENT_MIN)
     t->transient_limit_ = cap->data.tpmProperties.tpmProperty[0].value;
   Esys_Free(cap);
+  register_live(t.get());
   return t;
 }
 
 Tpm::~Tpm() {
-  if (esys_) {
-    if (getpid() == pid_) {
-      for (auto& [id, e] : objects_) flush(e);
-    }
-    objects_.clear();
-    Esys_Finalize(&esys_);
-  }
+  unregister_live(this);
+  flush_all();
+  if (esys_) Esys_Finalize(&esys_);
   counting_tcti_free(tcti_);
+}
+
+void Tpm::flush_all() {
+  std::lock_guard lock(mu_);
+  if (esys_ && getpid() == pid_) {
+    for (auto& [id, e] : objects_) flush(e);
+  }
+  objects_.clear();
 }
 
 void Tpm::abandon() {

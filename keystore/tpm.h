@@ -42,6 +42,8 @@ class Tpm {
   pid_t owner_pid() const { return pid_; }
   // In a forked child: forget every handle and session without sending a command.
   void abandon();
+  // Flushes every transient object this connection loaded (in the owning process only).
+  void flush_all();
 
   // Flushes the key's loaded handle, if any, and forgets it.
   void forget(ObjectId id);

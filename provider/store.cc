@@ -108,7 +108,9 @@ Status emit_key(StoreCtx& ctx, OSSL_CALLBACK* cb, void* cbarg, OSSL_PASSPHRASE_C
                          OSSL_PARAM_utf8_string(OSSL_OBJECT_PARAM_DATA_STRUCTURE, structure, 0),
                          OSSL_PARAM_octet_string(OSSL_OBJECT_PARAM_DATA, spki->data(), spki->size()), OSSL_PARAM_END};
   if (!cb(params, cbarg))
-    return make_error(Reason::kInternal, "OpenSSL did not accept the public key").context("load(" + display_uri(ctx.uri) + ")");
+    return make_error(Reason::kInvalidArgument,
+                      "the URI names only the public key (type=public); a private key was needed")
+        .context("load(" + display_uri(ctx.uri) + ")");
   return Status::Ok();
 }
 

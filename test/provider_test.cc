@@ -2,6 +2,8 @@
 // verification with the default provider alone, store, encoder, errors, TPM command counts.
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+
 #include <cstring>
 #include <filesystem>
 
@@ -437,6 +439,32 @@ TEST_P(ProviderTest, ErrorsAreClear) {
   EXPECT_NE(EVP_PKEY_CTX_set_group_name(ctx, "P-192"), 1);
   EXPECT_NE(drain_errors().find("EC group \"P-192\""), std::string::npos);
   EVP_PKEY_CTX_free(ctx);
+}
+
+// A process that exits while still holding a loaded key leaves nothing in a bare TPM.
+TEST_P(ProviderTest, ExitWhileHoldingKeysLeavesTheTpmClean) {
+  PkeyPtr key = generate(kAlgs[0]);
+  ASSERT_TRUE(key);
+  store(key.get(), "held");
+  key.reset();
+  OSSL_LIB_CTX_free(lib_);
+  lib_ = nullptr;
+  pid_t pid = fork();
+  if (pid == 0) {
+    OSSL_LIB_CTX* lib = new_configured_libctx(cnf_);
+    lib_ = lib;
+    EVP_PKEY* leaked = load("tpm2:held").release();  // never freed, like a careless program
+    bool ok = leaked && !digest_sign(lib, leaked, "x", {}).empty() && tpm_commands(lib) > 0;
+    std::exit(ok ? 0 : 1);  // runs atexit handlers, not the provider teardown
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  lib_ = new_configured_libctx(cnf_);  // for TearDown
+  // A pin given for a key without a password is ignored, not sent to the TPM.
+  PkeyPtr with_pin = load("tpm2:held?pin-value=unused");
+  ASSERT_TRUE(with_pin);
+  EXPECT_FALSE(digest_sign(lib_, with_pin.get(), "x", {}).empty()) << drain_errors();
 }
 
 TEST(ProviderUnreachable, LoadsThenFailsCleanly) {

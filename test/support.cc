@@ -58,6 +58,7 @@ bool can_connect(int port) {
 }  // namespace
 
 Swtpm::Swtpm() {
+  owner_ = getpid();
   dir_ = make_temp_dir("tpmkey-swtpm");
   std::mt19937 rng(std::random_device{}() ^ unsigned(getpid()));
   for (int tries = 0; tries < 200 && !port_; ++tries) {
@@ -90,6 +91,7 @@ Swtpm::Swtpm() {
 }
 
 Swtpm::~Swtpm() {
+  if (getpid() != owner_) return;
   if (pid_ > 0) {
     kill(pid_, SIGTERM);
     int status;

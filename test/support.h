@@ -21,6 +21,7 @@ class Swtpm {
 
  private:
   pid_t pid_ = -1;
+  pid_t owner_ = -1;  // only the process that started swtpm stops it (not forked children)
   int port_ = 0;
   std::string dir_;
 };
