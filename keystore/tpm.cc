@@ -43,24 +43,32 @@ namespace {
 // Every live connection of this process, so objects still loaded at exit get flushed: a bare TPM
 // (no resource manager) would otherwise keep them until reset. atexit() from a shared object runs
 // at exit or at dlclose, whichever comes first.
-std::mutex g_live_mu;
-std::set<Tpm*> g_live;
+// Never destroyed: OpenSSL may tear the provider down from its own exit handler, after this
+// file's static objects would have been destroyed.
+struct LiveConnections {
+  std::mutex mu;
+  std::set<Tpm*> set;
+};
+LiveConnections& live() {
+  static auto* l = new LiveConnections;
+  return *l;
+}
 
 void flush_all_at_exit() {
-  std::lock_guard lock(g_live_mu);
-  for (Tpm* t : g_live) t->flush_all();
+  std::lock_guard lock(live().mu);
+  for (Tpm* t : live().set) t->flush_all();
 }
 
 void register_live(Tpm* t) {
   static bool registered = (std::atexit(flush_all_at_exit), true);
   (void)registered;
-  std::lock_guard lock(g_live_mu);
-  g_live.insert(t);
+  std::lock_guard lock(live().mu);
+  live().set.insert(t);
 }
 
 void unregister_live(Tpm* t) {
-  std::lock_guard lock(g_live_mu);
-  g_live.erase(t);
+  std::lock_guard lock(live().mu);
+  live().set.erase(t);
 }
 
 }  // namespace
