@@ -25,11 +25,12 @@ std::string default_keystore() {
 
 }  // namespace
 
-Settings resolve_settings(const char* tcti, const char* keystore) {
+Settings resolve_settings(const char* tcti, const char* keystore, const char* authorization) {
   Settings s;
   if (const char* t = first_set(tcti, kEnvTcti)) s.tcti = t;
   if (const char* k = first_set(keystore, kEnvKeystore)) s.keystore = k;
   else s.keystore = default_keystore();
+  if (const char* a = first_set(authorization, kEnvAuthorization)) s.authorization = a;
   return s;
 }
 

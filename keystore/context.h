@@ -26,11 +26,13 @@ class Context {
   Result<Crypto*> crypto();
 
  private:
+  Result<Crypto*> crypto_locked();
+
   Settings settings_;
   Keystore keystore_;
   std::mutex mu_;
+  std::unique_ptr<Crypto> crypto_;  // declared first: the Tpm uses it until it is destroyed
   std::unique_ptr<Tpm> tpm_;
-  std::unique_ptr<Crypto> crypto_;
 };
 
 }  // namespace tpmkey

@@ -2,6 +2,7 @@
 
 #include <openssl/err.h>
 #include <openssl/provider.h>
+#include <openssl/rand.h>
 
 namespace tpmkey {
 
@@ -19,6 +20,8 @@ Result<std::unique_ptr<Crypto>> Crypto::create() {
   c->sha512_ = fetch("SHA512");
   if (!c->sha256_ || !c->sha384_ || !c->sha512_)
     return make_error(Reason::kInternal, "cannot fetch SHA-2 digests from the default provider");
+  c->aes128_cfb_.reset(EVP_CIPHER_fetch(c->libctx_.get(), "AES-128-CFB", "provider=default"));
+  if (!c->aes128_cfb_) return make_error(Reason::kInternal, "cannot fetch AES-128-CFB from the default provider");
   ERR_clear_error();  // SHA-1 may be absent under a strict policy
   return c;
 }
@@ -28,7 +31,12 @@ Crypto::~Crypto() {
   sha256_.reset();
   sha384_.reset();
   sha512_.reset();
+  aes128_cfb_.reset();
   if (default_) OSSL_PROVIDER_unload(default_);
+}
+
+bool Crypto::random(uint8_t* out, size_t n) const {
+  return RAND_bytes_ex(libctx_.get(), out, n, 0) == 1;
 }
 
 const EVP_MD* Crypto::md(TPM2_ALG_ID alg) const {

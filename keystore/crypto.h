@@ -17,6 +17,10 @@ class Crypto {
   OSSL_LIB_CTX* libctx() const { return libctx_.get(); }
   // Digests are fetched once; nullptr for an algorithm tpmkey does not hash with.
   const EVP_MD* md(TPM2_ALG_ID alg) const;
+  // AES-128 in CFB mode (full-block feedback), the TPM's parameter-encryption cipher.
+  const EVP_CIPHER* aes128_cfb() const { return aes128_cfb_.get(); }
+  // Fills `out` from this context's DRBG; false if the DRBG failed.
+  bool random(uint8_t* out, size_t n) const;
   ~Crypto();
 
  private:
@@ -24,6 +28,7 @@ class Crypto {
   LibCtxPtr libctx_;
   OSSL_PROVIDER* default_ = nullptr;
   EvpMdPtr sha1_, sha256_, sha384_, sha512_;
+  EvpCipherPtr aes128_cfb_;
 };
 
 }  // namespace tpmkey

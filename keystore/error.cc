@@ -19,6 +19,7 @@ const char* reason_text(Reason r) {
     case Reason::kTpmBusy: return "TPM busy or out of resources";
     case Reason::kInvalidArgument: return "invalid argument";
     case Reason::kIo: return "file system error";
+    case Reason::kUntrustedTpm: return "TPM identity check failed";
     case Reason::kInternal: return "internal error";
   }
   return "internal error";

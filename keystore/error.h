@@ -22,6 +22,7 @@ enum class Reason : int {
   kTpmBusy,
   kInvalidArgument,
   kIo,
+  kUntrustedTpm,
   kInternal,
 };
 

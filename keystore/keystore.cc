@@ -154,4 +154,98 @@ Status Keystore::remove(const std::string& name) const {
   return fsync_dir(dir_);
 }
 
+namespace {
+
+std::string to_hex(const Bytes& b) {
+  static const char* kDigits = "0123456789abcdef";
+  std::string s;
+  for (uint8_t c : b) {
+    s += kDigits[c >> 4];
+    s += kDigits[c & 15];
+  }
+  return s;
+}
+
+std::optional<Bytes> from_hex(std::string_view s) {
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  if (s.empty() || s.size() % 2) return std::nullopt;
+  Bytes b;
+  for (size_t i = 0; i < s.size(); i += 2) {
+    int hi = nibble(s[i]), lo = nibble(s[i + 1]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    b.push_back(uint8_t(hi << 4 | lo));
+  }
+  return b;
+}
+
+}  // namespace
+
+Result<std::optional<SrkPin>> Keystore::read_pin() const {
+  const std::string path = pin_path(), what = "read SRK pin(" + path + ")";
+  std::string text;
+  {
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      if (errno == ENOENT) return std::optional<SrkPin>();
+      return io_error(what, errno);
+    }
+    char buf[1024];
+    ssize_t n;
+    while ((n = ::read(fd, buf, sizeof buf)) > 0 && text.size() < 4096) text.append(buf, size_t(n));
+    close(fd);
+  }
+  SrkPin pin;
+  bool have_handle = false;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string::npos) end = text.size();
+    std::string_view line(text.data() + pos, end - pos);
+    pos = end + 1;
+    if (line.empty() || line[0] == '#') continue;
+    if (line.substr(0, 5) == "name ") {
+      auto b = from_hex(line.substr(5));
+      if (!b || b->size() < 4) return make_error(Reason::kMalformedKey, "bad name line").context(what);
+      pin.name = std::move(*b);
+    } else if (line == "handle none") {
+      have_handle = true;
+    } else if (line.substr(0, 9) == "handle 0x" && line.size() == 17) {
+      auto b = from_hex(line.substr(9));
+      if (!b) return make_error(Reason::kMalformedKey, "bad handle line").context(what);
+      pin.handle = uint32_t((*b)[0]) << 24 | uint32_t((*b)[1]) << 16 | uint32_t((*b)[2]) << 8 | (*b)[3];
+      have_handle = (pin.handle >> 24) == 0x81;
+      if (!have_handle) return make_error(Reason::kMalformedKey, "handle is not persistent").context(what);
+    } else {
+      return make_error(Reason::kMalformedKey, "unexpected line \"" + std::string(line.substr(0, 40)) + "\"").context(what);
+    }
+  }
+  if (pin.name.empty() || !have_handle) return make_error(Reason::kMalformedKey, "missing name or handle line").context(what);
+  return std::optional<SrkPin>(std::move(pin));
+}
+
+Status Keystore::write_pin(const SrkPin& pin, bool replace) const {
+  char handle[16] = "none";
+  if (pin.handle) std::snprintf(handle, sizeof handle, "0x%08x", pin.handle);
+  const std::string text =
+      "# tpmkey: the storage root key (SRK) of this keystore's TPM. Sessions are salted only to a key\n"
+      "# with this name; a different name is refused. Written by `tpmkey init` or on first use.\n"
+      "name " + to_hex(pin.name) + "\nhandle " + handle + "\n";
+  const std::string path = pin_path();
+  if (!replace) return write_file_exclusive(path, text);
+  const std::string tmp = path + ".new";
+  unlink(tmp.c_str());
+  TPMKEY_TRY(write_file_exclusive(tmp, text));
+  if (rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    unlink(tmp.c_str());
+    return io_error("rename(" + tmp + ")", err);
+  }
+  return fsync_dir(dir_);
+}
+
 }  // namespace tpmkey

@@ -1,13 +1,22 @@
 // The keystore: a directory of TSS2 PRIVATE KEY PEM files, one per key, named NAME.pem.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "keystore/error.h"
 #include "keystore/keyfile.h"
+#include "keystore/ossl.h"
 
 namespace tpmkey {
+
+// The storage root key (SRK) pin: the name of the key sessions are salted to, and the persistent
+// handle it lives at (0: none, a transient primary is created per process). docs/sessions.md.
+struct SrkPin {
+  Bytes name;
+  uint32_t handle = 0;
+};
 
 class Keystore {
  public:
@@ -22,6 +31,12 @@ class Keystore {
   // Creates NAME.pem (0600) atomically; refuses to replace an existing key.
   Status add(const std::string& name, const KeyFile& kf) const;
   Status remove(const std::string& name) const;
+
+  // The SRK pin, kept in the keystore directory as srk.pin (text). nullopt if there is none yet.
+  std::string pin_path() const { return dir_ + "/srk.pin"; }
+  Result<std::optional<SrkPin>> read_pin() const;
+  // Writes the pin atomically (0600); replaces an existing pin only if `replace`.
+  Status write_pin(const SrkPin& pin, bool replace) const;
 
  private:
   std::string dir_;

@@ -26,6 +26,8 @@ using EvpPkeyPtr = OsslPtr<EVP_PKEY, EVP_PKEY_free>;
 using EvpPkeyCtxPtr = OsslPtr<EVP_PKEY_CTX, EVP_PKEY_CTX_free>;
 using EvpMdPtr = OsslPtr<EVP_MD, EVP_MD_free>;
 using EvpMdCtxPtr = OsslPtr<EVP_MD_CTX, EVP_MD_CTX_free>;
+using EvpCipherPtr = OsslPtr<EVP_CIPHER, EVP_CIPHER_free>;
+using EvpCipherCtxPtr = OsslPtr<EVP_CIPHER_CTX, EVP_CIPHER_CTX_free>;
 using BioPtr = OsslPtr<BIO, BIO_free_all>;
 using BignumPtr = OsslPtr<BIGNUM, BN_free>;
 using EcdsaSigPtr = OsslPtr<ECDSA_SIG, ECDSA_SIG_free>;
@@ -65,6 +67,7 @@ class SecretBytes {
     v_ = std::move(next);
   }
   const uint8_t* data() const { return v_.data(); }
+  uint8_t* data() { return v_.data(); }
   size_t size() const { return v_.size(); }
   bool empty() const { return v_.empty(); }
 

@@ -13,9 +13,26 @@
 namespace tpmkey {
 namespace {
 
-// TPM_RC_OBJECT_MEMORY with any handle/session/parameter number masked off.
-bool is_object_memory(TSS2_RC rc) {
-  return (rc & TSS2_RC_LAYER_MASK) == TSS2_TPM_RC_LAYER && (rc & 0xFFFu) == TPM2_RC_OBJECT_MEMORY;
+// The TPM's response code without handle/session/parameter numbers (0 for other layers).
+TPM2_RC tpm_code(TSS2_RC rc) {
+  if ((rc & TSS2_RC_LAYER_MASK) != TSS2_TPM_RC_LAYER) return 0;
+  TPM2_RC code = rc & 0xFFFu;
+  return (code & TPM2_RC_FMT1) ? code & (TPM2_RC_FMT1 | 0x3Fu) : code;
+}
+
+bool is_object_memory(TSS2_RC rc) { return tpm_code(rc) == TPM2_RC_OBJECT_MEMORY; }
+// TPM_RC_RETRY, YIELDED and TESTING ask for the same command again (ESYS does this itself;
+// tss2-sys does not). Each attempt is prepared and authorized afresh.
+template <typename Fn>
+TSS2_RC resend(Fn&& fn) {
+  TSS2_RC rc = TSS2_RC_SUCCESS;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    rc = fn();
+    const TPM2_RC c = tpm_code(rc);
+    if (c != TPM2_RC_RETRY && c != TPM2_RC_YIELDED && c != TPM2_RC_TESTING) break;
+    if (attempt) usleep(1000 * unsigned(attempt));
+  }
+  return rc;
 }
 
 bool is_persistent(uint32_t handle) { return (handle >> 24) == TPM2_HT_PERSISTENT; }
@@ -26,19 +43,35 @@ std::string hex_handle(uint32_t h) {
   return buf;
 }
 
-// The auth value of an object, as ESYS wants it. The copy on the stack is wiped by the caller.
-Result<TPM2B_AUTH> to_auth(const SecretBytes& s) {
-  TPM2B_AUTH a{};
-  if (s.size() > sizeof a.buffer)
-    return make_error(Reason::kInvalidArgument, "password is longer than 64 bytes");
-  a.size = uint16_t(s.size());
-  if (s.size()) std::memcpy(a.buffer, s.data(), s.size());
-  return a;
+std::string hex(const Bytes& b) {
+  std::string s;
+  char buf[3];
+  for (uint8_t c : b) {
+    std::snprintf(buf, sizeof buf, "%02x", c);
+    s += buf;
+  }
+  return s;
 }
 
-}  // namespace
+const Bytes& owner_name() {
+  static const Bytes n = handle_name(TPM2_RH_OWNER);
+  return n;
+}
 
-namespace {
+const SecretBytes& no_auth() {
+  static const SecretBytes empty;
+  return empty;
+}
+
+// Whether a public area is the standard ECC P-256 storage primary (any unique point).
+bool matches_srk_template(const TPMT_PUBLIC& p) {
+  const TPMT_PUBLIC t = srk_template().publicArea;
+  const TPMS_ECC_PARMS &a = p.parameters.eccDetail, &b = t.parameters.eccDetail;
+  return p.type == t.type && p.nameAlg == t.nameAlg && p.objectAttributes == t.objectAttributes &&
+         p.authPolicy.size == 0 && a.symmetric.algorithm == b.symmetric.algorithm &&
+         a.symmetric.keyBits.aes == b.symmetric.keyBits.aes && a.symmetric.mode.aes == b.symmetric.mode.aes &&
+         a.scheme.scheme == b.scheme.scheme && a.curveID == b.curveID && a.kdf.scheme == b.kdf.scheme;
+}
 
 // Every live connection of this process, so objects still loaded at exit get flushed: a bare TPM
 // (no resource manager) would otherwise keep them until reset. atexit() from a shared object runs
@@ -78,37 +111,60 @@ ObjectId new_object_id() {
   return next.fetch_add(1, std::memory_order_relaxed);
 }
 
-Result<std::unique_ptr<Tpm>> Tpm::connect(const std::string& conf) {
-  const std::string what = "connect(" + (conf.empty() ? std::string("default TCTI") : conf) + ")";
-  std::unique_ptr<Tpm> t(new Tpm);
+// ---- connection -----------------------------------------------------------------------------
+
+Status Tpm::open_transport() {
+  const std::string what = "connect(" + (opts_.tcti.empty() ? std::string("default TCTI") : opts_.tcti) + ")";
   TSS2_TCTI_CONTEXT* inner = nullptr;
-  TSS2_RC rc = Tss2_TctiLdr_Initialize(conf.empty() ? nullptr : conf.c_str(), &inner);
+  TSS2_RC rc = Tss2_TctiLdr_Initialize(opts_.tcti.empty() ? nullptr : opts_.tcti.c_str(), &inner);
   if (rc != TSS2_RC_SUCCESS) {
     Error e = tss_error(what, rc);
     e.reason = Reason::kTpmUnreachable;
     return e;
   }
-  t->tcti_ = counting_tcti_new(inner, &t->commands_);
-  if (!t->tcti_) {
+  tcti_ = counting_tcti_new(inner, &commands_);
+  if (!tcti_) {
     Tss2_TctiLdr_Finalize(&inner);
     return make_error(Reason::kInternal, "out of memory").context(what);
   }
-  rc = Esys_Initialize(&t->esys_, t->tcti_, nullptr);
-  if (rc != TSS2_RC_SUCCESS) return tss_error(what, rc);
+  const size_t size = Tss2_Sys_GetContextSize(0);
+  sys_ = static_cast<TSS2_SYS_CONTEXT*>(std::calloc(1, size));
+  TSS2_ABI_VERSION abi = TSS2_ABI_VERSION_CURRENT;
+  rc = sys_ ? Tss2_Sys_Initialize(sys_, size, tcti_, &abi) : TSS2_SYS_RC_GENERAL_FAILURE;
+  if (rc != TSS2_RC_SUCCESS) {
+    close_transport();
+    return tss_error(what, rc);
+  }
+  return Status::Ok();
+}
+
+void Tpm::close_transport() {
+  if (sys_) {
+    Tss2_Sys_Finalize(sys_);
+    std::free(sys_);
+    sys_ = nullptr;
+  }
+  counting_tcti_free(tcti_);
+  tcti_ = nullptr;
+}
+
+Result<std::unique_ptr<Tpm>> Tpm::connect(TpmOptions opts, const Crypto& crypto) {
+  const std::string what = "connect(" + (opts.tcti.empty() ? std::string("default TCTI") : opts.tcti) + ")";
+  std::unique_ptr<Tpm> t(new Tpm(std::move(opts), crypto));
+  TPMKEY_TRY(t->open_transport());
   t->pid_ = getpid();
 
-  TPMS_CAPABILITY_DATA* cap = nullptr;
-  rc = Esys_GetCapability(t->esys_, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_TPM_PROPERTIES,
-                          TPM2_PT_HR_TRANSIENT_MIN, 1, nullptr, &cap);
+  TPMS_CAPABILITY_DATA cap{};
+  TPMI_YES_NO more = 0;
+  TSS2_RC rc = Tss2_Sys_GetCapability(t->sys_, nullptr, TPM2_CAP_TPM_PROPERTIES, TPM2_PT_HR_TRANSIENT_MIN, 1, &more,
+                                      &cap, nullptr);
   if (rc != TSS2_RC_SUCCESS) {
     Error e = tss_error(what, rc);
     if ((rc & TSS2_RC_LAYER_MASK) != TSS2_TPM_RC_LAYER) e.reason = Reason::kTpmUnreachable;
     return e;
   }
-  if (cap->data.tpmProperties.count == 1 &&
-      cap->data.tpmProperties.tpmProperty[0].property == TPM2_PT_HR_TRANSIENT_MIN)
-    t->transient_limit_ = cap->data.tpmProperties.tpmProperty[0].value;
-  Esys_Free(cap);
+  if (cap.data.tpmProperties.count == 1 && cap.data.tpmProperties.tpmProperty[0].property == TPM2_PT_HR_TRANSIENT_MIN)
+    t->transient_limit_ = cap.data.tpmProperties.tpmProperty[0].value;
   register_live(t.get());
   return t;
 }
@@ -116,60 +172,259 @@ Result<std::unique_ptr<Tpm>> Tpm::connect(const std::string& conf) {
 Tpm::~Tpm() {
   unregister_live(this);
   flush_all();
-  if (esys_) Esys_Finalize(&esys_);
-  counting_tcti_free(tcti_);
+  close_transport();
 }
 
 void Tpm::flush_all() {
   std::lock_guard lock(mu_);
-  if (esys_ && getpid() == pid_) {
+  if (sys_ && getpid() == pid_) {
     for (auto& [id, e] : objects_) flush(e);
+    flush_session(session_);
   }
   objects_.clear();
+  session_.end();
 }
 
 void Tpm::abandon() {
   std::lock_guard lock(mu_);
   objects_.clear();
+  session_.end();
+}
+
+uint32_t Tpm::session_handle() {
+  std::lock_guard lock(mu_);
+  return session_.handle();
+}
+
+// ---- commands and sessions ------------------------------------------------------------------
+
+template <typename Prepare, typename Complete>
+TSS2_RC Tpm::run(Session* session, TPM2_CC cc, std::initializer_list<const Bytes*> names, const SecretBytes& auth,
+                 CommandProtection prot, Prepare&& prepare, Complete&& complete) {
+  return resend([&] { return run_once(session, cc, names, auth, prot, prepare, complete); });
+}
+
+template <typename Prepare, typename Complete>
+TSS2_RC Tpm::run_once(Session* session, TPM2_CC cc, std::initializer_list<const Bytes*> names,
+                      const SecretBytes& auth, CommandProtection prot, Prepare& prepare, Complete& complete) {
+  TSS2_RC rc = prepare();
+  if (rc != TSS2_RC_SUCCESS) return rc;
+  if (session) {
+    rc = session->authorize(crypto_, sys_, cc, std::span<const Bytes* const>(names.begin(), names.size()), auth, prot);
+  } else {  // the documented opt-out: the password travels in clear
+    TSS2L_SYS_AUTH_COMMAND cmd{};
+    cmd.count = 1;
+    cmd.auths[0].sessionHandle = TPM2_RS_PW;
+    if (auth.size() > sizeof cmd.auths[0].hmac.buffer) return TSS2_SYS_RC_BAD_SIZE;
+    cmd.auths[0].hmac.size = uint16_t(auth.size());
+    if (!auth.empty()) std::memcpy(cmd.auths[0].hmac.buffer, auth.data(), auth.size());
+    rc = Tss2_Sys_SetCmdAuths(sys_, &cmd);
+    OPENSSL_cleanse(&cmd, sizeof cmd);
+  }
+  if (rc != TSS2_RC_SUCCESS) return rc;
+  rc = Tss2_Sys_Execute(sys_);
+  if (rc != TSS2_RC_SUCCESS) return rc;
+  if (session && (rc = session->check_response(crypto_, sys_, cc, auth)) != TSS2_RC_SUCCESS) return rc;
+  return complete();
+}
+
+Status Tpm::start_session(Session& s, const Entry* salt_key) {
+  TPM2B_NONCE nonce_caller{}, nonce_tpm{};
+  TPMKEY_TRY(s.new_start_nonce(crypto_, &nonce_caller));
+  TPM2B_ENCRYPTED_SECRET encrypted{};
+  SecretBytes salt;
+  TPMI_DH_OBJECT tpm_key = TPM2_RH_NULL;
+  if (salt_key) {
+    auto sl = make_salt(crypto_, salt_key->pub);
+    if (!sl) return sl.take_error();
+    encrypted = sl->encrypted;
+    salt = std::move(sl->value);
+    tpm_key = salt_key->handle;
+  }
+  TPMT_SYM_DEF sym{};
+  sym.algorithm = TPM2_ALG_AES;
+  sym.keyBits.aes = 128;
+  sym.mode.aes = TPM2_ALG_CFB;
+  TPMI_SH_AUTH_SESSION handle = 0;
+  TSS2_RC rc = resend([&] {
+    return Tss2_Sys_StartAuthSession(sys_, tpm_key, TPM2_RH_NULL, nullptr, &nonce_caller, &encrypted, TPM2_SE_HMAC,
+                                     &sym, Session::kHash, &handle, &nonce_tpm, nullptr);
+  });
+  if (rc != TSS2_RC_SUCCESS) {
+    Error e = tss_error(salt_key ? "start a salted session" : "start a session", rc);
+    if (tpm_code(rc) == TPM2_RC_SESSION_MEMORY || tpm_code(rc) == TPM2_RC_SESSION_HANDLES)
+      e.detail = "every session slot of the TPM is held by other programs: " + e.detail;
+    return e;
+  }
+  s.begin(crypto_, handle, salt, nonce_tpm);
+  return Status::Ok();
+}
+
+void Tpm::flush_session(Session& s) {
+  if (s.active()) Tss2_Sys_FlushContext(sys_, s.handle());
+  s.end();
+}
+
+Result<Session*> Tpm::session() {
+  if (opts_.password_auth) return static_cast<Session*>(nullptr);
+  if (session_.active()) return &session_;
+  auto k = srk();
+  if (!k) return k.take_error();
+  TPMKEY_TRY(start_session(session_, *k));
+  return &session_;
+}
+
+// ---- objects --------------------------------------------------------------------------------
+
+Result<TPMT_PUBLIC> Tpm::read_public(TPM2_HANDLE h, Bytes* name) {
+  TPM2B_PUBLIC pub{};
+  TPM2B_NAME n{}, qn{};
+  TSS2_RC rc = resend([&] { return Tss2_Sys_ReadPublic(sys_, h, nullptr, &pub, &n, &qn, nullptr); });
+  if (rc != TSS2_RC_SUCCESS) return tss_error("read public area of " + hex_handle(h), rc);
+  auto computed = object_name(crypto_, pub.publicArea);
+  if (!computed) return computed.take_error();
+  if (Bytes(n.name, n.name + n.size) != *computed)
+    return make_error(Reason::kUntrustedTpm, "the TPM's name for " + hex_handle(h) + " does not match its public area");
+  *name = std::move(*computed);
+  return pub.publicArea;
+}
+
+Status Tpm::check_pin(const Bytes& name, uint32_t handle) {
+  if (opts_.pin) {
+    if (name == opts_.pin->name) return Status::Ok();
+    return make_error(Reason::kUntrustedTpm,
+                      "the storage root key's name is " + hex(name) + " but the keystore pinned " +
+                          hex(opts_.pin->name) +
+                          ": the TPM was cleared or replaced, or something is impersonating it; nothing was sent "
+                          "to it. If the TPM was cleared on purpose, run `tpmkey init --repin`");
+  }
+  opts_.pin = SrkPin{name, handle};
+  if (opts_.on_first_srk) opts_.on_first_srk(*opts_.pin);
+  return Status::Ok();
+}
+
+Result<Tpm::Entry*> Tpm::create_srk(Entry& e) {
+  const std::string what = "create the storage root key (owner primary, standard ECC P-256 template)";
+  // The owner hierarchy authorizes this; its password is empty and nothing sent is secret, so an
+  // unsalted session suffices. The result is only trusted after its name matches the pin.
+  Session tmp;
+  Session* s = nullptr;
+  if (!opts_.password_auth) {
+    TPMKEY_TRY(start_session(tmp, nullptr));
+    s = &tmp;
+  }
+  TPM2B_SENSITIVE_CREATE sensitive{};
+  TPM2B_PUBLIC tmpl = srk_template(), out_pub{};
+  TPM2B_DATA outside{};
+  TPML_PCR_SELECTION pcrs{};
+  TPM2B_CREATION_DATA cdata{};
+  TPM2B_DIGEST chash{};
+  TPMT_TK_CREATION ticket{};
+  TPM2B_NAME name{};
+  TSS2_RC rc = with_slot(kOwnerParent, kOwnerParent, [&] {
+    return run(
+        s, TPM2_CC_CreatePrimary, {&owner_name()}, no_auth(), {},
+        [&] { return Tss2_Sys_CreatePrimary_Prepare(sys_, TPM2_RH_OWNER, &sensitive, &tmpl, &outside, &pcrs); },
+        [&] {
+          return Tss2_Sys_CreatePrimary_Complete(sys_, &e.handle, &out_pub, &cdata, &chash, &ticket, &name);
+        });
+  });
+  if (s) flush_session(tmp);
+  if (rc != TSS2_RC_SUCCESS) {
+    e.handle = 0;
+    Error err = tss_error(what, rc);
+    if (err.reason == Reason::kAuthFailed)
+      err.detail = "the owner hierarchy has a password, which tpmkey does not support: " + err.detail;
+    return err;
+  }
+  auto computed = object_name(crypto_, out_pub.publicArea);
+  if (!computed || Bytes(name.name, name.name + name.size) != *computed) {
+    Tss2_Sys_FlushContext(sys_, e.handle);
+    e.handle = 0;
+    return make_error(Reason::kUntrustedTpm, "the new primary's name does not match its public area").context(what);
+  }
+  e.persistent = false;
+  e.pub = out_pub.publicArea;
+  e.name = std::move(*computed);
+  return &e;
+}
+
+Result<Tpm::Entry*> Tpm::srk() { return parent(kOwnerParent); }
+
+Result<Tpm::Entry*> Tpm::parent(uint32_t handle) {
+  Entry& e = objects_[handle];
+  e.last_use = ++clock_;
+  if (e.handle) return &e;
+  if (is_persistent(handle)) {
+    auto pub = read_public(handle, &e.name);
+    if (!pub) {
+      objects_.erase(handle);
+      return pub.take_error().context("open parent " + hex_handle(handle));
+    }
+    e.handle = handle;
+    e.persistent = true;
+    e.pub = *pub;
+    return &e;
+  }
+  if (handle != kOwnerParent)
+    return make_error(Reason::kUnsupported, "parent " + hex_handle(handle) +
+                                                " is neither 0x40000001 nor a persistent handle");
+  if (reload_saved(handle, e)) return &e;
+  // The same key as the transient primary when made from the standard template (same seed), so
+  // use it when `tpmkey init` (or another tool) made it persistent: no primary to create.
+  if (!srk_probed_ && (!opts_.pin || opts_.pin->handle)) {
+    srk_probed_ = true;
+    const uint32_t h = opts_.pin && opts_.pin->handle ? opts_.pin->handle : kSrkHandle;
+    Bytes name;
+    auto pub = read_public(h, &name);
+    if (pub && matches_srk_template(*pub)) {
+      TPMKEY_TRY(check_pin(name, h));
+      e.handle = h;
+      e.persistent = true;
+      e.pub = *pub;
+      e.name = std::move(name);
+      return &e;
+    }
+  }
+  auto created = create_srk(e);
+  if (!created) return created;
+  if (Status pinned = check_pin(e.name, 0); !pinned) {
+    Tss2_Sys_FlushContext(sys_, e.handle);
+    objects_.erase(handle);
+    return pinned.take_error();
+  }
+  return &e;
+}
+
+size_t Tpm::loaded_transients() const {
+  size_t n = 0;
+  for (const auto& [id, e] : objects_) n += (e.handle && !e.persistent) ? 1 : 0;
+  return n;
 }
 
 void Tpm::flush(Entry& e) {
-  if (e.tr != ESYS_TR_NONE) {
-    if (e.persistent) Esys_TR_Close(esys_, &e.tr);
-    else Esys_FlushContext(esys_, e.tr);
-    e.tr = ESYS_TR_NONE;
-  }
+  if (e.handle && !e.persistent) Tss2_Sys_FlushContext(sys_, e.handle);
+  e.handle = 0;
 }
 
 void Tpm::forget(ObjectId id) {
   std::lock_guard lock(mu_);
   auto it = objects_.find(id);
   if (it == objects_.end()) return;
-  flush(it->second);
+  if (sys_ && getpid() == pid_) flush(it->second);
   objects_.erase(it);
-}
-
-size_t Tpm::loaded_transients() const {
-  size_t n = 0;
-  for (const auto& [id, e] : objects_) n += (e.tr != ESYS_TR_NONE && !e.persistent) ? 1 : 0;
-  return n;
 }
 
 bool Tpm::evict_one(ObjectId pinned_a, ObjectId pinned_b) {
   Entry* victim = nullptr;
   for (auto& [id, e] : objects_) {
-    if (id == pinned_a || id == pinned_b || e.tr == ESYS_TR_NONE || e.persistent) continue;
+    if (id == pinned_a || id == pinned_b || !e.handle || e.persistent) continue;
     if (!victim || e.last_use < victim->last_use) victim = &e;
   }
   if (!victim) return false;
-  TPMS_CONTEXT* ctx = nullptr;
-  if (Esys_ContextSave(esys_, victim->tr, &ctx) == TSS2_RC_SUCCESS) {
-    victim->saved = *ctx;
-    victim->has_saved = true;
-    Esys_Free(ctx);
-  }
-  Esys_FlushContext(esys_, victim->tr);
-  victim->tr = ESYS_TR_NONE;
+  victim->has_saved = Tss2_Sys_ContextSave(sys_, victim->handle, &victim->saved) == TSS2_RC_SUCCESS;
+  Tss2_Sys_FlushContext(sys_, victim->handle);
+  victim->handle = 0;
   return true;
 }
 
@@ -185,86 +440,80 @@ TSS2_RC Tpm::with_slot(ObjectId pinned_a, ObjectId pinned_b, Fn&& fn) {
 
 bool Tpm::reload_saved(ObjectId id, Entry& e) {
   if (!e.has_saved) return false;
-  TSS2_RC rc = with_slot(id, id, [&] { return Esys_ContextLoad(esys_, &e.saved, &e.tr); });
+  TSS2_RC rc = with_slot(id, id, [&] { return resend([&] { return Tss2_Sys_ContextLoad(sys_, &e.saved, &e.handle); }); });
   e.has_saved = false;  // a saved object context is good for one load
   if (rc == TSS2_RC_SUCCESS) return true;
-  e.tr = ESYS_TR_NONE;  // stale (the TPM was restarted): the caller recreates the object
+  e.handle = 0;  // stale (the TPM was restarted): the caller recreates the object
   return false;
 }
 
-Result<ESYS_TR> Tpm::parent(uint32_t handle) {
-  Entry& e = objects_[handle];
-  e.last_use = ++clock_;
-  if (e.tr != ESYS_TR_NONE) return e.tr;
-  if (is_persistent(handle)) {
-    TSS2_RC rc = Esys_TR_FromTPMPublic(esys_, handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &e.tr);
-    if (rc != TSS2_RC_SUCCESS) {
-      objects_.erase(handle);
-      return tss_error("open parent " + hex_handle(handle), rc);
-    }
-    e.persistent = true;
-    return e.tr;
-  }
-  if (handle != kOwnerParent)
-    return make_error(Reason::kUnsupported, "parent " + hex_handle(handle) +
-                                                " is neither 0x40000001 nor a persistent handle");
-  if (reload_saved(handle, e)) return e.tr;
-
-  TPM2B_SENSITIVE_CREATE sensitive{};
-  TPM2B_PUBLIC tmpl = srk_template();
-  TPM2B_DATA outside{};
-  TPML_PCR_SELECTION pcrs{};
-  TSS2_RC rc = with_slot(handle, handle, [&] {
-    return Esys_CreatePrimary(esys_, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive,
-                              &tmpl, &outside, &pcrs, &e.tr, nullptr, nullptr, nullptr, nullptr);
-  });
-  if (rc != TSS2_RC_SUCCESS) {
-    e.tr = ESYS_TR_NONE;
-    return tss_error("create parent 0x40000001 (owner storage primary)", rc);
-  }
-  return e.tr;
-}
-
-Result<ESYS_TR> Tpm::load(ObjectId id, const KeyFile& kf) {
+Result<Tpm::Entry*> Tpm::load(ObjectId id, const KeyFile& kf) {
   Entry& e = objects_[id];
   e.last_use = ++clock_;
-  if (e.tr != ESYS_TR_NONE) return e.tr;
-  if (reload_saved(id, e)) return e.tr;
+  if (e.handle) return &e;
+  if (reload_saved(id, e)) return &e;
+  if (e.name.empty()) {
+    auto n = object_name(crypto_, kf.pub.publicArea);
+    if (!n) return n.take_error();
+    e.name = std::move(*n);
+  }
+  auto s = session();
+  if (!s) return s.take_error();
   auto p = parent(kf.parent);
   if (!p) return p.take_error();
-  ESYS_TR parent_tr = *p;
+  Entry* parent_entry = *p;
+  TPM2B_NAME name{};
   TSS2_RC rc = with_slot(id, kf.parent, [&] {
-    return Esys_Load(esys_, parent_tr, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &kf.priv, &kf.pub, &e.tr);
+    return run(
+        *s, TPM2_CC_Load, {&parent_entry->name}, no_auth(), {.encrypt_command = true},
+        [&] { return Tss2_Sys_Load_Prepare(sys_, parent_entry->handle, &kf.priv, &kf.pub); },
+        [&] { return Tss2_Sys_Load_Complete(sys_, &e.handle, &name); });
   });
+  last_rc_ = rc;
   if (rc != TSS2_RC_SUCCESS) {
-    e.tr = ESYS_TR_NONE;
+    e.handle = 0;
     Error err = tss_error("load", rc);
-    if ((rc & 0xFFFu) == (TPM2_RC_INTEGRITY | TPM2_RC_P | TPM2_RC_1) || classify_rc(rc) == Reason::kMalformedKey)
+    if (tpm_code(rc) == TPM2_RC_INTEGRITY || classify_rc(rc) == Reason::kMalformedKey)
       err.detail = "the key was not made by this TPM under parent " + hex_handle(kf.parent) + ": " + err.detail;
     return err;
   }
-  return e.tr;
+  if (Bytes(name.name, name.name + name.size) != e.name) {
+    flush(e);
+    return make_error(Reason::kMalformedKey, "the TPM loaded an object whose name differs from the key file's");
+  }
+  return &e;
 }
+
+// ---- operations -----------------------------------------------------------------------------
 
 Result<KeyFile> Tpm::create_key(const KeyOptions& opts, const SecretBytes& auth, uint32_t parent_handle) {
   std::lock_guard lock(mu_);
+  const std::string what = std::string("create ") + opts.spec->name + " key";
+  if (auth.size() > sizeof(TPM2B_AUTH::buffer))
+    return make_error(Reason::kInvalidArgument, "password is longer than 64 bytes");
+  auto s = session();
+  if (!s) return s.take_error().context(what);
   auto p = parent(parent_handle);
-  if (!p) return p.take_error();
-  auto a = to_auth(auth);
-  if (!a) return a.take_error();
+  if (!p) return p.take_error().context(what);
+  Entry* parent_entry = *p;
   TPM2B_SENSITIVE_CREATE sensitive{};
-  sensitive.sensitive.userAuth = *a;
-  OPENSSL_cleanse(&a.value(), sizeof(TPM2B_AUTH));
-  TPM2B_PUBLIC tmpl = key_template(opts);
+  sensitive.sensitive.userAuth.size = uint16_t(auth.size());
+  if (!auth.empty()) std::memcpy(sensitive.sensitive.userAuth.buffer, auth.data(), auth.size());
+  TPM2B_PUBLIC tmpl = key_template(opts), out_pub{};
+  TPM2B_PRIVATE out_priv{};
   TPM2B_DATA outside{};
   TPML_PCR_SELECTION pcrs{};
-  TPM2B_PRIVATE* out_priv = nullptr;
-  TPM2B_PUBLIC* out_pub = nullptr;
-  TSS2_RC rc = Esys_Create(esys_, *p, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive, &tmpl, &outside,
-                           &pcrs, &out_priv, &out_pub, nullptr, nullptr, nullptr);
+  TPM2B_CREATION_DATA cdata{};
+  TPM2B_DIGEST chash{};
+  TPMT_TK_CREATION ticket{};
+  // The new key's password is parameter 1: encrypted on the way in.
+  TSS2_RC rc = run(
+      *s, TPM2_CC_Create, {&parent_entry->name}, no_auth(), {.encrypt_command = true, .decrypt_response = true},
+      [&] { return Tss2_Sys_Create_Prepare(sys_, parent_entry->handle, &sensitive, &tmpl, &outside, &pcrs); },
+      [&] { return Tss2_Sys_Create_Complete(sys_, &out_priv, &out_pub, &cdata, &chash, &ticket); });
   OPENSSL_cleanse(&sensitive, sizeof sensitive);
   if (rc != TSS2_RC_SUCCESS) {
-    Error e = tss_error(std::string("create ") + opts.spec->name + " key", rc);
+    Error e = tss_error(what, rc);
     if (!test_parms(opts)) {  // say plainly when the TPM lacks the algorithm
       e.reason = Reason::kUnsupported;
       e.detail = std::string("this TPM does not support ") + opts.spec->name + " keys: " + e.detail;
@@ -274,39 +523,85 @@ Result<KeyFile> Tpm::create_key(const KeyOptions& opts, const SecretBytes& auth,
   KeyFile kf;
   kf.parent = parent_handle;
   kf.empty_auth = auth.empty();
-  kf.pub = *out_pub;
-  kf.priv = *out_priv;
-  Esys_Free(out_pub);
-  Esys_Free(out_priv);
+  kf.pub = out_pub;
+  kf.priv = out_priv;
   return kf;
 }
 
-Result<TPMT_SIGNATURE> Tpm::sign(ObjectId id, const KeyFile& kf, const SecretBytes& auth, const SignRequest& req) {
-  std::lock_guard lock(mu_);
-  auto tr = load(id, kf);
-  if (!tr) return tr.take_error();
-  auto a = to_auth(auth);
-  if (!a) return a.take_error();
-  Esys_TR_SetAuth(esys_, *tr, &a.value());
-  OPENSSL_cleanse(&a.value(), sizeof(TPM2B_AUTH));
-
+Result<TPMT_SIGNATURE> Tpm::sign_once(ObjectId id, const KeyFile& kf, const SecretBytes& auth,
+                                      const SignRequest& req) {
+  last_rc_ = TSS2_RC_SUCCESS;
+  auto e = load(id, kf);
+  if (!e) return e.take_error();
+  auto s = session();
+  if (!s) return s.take_error();
+  Entry* key = *e;
   TPM2B_DIGEST digest{};
-  if (req.digest.size() > sizeof digest.buffer)
-    return make_error(Reason::kInvalidArgument, "digest is too long");
+  if (req.digest.size() > sizeof digest.buffer) return make_error(Reason::kInvalidArgument, "digest is too long");
   digest.size = uint16_t(req.digest.size());
   std::memcpy(digest.buffer, req.digest.data(), req.digest.size());
   TPMT_TK_HASHCHECK validation{};
   validation.tag = TPM2_ST_HASHCHECK;
   validation.hierarchy = TPM2_RH_NULL;
-  TPMT_SIGNATURE* sig = nullptr;
-  TSS2_RC rc = Esys_Sign(esys_, *tr, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &digest, &req.scheme,
-                         &validation, &sig);
-  TPM2B_AUTH empty{};
-  Esys_TR_SetAuth(esys_, *tr, &empty);  // do not keep the password in the TSS longer than needed
+  TPMT_SIGNATURE sig{};
+  TSS2_RC rc = run(
+      *s, TPM2_CC_Sign, {&key->name}, auth, {.encrypt_command = true},
+      [&] { return Tss2_Sys_Sign_Prepare(sys_, key->handle, &digest, &req.scheme, &validation); },
+      [&] { return Tss2_Sys_Sign_Complete(sys_, &sig); });
+  last_rc_ = rc;
   if (rc != TSS2_RC_SUCCESS) return tss_error("TPM2_Sign", rc);
-  TPMT_SIGNATURE out = *sig;
-  Esys_Free(sig);
-  return out;
+  return sig;
+}
+
+Result<TPMT_SIGNATURE> Tpm::sign(ObjectId id, const KeyFile& kf, const SecretBytes& auth, const SignRequest& req) {
+  std::lock_guard lock(mu_);
+  auto r = sign_once(id, kf, auth, req);
+  if (!r && recover(last_rc_, kf.empty_auth)) r = sign_once(id, kf, auth, req);
+  return r;
+}
+
+bool Tpm::recover(TSS2_RC rc, bool empty_auth) {
+  if (rc == TSS2_RC_SUCCESS) return false;
+  const TSS2_RC layer = rc & TSS2_RC_LAYER_MASK;
+  if (layer == TSS2_TCTI_RC_LAYER) {
+    // The connection broke (TPM or simulator restarted): whatever we had there is gone.
+    objects_.clear();
+    session_.end();
+    close_transport();
+    return open_transport().ok();
+  }
+  if (layer != TSS2_TPM_RC_LAYER) return false;
+  const TPM2_RC code = rc & 0xFFFu, base = tpm_code(rc);
+  const bool session_numbered = (code & TPM2_RC_FMT1) && !(code & TPM2_RC_P) && (code & TPM2_RC_S);
+  const bool stale_reference = base >= TPM2_RC_REFERENCE_H0 && base <= TPM2_RC_REFERENCE_S6;
+  const bool stale_handle = base == TPM2_RC_HANDLE || (session_numbered && base == TPM2_RC_VALUE);
+  // With an empty password the HMAC key is the session key alone, so a failed HMAC means our
+  // session or object is no longer what we think (never retried for password keys: lockout).
+  const bool lost_hmac = empty_auth && session_numbered && (base == TPM2_RC_AUTH_FAIL || base == TPM2_RC_BAD_AUTH);
+  if (!stale_reference && !stale_handle && !lost_hmac) return false;
+
+  // Keep what is still ours (same name at the same handle); forget the rest without flushing:
+  // after a TPM restart those handle numbers may belong to another program.
+  for (auto& [id, e] : objects_) {
+    if (!e.handle || e.persistent) continue;
+    Bytes name;
+    auto pub = read_public(e.handle, &name);
+    if (!pub || name != e.name) {
+      e.handle = 0;
+      e.has_saved = false;  // a restart also invalidates saved contexts; reloading would fail anyway
+    }
+  }
+  if (session_.active()) {
+    TPMS_CAPABILITY_DATA cap{};
+    TPMI_YES_NO more = 0;
+    bool listed = false;
+    if (Tss2_Sys_GetCapability(sys_, nullptr, TPM2_CAP_HANDLES, TPM2_LOADED_SESSION_FIRST, TPM2_MAX_CAP_HANDLES,
+                               &more, &cap, nullptr) == TSS2_RC_SUCCESS) {
+      for (uint32_t i = 0; i < cap.data.handles.count; ++i) listed |= cap.data.handles.handle[i] == session_.handle();
+    }
+    if (!listed || session_numbered) session_.end();  // not flushed: it is gone or not ours to trust
+  }
+  return true;
 }
 
 bool Tpm::test_parms(const KeyOptions& opts) {
@@ -314,7 +609,7 @@ bool Tpm::test_parms(const KeyOptions& opts) {
   TPMT_PUBLIC_PARMS parms{};
   parms.type = t.publicArea.type;
   parms.parameters = t.publicArea.parameters;
-  last_test_parms_rc_ = Esys_TestParms(esys_, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &parms);
+  last_test_parms_rc_ = Tss2_Sys_TestParms(sys_, nullptr, &parms, nullptr);
   return last_test_parms_rc_ == TSS2_RC_SUCCESS;
 }
 
@@ -329,6 +624,52 @@ Status Tpm::supports(const AlgorithmSpec& spec) {
     return e;
   }
   return Status::Ok();
+}
+
+Result<SrkPin> Tpm::provision_srk(bool* adopted) {
+  std::lock_guard lock(mu_);
+  const std::string what = "make the storage root key persistent at " + hex_handle(kSrkHandle);
+  *adopted = false;
+  Bytes name;
+  auto pub = read_public(kSrkHandle, &name);
+  if (pub) {
+    if (!matches_srk_template(*pub))
+      return make_error(Reason::kUnsupported, hex_handle(kSrkHandle) +
+                                                  " holds another key (not the standard ECC P-256 storage key); "
+                                                  "tpmkey leaves it alone")
+          .context(what);
+    *adopted = true;
+    return SrkPin{name, kSrkHandle};
+  }
+  if (pub.error().reason != Reason::kKeyNotFound) return Error(pub.error()).context(what);
+
+  Entry& e = objects_[kOwnerParent];
+  flush(e);
+  auto created = create_srk(e);
+  if (!created) return created.take_error().context(what);
+  Session tmp;
+  Session* s = nullptr;
+  if (!opts_.password_auth) {
+    Status st = start_session(tmp, &e);
+    if (!st) {
+      flush(e);
+      return st.take_error().context(what);
+    }
+    s = &tmp;
+  }
+  TSS2_RC rc = run(
+      s, TPM2_CC_EvictControl, {&owner_name(), &e.name}, no_auth(), {},
+      [&] { return Tss2_Sys_EvictControl_Prepare(sys_, TPM2_RH_OWNER, e.handle, kSrkHandle); },
+      [&] { return Tss2_Sys_EvictControl_Complete(sys_); });
+  if (s) flush_session(tmp);
+  flush(e);
+  if (rc != TSS2_RC_SUCCESS) {
+    objects_.erase(kOwnerParent);
+    return tss_error(what, rc);
+  }
+  e.handle = kSrkHandle;
+  e.persistent = true;
+  return SrkPin{e.name, kSrkHandle};
 }
 
 }  // namespace tpmkey

@@ -140,7 +140,8 @@ extern "C" __attribute__((visibility("default"))) int OSSL_provider_init(const O
     }
     // Configuration is read here, once; the TPM is not touched until a key is used.
     auto settings = tpmkey::resolve_settings(config_value(get_params, handle, "tcti"),
-                                             config_value(get_params, handle, "keystore"));
+                                             config_value(get_params, handle, "keystore"),
+                                             config_value(get_params, handle, "authorization"));
     ctx->core = std::make_unique<tpmkey::Context>(std::move(settings));
     *out = kProviderDispatch;
     *provctx = ctx.release();
