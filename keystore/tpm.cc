@@ -196,6 +196,11 @@ uint32_t Tpm::session_handle() {
   return session_.handle();
 }
 
+void Tpm::test_flush_handle(uint32_t handle) {
+  std::lock_guard lock(mu_);
+  Tss2_Sys_FlushContext(sys_, handle);
+}
+
 // ---- commands and sessions ------------------------------------------------------------------
 
 template <typename Prepare, typename Complete>
@@ -224,7 +229,11 @@ TSS2_RC Tpm::run_once(Session* session, TPM2_CC cc, std::initializer_list<const 
   if (rc != TSS2_RC_SUCCESS) return rc;
   rc = Tss2_Sys_Execute(sys_);
   if (rc != TSS2_RC_SUCCESS) return rc;
-  if (session && (rc = session->check_response(crypto_, sys_, cc, auth)) != TSS2_RC_SUCCESS) return rc;
+  if (session && (rc = session->check_response(crypto_, sys_, cc, auth)) != TSS2_RC_SUCCESS) {
+    // Nothing from this response is used, and the session's nonces can no longer be trusted.
+    if (rc == TSS2_ESYS_RC_RSP_AUTH_FAILED) flush_session(*session);
+    return rc;
+  }
   return complete();
 }
 
@@ -332,7 +341,7 @@ Result<Tpm::Entry*> Tpm::create_srk(Entry& e) {
   if (s) flush_session(tmp);
   if (rc != TSS2_RC_SUCCESS) {
     e.handle = 0;
-    Error err = tss_error(what, rc);
+    Error err = slot_error(what, rc);
     if (err.reason == Reason::kAuthFailed)
       err.detail = "the owner hierarchy has a password, which tpmkey does not support: " + err.detail;
     return err;
@@ -394,6 +403,14 @@ Result<Tpm::Entry*> Tpm::parent(uint32_t handle) {
     return pinned.take_error();
   }
   return &e;
+}
+
+Error Tpm::slot_error(const std::string& what, TSS2_RC rc) const {
+  Error e = tss_error(what, rc);
+  // with_slot already evicted everything of ours it could.
+  if (is_object_memory(rc))
+    e.detail = "the TPM's object slots (" + std::to_string(transient_limit_) + ") are held by other programs: " + e.detail;
+  return e;
 }
 
 size_t Tpm::loaded_transients() const {
@@ -472,7 +489,7 @@ Result<Tpm::Entry*> Tpm::load(ObjectId id, const KeyFile& kf) {
   last_rc_ = rc;
   if (rc != TSS2_RC_SUCCESS) {
     e.handle = 0;
-    Error err = tss_error("load", rc);
+    Error err = slot_error("load", rc);
     if (tpm_code(rc) == TPM2_RC_INTEGRITY || classify_rc(rc) == Reason::kMalformedKey)
       err.detail = "the key was not made by this TPM under parent " + hex_handle(kf.parent) + ": " + err.detail;
     return err;
@@ -507,14 +524,17 @@ Result<KeyFile> Tpm::create_key(const KeyOptions& opts, const SecretBytes& auth,
   TPM2B_DIGEST chash{};
   TPMT_TK_CREATION ticket{};
   // The new key's password is parameter 1: encrypted on the way in.
-  TSS2_RC rc = run(
-      *s, TPM2_CC_Create, {&parent_entry->name}, no_auth(), {.encrypt_command = true, .decrypt_response = true},
-      [&] { return Tss2_Sys_Create_Prepare(sys_, parent_entry->handle, &sensitive, &tmpl, &outside, &pcrs); },
-      [&] { return Tss2_Sys_Create_Complete(sys_, &out_priv, &out_pub, &cdata, &chash, &ticket); });
+  // The TPM needs a free object slot to create a key in.
+  TSS2_RC rc = with_slot(parent_handle, parent_handle, [&] {
+    return run(
+        *s, TPM2_CC_Create, {&parent_entry->name}, no_auth(), {.encrypt_command = true, .decrypt_response = true},
+        [&] { return Tss2_Sys_Create_Prepare(sys_, parent_entry->handle, &sensitive, &tmpl, &outside, &pcrs); },
+        [&] { return Tss2_Sys_Create_Complete(sys_, &out_priv, &out_pub, &cdata, &chash, &ticket); });
+  });
   OPENSSL_cleanse(&sensitive, sizeof sensitive);
   if (rc != TSS2_RC_SUCCESS) {
-    Error e = tss_error(what, rc);
-    if (!test_parms(opts)) {  // say plainly when the TPM lacks the algorithm
+    Error e = slot_error(what, rc);
+    if (!is_object_memory(rc) && !test_parms(opts)) {  // say plainly when the TPM lacks the algorithm
       e.reason = Reason::kUnsupported;
       e.detail = std::string("this TPM does not support ") + opts.spec->name + " keys: " + e.detail;
     }
@@ -626,27 +646,29 @@ Status Tpm::supports(const AlgorithmSpec& spec) {
   return Status::Ok();
 }
 
-Result<SrkPin> Tpm::provision_srk(bool* adopted) {
+Result<SrkPin> Tpm::provision_srk(bool persistent, Provisioned* how) {
   std::lock_guard lock(mu_);
-  const std::string what = "make the storage root key persistent at " + hex_handle(kSrkHandle);
-  *adopted = false;
+  const std::string what = "provision the storage root key";
   Bytes name;
   auto pub = read_public(kSrkHandle, &name);
-  if (pub) {
-    if (!matches_srk_template(*pub))
-      return make_error(Reason::kUnsupported, hex_handle(kSrkHandle) +
-                                                  " holds another key (not the standard ECC P-256 storage key); "
-                                                  "tpmkey leaves it alone")
-          .context(what);
-    *adopted = true;
+  if (!pub && pub.error().reason != Reason::kKeyNotFound) return Error(pub.error()).context(what);
+  if (pub && matches_srk_template(*pub)) {
+    *how = Provisioned::kAdopted;
     return SrkPin{name, kSrkHandle};
   }
-  if (pub.error().reason != Reason::kKeyNotFound) return Error(pub.error()).context(what);
+  *how = !persistent ? Provisioned::kTransient : pub ? Provisioned::kHandleTaken : Provisioned::kCreated;
 
   Entry& e = objects_[kOwnerParent];
   flush(e);
   auto created = create_srk(e);
   if (!created) return created.take_error().context(what);
+  if (*how != Provisioned::kCreated) {
+    SrkPin pin{e.name, 0};
+    flush(e);
+    objects_.erase(kOwnerParent);
+    return pin;
+  }
+  // Owner authorization for EvictControl, in a session salted to the key just created.
   Session tmp;
   Session* s = nullptr;
   if (!opts_.password_auth) {
@@ -665,7 +687,7 @@ Result<SrkPin> Tpm::provision_srk(bool* adopted) {
   flush(e);
   if (rc != TSS2_RC_SUCCESS) {
     objects_.erase(kOwnerParent);
-    return tss_error(what, rc);
+    return tss_error("make the storage root key persistent at " + hex_handle(kSrkHandle), rc);
   }
   e.handle = kSrkHandle;
   e.persistent = true;

@@ -73,11 +73,16 @@ class Tpm {
   // Whether the TPM supports keys of this algorithm (TPM2_TestParms).
   Status supports(const AlgorithmSpec& spec);
 
-  // `tpmkey init`: makes the standard SRK persistent at kSrkHandle (or adopts the one there when it
-  // matches the standard template) and returns its pin. `adopted` says it was already there.
-  Result<SrkPin> provision_srk(bool* adopted);
-  // Test hook: the handle of the session, 0 if none.
+  // `tpmkey init`: makes the standard SRK persistent at kSrkHandle, or adopts the one there when it
+  // matches the standard template, and returns its pin. With `persistent` false, or when another
+  // key holds kSrkHandle, only learns the name of the transient SRK (pin handle 0).
+  enum class Provisioned { kCreated, kAdopted, kTransient, kHandleTaken };
+  Result<SrkPin> provision_srk(bool persistent, Provisioned* how);
+  // The handle of the session, 0 if none.
   uint32_t session_handle();
+  // Test hook: flushes a handle behind the cache's back, as a resource manager or another
+  // program could, to prove recovery.
+  void test_flush_handle(uint32_t handle);
 
  private:
   struct Entry {
@@ -130,6 +135,8 @@ class Tpm {
   // TPM2_TestParms for the key template; the TPM's answer is kept in last_test_parms_rc_.
   bool test_parms(const KeyOptions& opts);
   size_t loaded_transients() const;
+  // The error for a failed command that needed an object slot.
+  Error slot_error(const std::string& what, TSS2_RC rc) const;
   void flush(Entry& e);
 
   TpmOptions opts_;

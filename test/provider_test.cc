@@ -36,71 +36,6 @@ const Alg kAlgs[] = {{"ec-p256", "EC", "P-256", 0}, {"ec-p384", "EC", "P-384", 0
                      {"rsa2048", "RSA", nullptr, 2048}, {"rsa3072", "RSA", nullptr, 3072},
                      {"rsa4096", "RSA", nullptr, 4096}};
 
-// Verification happens here: a library context holding the default provider and nothing else.
-OSSL_LIB_CTX* default_only() {
-  static OSSL_LIB_CTX* ctx = [] {
-    OSSL_LIB_CTX* c = OSSL_LIB_CTX_new();
-    OSSL_PROVIDER_load(c, "default");
-    return c;
-  }();
-  return ctx;
-}
-
-using PkeyPtr = std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)>;
-
-// The key's public half, re-read from SubjectPublicKeyInfo into the default-only context.
-PkeyPtr public_copy(EVP_PKEY* pkey) {
-  unsigned char* der = nullptr;
-  int n = i2d_PUBKEY(pkey, &der);
-  const unsigned char* p = der;
-  EVP_PKEY* pub = n > 0 ? d2i_PUBKEY_ex(nullptr, &p, n, default_only(), nullptr) : nullptr;
-  OPENSSL_free(der);
-  return PkeyPtr(pub, EVP_PKEY_free);
-}
-
-struct SignOpts {
-  const char* md = "SHA256";
-  int padding = 0;  // RSA: RSA_PKCS1_PADDING or RSA_PKCS1_PSS_PADDING
-};
-
-std::vector<unsigned char> digest_sign(OSSL_LIB_CTX* lib, EVP_PKEY* key, const std::string& msg, SignOpts o) {
-  EVP_MD_CTX* md = EVP_MD_CTX_new();
-  EVP_PKEY_CTX* pctx = nullptr;
-  std::vector<unsigned char> sig;
-  size_t len = 0;
-  if (EVP_DigestSignInit_ex(md, &pctx, o.md, lib, nullptr, key, nullptr) == 1 &&
-      (!o.padding || EVP_PKEY_CTX_set_rsa_padding(pctx, o.padding) == 1) &&
-      (o.padding != RSA_PKCS1_PSS_PADDING || EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) == 1) &&
-      EVP_DigestSign(md, nullptr, &len, reinterpret_cast<const unsigned char*>(msg.data()), msg.size()) == 1) {
-    sig.resize(len);
-    if (EVP_DigestSign(md, sig.data(), &len, reinterpret_cast<const unsigned char*>(msg.data()), msg.size()) == 1)
-      sig.resize(len);
-    else
-      sig.clear();
-  }
-  EVP_MD_CTX_free(md);
-  return sig;
-}
-
-bool digest_verify(EVP_PKEY* pub, const std::string& msg, const std::vector<unsigned char>& sig, SignOpts o) {
-  EVP_MD_CTX* md = EVP_MD_CTX_new();
-  EVP_PKEY_CTX* pctx = nullptr;
-  bool ok = EVP_DigestVerifyInit_ex(md, &pctx, o.md, default_only(), nullptr, pub, nullptr) == 1 &&
-            (!o.padding || EVP_PKEY_CTX_set_rsa_padding(pctx, o.padding) == 1) &&
-            (o.padding != RSA_PKCS1_PSS_PADDING || EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) == 1) &&
-            EVP_DigestVerify(md, sig.data(), sig.size(), reinterpret_cast<const unsigned char*>(msg.data()),
-                             msg.size()) == 1;
-  EVP_MD_CTX_free(md);
-  return ok;
-}
-
-std::vector<unsigned char> sha(const char* md, const std::string& msg) {
-  std::vector<unsigned char> d(EVP_MAX_MD_SIZE);
-  unsigned int n = 0;
-  EVP_Q_digest(default_only(), md, nullptr, msg.data(), msg.size(), d.data(), reinterpret_cast<size_t*>(&n));
-  d.resize(size_t(EVP_MD_get_size(EVP_get_digestbyname(md))));
-  return d;
-}
 
 class ProviderTest : public ::testing::TestWithParam<bool> {
  protected:
@@ -123,20 +58,7 @@ class ProviderTest : public ::testing::TestWithParam<bool> {
 
   // Generates a key inside the TPM through EVP_PKEY_generate.
   PkeyPtr generate(const Alg& a, const char* user_auth = nullptr) {
-    EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_name(lib_, a.type, "provider=tpmkey");
-    EVP_PKEY* key = nullptr;
-    OSSL_PARAM params[3];
-    int n = 0;
-    size_t bits = a.bits;
-    if (a.group) params[n++] = OSSL_PARAM_construct_utf8_string("group", const_cast<char*>(a.group), 0);
-    else params[n++] = OSSL_PARAM_construct_size_t("bits", &bits);
-    if (user_auth) params[n++] = OSSL_PARAM_construct_utf8_string("user-auth", const_cast<char*>(user_auth), 0);
-    params[n] = OSSL_PARAM_construct_end();
-    if (!ctx || EVP_PKEY_keygen_init(ctx) != 1 || EVP_PKEY_CTX_set_params(ctx, params) != 1 ||
-        EVP_PKEY_generate(ctx, &key) != 1)
-      key = nullptr;
-    EVP_PKEY_CTX_free(ctx);
-    return PkeyPtr(key, EVP_PKEY_free);
+    return generate_key(lib_, a.type, a.group, a.bits, user_auth);
   }
 
   // Whether this TPM can make keys of `a` (swtpm builds differ on P-521 / RSA-4096).
@@ -148,30 +70,10 @@ class ProviderTest : public ::testing::TestWithParam<bool> {
 
   // Stores `key` as keystore entry `name` through the TSS2 encoder.
   void store(EVP_PKEY* key, const std::string& name) {
-    std::string path = keystore_ + "/" + name + ".pem";
-    std::filesystem::create_directories(keystore_);
-    BIO* b = BIO_new_file(path.c_str(), "w");
-    ASSERT_TRUE(b);
-    ASSERT_EQ(PEM_write_bio_PrivateKey(b, key, nullptr, nullptr, 0, nullptr, nullptr), 1) << drain_errors();
-    BIO_free(b);
+    ASSERT_TRUE(store_key(key, keystore_ + "/" + name + ".pem")) << drain_errors();
   }
 
-  PkeyPtr load(const std::string& uri, int expect = 0) {
-    OSSL_STORE_CTX* s = OSSL_STORE_open_ex(uri.c_str(), lib_, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr);
-    EVP_PKEY* key = nullptr;
-    if (s) {
-      if (expect) OSSL_STORE_expect(s, expect);
-      while (!key && !OSSL_STORE_eof(s)) {
-        OSSL_STORE_INFO* info = OSSL_STORE_load(s);
-        if (!info) break;
-        if (OSSL_STORE_INFO_get_type(info) == OSSL_STORE_INFO_PKEY) key = OSSL_STORE_INFO_get1_PKEY(info);
-        if (OSSL_STORE_INFO_get_type(info) == OSSL_STORE_INFO_PUBKEY) key = OSSL_STORE_INFO_get1_PUBKEY(info);
-        OSSL_STORE_INFO_free(info);
-      }
-      OSSL_STORE_close(s);
-    }
-    return PkeyPtr(key, EVP_PKEY_free);
-  }
+  PkeyPtr load(const std::string& uri, int expect = 0) { return load_key(lib_, uri, expect); }
 
   std::string tcti_, dir_, keystore_, cnf_;
   OSSL_LIB_CTX* lib_ = nullptr;

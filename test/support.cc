@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -24,12 +25,20 @@
 
 #include <openssl/err.h>
 #include <openssl/params.h>
+#include <openssl/pem.h>
 #include <openssl/provider.h>
+#include <openssl/rsa.h>
+#include <openssl/store.h>
+#include <openssl/x509.h>
 #include <tss2/tss2_esys.h>
 #include <tss2/tss2_tctildr.h>
 
 namespace tpmkey::test {
 namespace {
+
+// Ports for swtpm and proxies: 10000-31999, below Linux's ephemeral range (32768+), where
+// TIME_WAIT leftovers of client connections would make a bind fail.
+constexpr int kPortBase = 10000, kPortPairs = 11000;
 
 sockaddr_in loopback(int port) {
   sockaddr_in a{};
@@ -62,10 +71,14 @@ Swtpm::Swtpm() {
   dir_ = make_temp_dir("tpmkey-swtpm");
   std::mt19937 rng(std::random_device{}() ^ unsigned(getpid()));
   for (int tries = 0; tries < 200 && !port_; ++tries) {
-    int p = 20000 + int(rng() % 20000) * 2;
+    int p = kPortBase + int(rng() % kPortPairs) * 2;
     if (port_free(p) && port_free(p + 1)) port_ = p;
   }
   if (!port_) throw std::runtime_error("no free port pair for swtpm");
+  start();
+}
+
+void Swtpm::start() {
   std::string server = "type=tcp,port=" + std::to_string(port_) + ",bindaddr=127.0.0.1";
   std::string ctrl = "type=tcp,port=" + std::to_string(port_ + 1) + ",bindaddr=127.0.0.1";
   std::string state = "dir=" + dir_;
@@ -90,14 +103,227 @@ Swtpm::Swtpm() {
   throw std::runtime_error("swtpm did not start");
 }
 
-Swtpm::~Swtpm() {
-  if (getpid() != owner_) return;
+void Swtpm::stop() {
   if (pid_ > 0) {
     kill(pid_, SIGTERM);
     int status;
     waitpid(pid_, &status, 0);
+    pid_ = -1;
   }
+}
+
+void Swtpm::restart() {
+  stop();
+  // The kernel may hold the ports in TIME_WAIT for a moment; swtpm sets SO_REUSEADDR.
+  start();
+}
+
+Swtpm::~Swtpm() {
+  if (getpid() != owner_) return;
+  stop();
   remove_tree(dir_);
+}
+
+namespace {
+
+bool read_full(int fd, uint8_t* p, size_t n) {
+  while (n) {
+    ssize_t r = ::read(fd, p, n);
+    if (r <= 0) return false;
+    p += r;
+    n -= size_t(r);
+  }
+  return true;
+}
+
+bool write_full(int fd, const uint8_t* p, size_t n) {
+  while (n) {
+    ssize_t r = ::write(fd, p, n);
+    if (r <= 0) return false;
+    p += r;
+    n -= size_t(r);
+  }
+  return true;
+}
+
+// One TPM command or response: a 10-byte header whose bytes 2..5 are the big-endian total size.
+bool read_message(int fd, std::vector<uint8_t>& m) {
+  m.assign(10, 0);
+  if (!read_full(fd, m.data(), 10)) return false;
+  uint32_t size = uint32_t(m[2]) << 24 | uint32_t(m[3]) << 16 | uint32_t(m[4]) << 8 | m[5];
+  if (size < 10 || size > 65536) return false;
+  m.resize(size);
+  return read_full(fd, m.data() + 10, size - 10);
+}
+
+int connect_loopback(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a = loopback(port);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+int listen_loopback(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in a = loopback(port);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(fd, 4) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+}  // namespace
+
+struct BusProxy::Impl {
+  int target = 0, port = 0;
+  int listen_data = -1, listen_ctrl = -1;
+  mutable std::mutex mu;
+  std::string sent;
+  uint32_t corrupt_cc = 0;
+  int corrupted = 0;
+  std::vector<int> fds;  // open connections, shut down on destruction
+  std::vector<std::thread> threads;
+
+  void track(int fd) {
+    std::lock_guard l(mu);
+    fds.push_back(fd);
+  }
+  // swtpm serves one connection at a time: both ends close as soon as either side does.
+  void done(int a, int b) {
+    std::lock_guard l(mu);
+    for (int fd : {a, b}) {
+      if (fd < 0) continue;
+      std::erase(fds, fd);
+      close(fd);
+    }
+  }
+  // The data channel: command and response framed, so commands are recorded whole.
+  void serve_data(int client) {
+    int server = connect_loopback(target);
+    if (server >= 0) track(server);
+    if (server >= 0) relay_messages(client, server);
+    done(client, server);
+  }
+  void relay_messages(int client, int server) {
+    std::vector<uint8_t> m;
+    while (read_message(client, m)) {
+      uint32_t cc = uint32_t(m[6]) << 24 | uint32_t(m[7]) << 16 | uint32_t(m[8]) << 8 | m[9];
+      {
+        std::lock_guard l(mu);
+        sent.append(reinterpret_cast<const char*>(m.data()), m.size());
+      }
+      if (!write_full(server, m.data(), m.size()) || !read_message(server, m)) break;
+      {
+        std::lock_guard l(mu);
+        if (corrupt_cc && cc == corrupt_cc && m.size() > 30) {
+          m[25] ^= 0x01;  // inside the response parameters (after header and parameterSize)
+          corrupt_cc = 0;
+          ++corrupted;
+        }
+      }
+      if (!write_full(client, m.data(), m.size())) break;
+    }
+  }
+  // The control channel: bytes forwarded both ways as they come.
+  void serve_ctrl(int client) {
+    int server = connect_loopback(target + 1);
+    if (server >= 0) track(server);
+    if (server >= 0) relay_bytes(client, server);
+    done(client, server);
+  }
+  void relay_bytes(int client, int server) {
+    pollfd p[2] = {{client, POLLIN, 0}, {server, POLLIN, 0}};
+    uint8_t buf[4096];
+    while (poll(p, 2, -1) > 0) {
+      for (int i = 0; i < 2; ++i) {
+        if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+        ssize_t n = ::read(p[i].fd, buf, sizeof buf);
+        if (n <= 0 || !write_full(p[1 - i].fd, buf, size_t(n))) return;
+      }
+    }
+  }
+  void accept_loop(int lfd, bool data) {
+    for (;;) {
+      int c = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) return;
+      track(c);
+      std::lock_guard l(mu);
+      threads.emplace_back([this, c, data] { data ? serve_data(c) : serve_ctrl(c); });
+    }
+  }
+};
+
+BusProxy::BusProxy(int swtpm_port) : impl_(new Impl) {
+  impl_->target = swtpm_port;
+  std::mt19937 rng(std::random_device{}() ^ unsigned(getpid()));
+  for (int tries = 0; tries < 200 && impl_->listen_ctrl < 0; ++tries) {
+    int p = kPortBase + int(rng() % kPortPairs) * 2;
+    impl_->listen_data = listen_loopback(p);
+    if (impl_->listen_data < 0) continue;
+    impl_->listen_ctrl = listen_loopback(p + 1);
+    if (impl_->listen_ctrl < 0) {
+      close(impl_->listen_data);
+      impl_->listen_data = -1;
+      continue;
+    }
+    impl_->port = p;
+  }
+  if (impl_->listen_ctrl < 0) throw std::runtime_error("no free port pair for the bus proxy");
+  std::lock_guard l(impl_->mu);
+  impl_->threads.emplace_back([this] { impl_->accept_loop(impl_->listen_data, true); });
+  impl_->threads.emplace_back([this] { impl_->accept_loop(impl_->listen_ctrl, false); });
+}
+
+BusProxy::~BusProxy() {
+  shutdown(impl_->listen_data, SHUT_RDWR);
+  shutdown(impl_->listen_ctrl, SHUT_RDWR);
+  std::vector<std::thread> threads;
+  {
+    std::lock_guard l(impl_->mu);
+    for (int fd : impl_->fds) shutdown(fd, SHUT_RDWR);
+  }
+  // Accept loops may add threads until they return; join in rounds.
+  for (;;) {
+    {
+      std::lock_guard l(impl_->mu);
+      threads.swap(impl_->threads);
+      for (int fd : impl_->fds) shutdown(fd, SHUT_RDWR);
+    }
+    if (threads.empty()) break;
+    for (auto& t : threads) t.join();
+    threads.clear();
+  }
+  for (int fd : impl_->fds) close(fd);
+  close(impl_->listen_data);
+  close(impl_->listen_ctrl);
+}
+
+std::string BusProxy::tcti() const { return "swtpm:host=127.0.0.1,port=" + std::to_string(impl_->port); }
+
+std::string BusProxy::sent() const {
+  std::lock_guard l(impl_->mu);
+  return impl_->sent;
+}
+
+void BusProxy::clear() {
+  std::lock_guard l(impl_->mu);
+  impl_->sent.clear();
+}
+
+void BusProxy::corrupt_next_response(uint32_t command_code) {
+  std::lock_guard l(impl_->mu);
+  impl_->corrupt_cc = command_code;
+}
+
+int BusProxy::corrupted() const {
+  std::lock_guard l(impl_->mu);
+  return impl_->corrupted;
 }
 
 std::string Swtpm::tcti() const { return "swtpm:host=127.0.0.1,port=" + std::to_string(port_); }
@@ -220,14 +446,14 @@ std::string provider_dir() { return TPMKEY_PROVIDER_DIR; }
 std::string tpmkey_bin() { return TPMKEY_CLI; }
 
 std::string write_openssl_cnf(const std::string& dir, bool tpmkey_first, const std::string& tcti,
-                              const std::string& keystore) {
+                              const std::string& keystore, const std::string& extra) {
   std::string path = dir + (tpmkey_first ? "/tpmkey-first.cnf" : "/default-first.cnf");
   std::ostringstream c;
   c << "openssl_conf = openssl_init\n\n[openssl_init]\nproviders = provider_sect\n\n[provider_sect]\n";
   if (tpmkey_first) c << "tpmkey = tpmkey_sect\ndefault = default_sect\n";
   else c << "default = default_sect\ntpmkey = tpmkey_sect\n";
   c << "\n[default_sect]\nactivate = 1\n\n[tpmkey_sect]\nmodule = " << provider_dir() << "/tpmkey.so\n"
-    << "tcti = " << tcti << "\nkeystore = " << keystore << "\nactivate = 1\n";
+    << "tcti = " << tcti << "\nkeystore = " << keystore << "\n" << extra << "activate = 1\n";
   write_file(path, c.str());
   return path;
 }
@@ -262,6 +488,106 @@ std::string drain_errors() {
     out += "\n";
   }
   return out;
+}
+
+// Verification happens here: a library context holding the default provider and nothing else.
+OSSL_LIB_CTX* default_only() {
+  static OSSL_LIB_CTX* ctx = [] {
+    OSSL_LIB_CTX* c = OSSL_LIB_CTX_new();
+    OSSL_PROVIDER_load(c, "default");
+    return c;
+  }();
+  return ctx;
+}
+
+// The key's public half, re-read from SubjectPublicKeyInfo into the default-only context.
+PkeyPtr public_copy(EVP_PKEY* pkey) {
+  unsigned char* der = nullptr;
+  int n = i2d_PUBKEY(pkey, &der);
+  const unsigned char* p = der;
+  EVP_PKEY* pub = n > 0 ? d2i_PUBKEY_ex(nullptr, &p, n, default_only(), nullptr) : nullptr;
+  OPENSSL_free(der);
+  return PkeyPtr(pub, EVP_PKEY_free);
+}
+
+std::vector<unsigned char> digest_sign(OSSL_LIB_CTX* lib, EVP_PKEY* key, const std::string& msg, SignOpts o) {
+  EVP_MD_CTX* md = EVP_MD_CTX_new();
+  EVP_PKEY_CTX* pctx = nullptr;
+  std::vector<unsigned char> sig;
+  size_t len = 0;
+  if (EVP_DigestSignInit_ex(md, &pctx, o.md, lib, nullptr, key, nullptr) == 1 &&
+      (!o.padding || EVP_PKEY_CTX_set_rsa_padding(pctx, o.padding) == 1) &&
+      (o.padding != RSA_PKCS1_PSS_PADDING || EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) == 1) &&
+      EVP_DigestSign(md, nullptr, &len, reinterpret_cast<const unsigned char*>(msg.data()), msg.size()) == 1) {
+    sig.resize(len);
+    if (EVP_DigestSign(md, sig.data(), &len, reinterpret_cast<const unsigned char*>(msg.data()), msg.size()) == 1)
+      sig.resize(len);
+    else
+      sig.clear();
+  }
+  EVP_MD_CTX_free(md);
+  return sig;
+}
+
+bool digest_verify(EVP_PKEY* pub, const std::string& msg, const std::vector<unsigned char>& sig, SignOpts o) {
+  EVP_MD_CTX* md = EVP_MD_CTX_new();
+  EVP_PKEY_CTX* pctx = nullptr;
+  bool ok = EVP_DigestVerifyInit_ex(md, &pctx, o.md, default_only(), nullptr, pub, nullptr) == 1 &&
+            (!o.padding || EVP_PKEY_CTX_set_rsa_padding(pctx, o.padding) == 1) &&
+            (o.padding != RSA_PKCS1_PSS_PADDING || EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) == 1) &&
+            EVP_DigestVerify(md, sig.data(), sig.size(), reinterpret_cast<const unsigned char*>(msg.data()),
+                             msg.size()) == 1;
+  EVP_MD_CTX_free(md);
+  return ok;
+}
+
+PkeyPtr generate_key(OSSL_LIB_CTX* lib, const char* type, const char* group, size_t bits, const char* user_auth) {
+  EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_name(lib, type, "provider=tpmkey");
+  EVP_PKEY* key = nullptr;
+  OSSL_PARAM params[3];
+  int n = 0;
+  if (group) params[n++] = OSSL_PARAM_construct_utf8_string("group", const_cast<char*>(group), 0);
+  else params[n++] = OSSL_PARAM_construct_size_t("bits", &bits);
+  if (user_auth) params[n++] = OSSL_PARAM_construct_utf8_string("user-auth", const_cast<char*>(user_auth), 0);
+  params[n] = OSSL_PARAM_construct_end();
+  if (!ctx || EVP_PKEY_keygen_init(ctx) != 1 || EVP_PKEY_CTX_set_params(ctx, params) != 1 ||
+      EVP_PKEY_generate(ctx, &key) != 1)
+    key = nullptr;
+  EVP_PKEY_CTX_free(ctx);
+  return PkeyPtr(key, EVP_PKEY_free);
+}
+
+bool store_key(EVP_PKEY* key, const std::string& path) {
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  BIO* b = BIO_new_file(path.c_str(), "w");
+  bool ok = b && PEM_write_bio_PrivateKey(b, key, nullptr, nullptr, 0, nullptr, nullptr) == 1;
+  BIO_free(b);
+  return ok;
+}
+
+PkeyPtr load_key(OSSL_LIB_CTX* lib, const std::string& uri, int expect) {
+  OSSL_STORE_CTX* s = OSSL_STORE_open_ex(uri.c_str(), lib, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr);
+  EVP_PKEY* key = nullptr;
+  if (s) {
+    if (expect) OSSL_STORE_expect(s, expect);
+    while (!key && !OSSL_STORE_eof(s)) {
+      OSSL_STORE_INFO* info = OSSL_STORE_load(s);
+      if (!info) break;
+      if (OSSL_STORE_INFO_get_type(info) == OSSL_STORE_INFO_PKEY) key = OSSL_STORE_INFO_get1_PKEY(info);
+      if (OSSL_STORE_INFO_get_type(info) == OSSL_STORE_INFO_PUBKEY) key = OSSL_STORE_INFO_get1_PUBKEY(info);
+      OSSL_STORE_INFO_free(info);
+    }
+    OSSL_STORE_close(s);
+  }
+  return PkeyPtr(key, EVP_PKEY_free);
+}
+
+std::vector<unsigned char> sha(const char* md, const std::string& msg) {
+  std::vector<unsigned char> d(EVP_MAX_MD_SIZE);
+  unsigned int n = 0;
+  EVP_Q_digest(default_only(), md, nullptr, msg.data(), msg.size(), d.data(), reinterpret_cast<size_t*>(&n));
+  d.resize(size_t(EVP_MD_get_size(EVP_get_digestbyname(md))));
+  return d;
 }
 
 }  // namespace tpmkey::test

@@ -7,7 +7,7 @@ start_swtpm() {
   SWTPM_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tpmkey-swtpm.XXXXXX")
   local port
   for _ in $(seq 1 100); do
-    port=$(( 20000 + (RANDOM % 10000) * 2 ))
+    port=$(( 10000 + (RANDOM % 11000) * 2 ))  # below the ephemeral range (32768+)
     if ! port_in_use "$port" && ! port_in_use $((port + 1)); then break; fi
   done
   swtpm socket --tpm2 --daemon --pid "file=$SWTPM_DIR/pid" --tpmstate "dir=$SWTPM_DIR" \

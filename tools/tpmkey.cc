@@ -24,6 +24,7 @@ const char* kMainHelp = R"(Usage: tpmkey [--tcti TCTI] [--keystore DIR] COMMAND 
 Keys that never leave the TPM, for OpenSSL, TLS and SSH.
 
 Commands:
+  init             pin this TPM's storage root key (and make it persistent)
   create NAME      generate a key inside the TPM and store it as NAME
   list             list the keys in the keystore
   pubkey NAME      print a key's public key (PEM or OpenSSH)
@@ -61,6 +62,32 @@ overwritten.
 
 Example:
   tpmkey create ssh --algorithm ec-p256
+)";
+
+const char* kInitHelp = R"(Usage: tpmkey init [--repin] [--transient]
+
+Prepares the keystore for this TPM. Every TPM command tpmkey sends runs in an HMAC
+session salted to the TPM's storage root key (SRK: the ECC P-256 owner primary of
+the TCG provisioning guidance), with the secret parameters encrypted. init:
+
+  1. makes the SRK persistent at 0x81000001 when that handle is free (this needs
+     the owner hierarchy, with an empty owner password), or adopts the key already
+     there when it is the same standard SRK. Processes then skip creating a
+     primary key (4-9 ms each, and one TPM object slot);
+  2. records the SRK's name in KEYSTORE/srk.pin. From then on, sessions are salted
+     only to a key with this name: a TPM that presents another SRK (cleared,
+     replaced, or an impostor on the bus) is refused with an error, and nothing
+     secret is sent to it.
+
+Without init, the name is recorded the first time tpmkey uses the TPM (trust on
+first use) and each process creates the SRK as a transient object.
+
+  --repin       replace a pin that names another SRK. Only after the TPM was
+                cleared on purpose: keys made under the old SRK no longer load.
+  --transient   record the pin, but do not make the SRK persistent
+
+Running init again is harmless: it reports the SRK and the pin it finds.
+Undo the persistent SRK with: tpm2_evictcontrol -C o -c 0x81000001
 )";
 
 const char* kListHelp = R"(Usage: tpmkey list
@@ -107,7 +134,8 @@ struct Args {
 
 const std::vector<std::string> kValueOptions = {"--tcti", "--keystore", "--algorithm", "--password-file",
                                                 "--description", "--format", "--comment"};
-const std::vector<std::string> kFlagOptions = {"--help", "-h", "--version", "--password", "--yes", "-y"};
+const std::vector<std::string> kFlagOptions = {"--help",     "-h",      "--version",  "--password",
+                                               "--yes",      "-y",      "--repin",    "--transient"};
 
 int usage_error(const std::string& msg) {
   std::fprintf(stderr, "tpmkey: %s\nTry \"tpmkey --help\".\n", msg.c_str());
@@ -205,6 +233,51 @@ int cmd_create(const Args& a) {
   return kExitOk;
 }
 
+std::string hex_name(const Bytes& b) {
+  std::string s;
+  char buf[3];
+  for (uint8_t c : b) {
+    std::snprintf(buf, sizeof buf, "%02x", c);
+    s += buf;
+  }
+  return s;
+}
+
+int cmd_init(const Args& a) {
+  if (!a.positional.empty()) return usage_error("init takes no arguments");
+  Context ctx = make_context(a);
+  const std::string what = "init(" + ctx.keystore().dir() + ")";
+  auto old_pin = ctx.keystore().read_pin();
+  if (!old_pin) return fail(old_pin.take_error().context(what));
+  auto tpm = ctx.tpm();
+  if (!tpm) return fail(tpm.take_error().context(what));
+  Tpm::Provisioned how{};
+  auto pin = (*tpm)->provision_srk(!a.has_flag("--transient"), &how);
+  if (!pin) return fail(pin.take_error().context(what));
+  const std::string name = hex_name(pin->name);
+  if (*old_pin && (*old_pin)->name != pin->name && !a.has_flag("--repin"))
+    return fail(make_error(Reason::kUntrustedTpm, "this TPM's storage root key is " + name + " but the keystore pinned " +
+                                                      hex_name((*old_pin)->name) +
+                                                      ". If the TPM was cleared on purpose, run again with --repin")
+                    .context(what));
+  bool same = *old_pin && (*old_pin)->name == pin->name && (*old_pin)->handle == pin->handle;
+  if (!same) {
+    if (Status st = ctx.keystore().write_pin(*pin, old_pin->has_value()); !st) return fail(st.take_error().context(what));
+  }
+  switch (how) {
+    case Tpm::Provisioned::kCreated: std::printf("made the storage root key persistent at 0x%08x\n", kSrkHandle); break;
+    case Tpm::Provisioned::kAdopted: std::printf("using the storage root key already persistent at 0x%08x\n", kSrkHandle); break;
+    case Tpm::Provisioned::kHandleTaken:
+      std::printf("0x%08x holds another key (not the standard ECC P-256 SRK), left alone:\n"
+                  "the SRK will be created as a transient object in each process\n", kSrkHandle);
+      break;
+    case Tpm::Provisioned::kTransient: std::printf("the SRK stays transient (created in each process)\n"); break;
+  }
+  std::printf("SRK name %s\n%s %s\n", name.c_str(), same ? "already pinned in" : "pinned in",
+              ctx.keystore().pin_path().c_str());
+  return kExitOk;
+}
+
 int cmd_list(const Args& a) {
   Context ctx = make_context(a);
   auto names = ctx.keystore().list();
@@ -294,7 +367,8 @@ struct Command {
   const char* help;
 };
 const Command kCommands[] = {
-    {"create", cmd_create, kCreateHelp},   {"list", cmd_list, kListHelp},
+    {"init", cmd_init, kInitHelp},         {"create", cmd_create, kCreateHelp},
+    {"list", cmd_list, kListHelp},
     {"pubkey", cmd_pubkey, kPubkeyHelp},   {"delete", cmd_delete, kDeleteHelp},
     {"algorithms", cmd_algorithms, kAlgorithmsHelp},
 };

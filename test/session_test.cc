@@ -1,0 +1,303 @@
+// Secure sessions against a real swtpm: what crosses the bus (seen by a real interposer), response
+// tampering, the SRK pin, `tpmkey init` and the persistent SRK, recovery from a TPM restart and
+// from a flushed session, threads, fork, and other programs holding the TPM's slots.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <thread>
+
+#include <openssl/err.h>
+#include <openssl/rsa.h>
+
+#include "keystore/context.h"
+#include "keystore/key.h"
+#include "keystore/keystore.h"
+#include "test/support.h"
+
+namespace tpmkey::test {
+namespace {
+
+constexpr uint32_t kSignCC = TPM2_CC_Sign;
+
+class SessionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    tcti_ = shared_swtpm().tcti();
+    dir_ = make_temp_dir("tpmkey-session-test");
+    keystore_ = dir_ + "/keystore";
+  }
+  void TearDown() override {
+    for (OSSL_LIB_CTX* l : libs_) OSSL_LIB_CTX_free(l);  // provider teardown flushes what it loaded
+    libs_.clear();
+    TpmHandles h = tpm_handles(tcti_);
+    EXPECT_TRUE(h.clean()) << "left in the TPM: " << h.describe();
+    remove_tree(dir_);
+    ERR_clear_error();
+  }
+
+  // A library context with tpmkey (first) and default, talking to `tcti`.
+  OSSL_LIB_CTX* lib(const std::string& tcti, const std::string& extra = "") {
+    static int n = 0;
+    std::string sub = dir_ + "/cnf" + std::to_string(n++);
+    std::filesystem::create_directories(sub);
+    OSSL_LIB_CTX* l = new_configured_libctx(write_openssl_cnf(sub, true, tcti, keystore_, extra));
+    libs_.push_back(l);
+    return l;
+  }
+  void release(OSSL_LIB_CTX* l) {
+    std::erase(libs_, l);
+    OSSL_LIB_CTX_free(l);
+  }
+  // Makes key NAME (EC P-256 unless `bits`) in the keystore through `l`.
+  void make_key(OSSL_LIB_CTX* l, const std::string& name, const char* password = nullptr, size_t bits = 0) {
+    PkeyPtr k = bits ? generate_key(l, "RSA", nullptr, bits, password) : generate_key(l, "EC", "P-256", 0, password);
+    ASSERT_TRUE(k) << drain_errors();
+    ASSERT_TRUE(store_key(k.get(), keystore_ + "/" + name + ".pem")) << drain_errors();
+  }
+  // Signs `msg` with `uri` and verifies the signature with the default provider alone.
+  bool sign_and_verify(OSSL_LIB_CTX* l, const std::string& uri, const std::string& msg) {
+    PkeyPtr k = load_key(l, uri);
+    if (!k) return false;
+    auto sig = digest_sign(l, k.get(), msg, {});
+    return !sig.empty() && digest_verify(public_copy(k.get()).get(), msg, sig, {});
+  }
+  std::string tpmkey(std::vector<std::string> args) {
+    args.insert(args.begin(), {tpmkey_bin(), "--tcti", tcti_, "--keystore", keystore_});
+    auto r = run(args);
+    return r.out + r.err + "exit=" + std::to_string(r.exit_code);
+  }
+  void evict_persistent_srk() {
+    run({"tpm2_evictcontrol", "-T", tcti_, "-C", "o", "-c", "0x81000001"}, {"TSS2_LOG=all+none"});
+  }
+
+  std::string tcti_, dir_, keystore_;
+  std::vector<OSSL_LIB_CTX*> libs_;
+};
+
+// A man in the middle sees the commands: no password and no digest in clear, even for a key
+// made and used with a password; with the documented opt-out the password is visible.
+TEST_F(SessionTest, SecretsNeverCrossTheBusInClear) {
+  BusProxy bus(shared_swtpm().port());
+  const std::string password = "correct horse battery staple";
+  OSSL_LIB_CTX* l = lib(bus.tcti());
+  make_key(l, "pw", password.c_str());
+  PkeyPtr k = load_key(l, "tpm2:pw?pin-value=correct%20horse%20battery%20staple");
+  ASSERT_TRUE(k) << drain_errors();
+  const std::string msg = "a message whose digest must not be seen";
+  auto sig = digest_sign(l, k.get(), msg, {});
+  ASSERT_FALSE(sig.empty()) << drain_errors();
+  EXPECT_TRUE(digest_verify(public_copy(k.get()).get(), msg, sig, {}));
+  auto d = sha("SHA256", msg);
+  EXPECT_FALSE(bus.saw(password)) << "the password crossed the bus in clear";
+  EXPECT_FALSE(bus.saw(std::string(d.begin(), d.end()))) << "the digest crossed the bus in clear";
+  EXPECT_FALSE(bus.saw(std::string("\x40\x00\x00\x09", 4))) << "a TPM_RS_PW authorization was sent";
+  k.reset();
+  release(l);
+
+  // The same with `authorization = password`: the test sees what it is looking for.
+  bus.clear();
+  OSSL_LIB_CTX* plain = lib(bus.tcti(), "authorization = password\n");
+  PkeyPtr k2 = load_key(plain, "tpm2:pw?pin-value=correct%20horse%20battery%20staple");
+  ASSERT_TRUE(k2);
+  ASSERT_FALSE(digest_sign(plain, k2.get(), msg, {}).empty()) << drain_errors();
+  EXPECT_TRUE(bus.saw(password));
+  EXPECT_TRUE(bus.saw(std::string(d.begin(), d.end())));
+  k2.reset();
+  release(plain);
+}
+
+// A response changed on the way back fails its HMAC check: no signature comes out of it, and the
+// next signature works again (a new session).
+TEST_F(SessionTest, TamperedResponseIsRejected) {
+  BusProxy bus(shared_swtpm().port());
+  OSSL_LIB_CTX* l = lib(bus.tcti());
+  make_key(l, "k");
+  PkeyPtr k = load_key(l, "tpm2:k");
+  ASSERT_TRUE(k);
+  ASSERT_FALSE(digest_sign(l, k.get(), "warm up", {}).empty()) << drain_errors();
+  bus.corrupt_next_response(kSignCC);
+  EXPECT_TRUE(digest_sign(l, k.get(), "tampered", {}).empty());
+  EXPECT_EQ(bus.corrupted(), 1);
+  std::string err = drain_errors();
+  EXPECT_NE(err.find("TPM2_Sign: internal error: esapi:Authorizing the TPM response failed"), std::string::npos) << err;
+  auto sig = digest_sign(l, k.get(), "after", {});
+  ASSERT_FALSE(sig.empty()) << drain_errors();
+  EXPECT_TRUE(digest_verify(public_copy(k.get()).get(), "after", sig, {}));
+  k.reset();
+  release(l);  // while the proxy still forwards the flushes
+}
+
+// A keystore pinned to another SRK refuses this TPM before any key is loaded.
+TEST_F(SessionTest, SrkPinMismatchIsAHardError) {
+  OSSL_LIB_CTX* l = lib(tcti_);
+  make_key(l, "k");
+  auto pin = Keystore(keystore_).read_pin();
+  ASSERT_TRUE(pin && *pin) << "the pin was not recorded on first use";
+  release(l);
+  SrkPin wrong = **pin;
+  wrong.name.back() ^= 0xff;
+  ASSERT_TRUE(Keystore(keystore_).write_pin(wrong, true));
+  OSSL_LIB_CTX* l2 = lib(tcti_);
+  EXPECT_FALSE(sign_and_verify(l2, "tpm2:k", "m"));
+  std::string err = drain_errors();
+  EXPECT_NE(err.find("TPM identity check failed: the storage root key's name is"), std::string::npos) << err;
+  EXPECT_NE(err.find("tpmkey init --repin"), std::string::npos) << err;
+  // `tpmkey init` refuses too, and --repin replaces the pin.
+  EXPECT_NE(tpmkey({"init", "--transient"}).find("run again with --repin"), std::string::npos);
+  EXPECT_NE(tpmkey({"init", "--transient", "--repin"}).find("exit=0"), std::string::npos);
+  OSSL_LIB_CTX* l3 = lib(tcti_);
+  EXPECT_TRUE(sign_and_verify(l3, "tpm2:k", "m")) << drain_errors();
+}
+
+// `tpmkey init` makes the SRK persistent: a cold signature then needs no primary key.
+TEST_F(SessionTest, InitMakesTheSrkPersistent) {
+  std::string out = tpmkey({"init"});
+  ASSERT_NE(out.find("made the storage root key persistent at 0x81000001"), std::string::npos) << out;
+  EXPECT_NE(tpmkey({"init"}).find("already persistent"), std::string::npos);
+  auto pin = Keystore(keystore_).read_pin();
+  ASSERT_TRUE(pin && *pin);
+  EXPECT_EQ((*pin)->handle, 0x81000001u);
+  OSSL_LIB_CTX* l = lib(tcti_);
+  make_key(l, "k");
+  release(l);
+  OSSL_LIB_CTX* cold = lib(tcti_);
+  PkeyPtr k = load_key(cold, "tpm2:k");
+  ASSERT_TRUE(k);
+  ASSERT_FALSE(digest_sign(cold, k.get(), "m", {}).empty()) << drain_errors();
+  // GetCapability, ReadPublic(0x81000001), StartAuthSession (salted to it), Load, Sign.
+  EXPECT_EQ(tpm_commands(cold), 5u);
+  k.reset();
+  release(cold);
+  evict_persistent_srk();
+}
+
+// The TPM restarts under a running process: the next signature still succeeds.
+TEST_F(SessionTest, SurvivesATpmRestart) {
+  OSSL_LIB_CTX* l = lib(tcti_);
+  make_key(l, "k");
+  PkeyPtr k = load_key(l, "tpm2:k");
+  ASSERT_TRUE(k);
+  ASSERT_FALSE(digest_sign(l, k.get(), "before", {}).empty()) << drain_errors();
+  shared_swtpm().restart();
+  auto sig = digest_sign(l, k.get(), "after", {});
+  ASSERT_FALSE(sig.empty()) << drain_errors();
+  EXPECT_TRUE(digest_verify(public_copy(k.get()).get(), "after", sig, {}));
+}
+
+// Our session flushed behind our back (by a resource manager, say): re-established transparently.
+TEST_F(SessionTest, SurvivesALostSession) {
+  {
+    OSSL_LIB_CTX* l = lib(tcti_);
+    make_key(l, "k");
+    release(l);
+  }
+  Context ctx(resolve_settings(tcti_.c_str(), keystore_.c_str()));
+  auto uri = parse_uri("tpm2:k");
+  ASSERT_TRUE(uri);
+  auto key = Key::open(ctx, *uri);
+  ASSERT_TRUE(key) << key.error().text();
+  auto d = sha("SHA256", "m");
+  TPMT_SIG_SCHEME scheme{};
+  scheme.scheme = TPM2_ALG_ECDSA;
+  scheme.details.ecdsa.hashAlg = TPM2_ALG_SHA256;
+  ASSERT_TRUE((*key)->sign(scheme, d.data(), d.size()));
+  Tpm* tpm = ctx.tpm_if_connected();
+  ASSERT_TRUE(tpm);
+  const uint32_t old = tpm->session_handle();
+  ASSERT_NE(old, 0u);
+  tpm->test_flush_handle(old);
+  auto sig = (*key)->sign(scheme, d.data(), d.size());
+  ASSERT_TRUE(sig) << sig.error().text();
+  EXPECT_NE(tpm->session_handle(), 0u);
+}
+
+// Several threads on one key and on more keys than the TPM has slots: every signature verifies.
+TEST_F(SessionTest, ThreadsSignCorrectly) {
+  OSSL_LIB_CTX* l = lib(tcti_);
+  for (int i = 0; i < 4; ++i) make_key(l, "k" + std::to_string(i), nullptr, i == 3 ? 2048 : 0);
+  std::vector<PkeyPtr> keys;
+  for (int i = 0; i < 4; ++i) keys.push_back(load_key(l, "tpm2:k" + std::to_string(i)));
+  for (auto& k : keys) ASSERT_TRUE(k);
+  std::atomic<int> good{0}, bad{0};
+  auto worker = [&](int t, bool same_key) {
+    EVP_PKEY* k = keys[same_key ? 0 : size_t(t)].get();
+    PkeyPtr pub = public_copy(k);
+    for (int i = 0; i < 15; ++i) {
+      std::string msg = "thread " + std::to_string(t) + " message " + std::to_string(i);
+      auto sig = digest_sign(l, k, msg, {});
+      (!sig.empty() && digest_verify(pub.get(), msg, sig, {}) ? good : bad)++;
+    }
+  };
+  for (bool same : {true, false}) {
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) threads.emplace_back(worker, t, same);
+    for (auto& th : threads) th.join();
+  }
+  EXPECT_EQ(bad.load(), 0) << drain_errors();
+  EXPECT_EQ(good.load(), 2 * 4 * 15);
+}
+
+// A forked child never uses the parent's session: it connects and starts its own.
+TEST_F(SessionTest, ForkedChildUsesItsOwnSession) {
+  OSSL_LIB_CTX* l = lib(tcti_);
+  make_key(l, "k");
+  PkeyPtr k = load_key(l, "tpm2:k");
+  ASSERT_TRUE(k);
+  ASSERT_FALSE(digest_sign(l, k.get(), "parent", {}).empty());
+  const uint64_t parent_commands = tpm_commands(l);
+  pid_t pid = fork();
+  if (pid == 0) {
+    // swtpm serves one connection at a time: this waits until the parent lets go of its own.
+    auto sig = digest_sign(l, k.get(), "child", {});
+    bool ok = !sig.empty() && digest_verify(public_copy(k.get()).get(), "child", sig, {});
+    // A fresh connection: the child's counter restarted, with its own session and load.
+    ok = ok && tpm_commands(l) >= 4 && tpm_commands(l) < parent_commands + 4;
+    k.reset();
+    OSSL_LIB_CTX_free(l);  // flushes what the child loaded (_exit skips the atexit flush)
+    _exit(ok ? 0 : 1);
+  }
+  k.reset();
+  release(l);  // the parent's connection closes; its objects and session are flushed
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+// Other programs hold object slots on a bare TPM (tpm2-tools leave their objects loaded):
+// tpmkey works in what is left, and says clearly when nothing is left.
+TEST_F(SessionTest, SharesTheTpmWithOtherPrograms) {
+  auto hold_slot = [&] {
+    std::string ctx = dir_ + "/other" + std::to_string(rand()) + ".ctx";
+    auto r = run({"tpm2_createprimary", "-T", tcti_, "-C", "o", "-c", ctx}, {"TSS2_LOG=all+none"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  };
+  auto release_others = [&] {
+    run({"tpm2_flushcontext", "-T", tcti_, "-t"}, {"TSS2_LOG=all+none"});
+  };
+  OSSL_LIB_CTX* l = lib(tcti_);
+  for (int i = 0; i < 3; ++i) make_key(l, "k" + std::to_string(i));
+  release(l);
+
+  hold_slot();  // one of three slots taken: SRK + one key at a time, keys evicted in turn
+  OSSL_LIB_CTX* l2 = lib(tcti_);
+  for (int round = 0; round < 2; ++round)
+    for (int i = 0; i < 3; ++i) EXPECT_TRUE(sign_and_verify(l2, "tpm2:k" + std::to_string(i), "m")) << drain_errors();
+  release(l2);
+
+  hold_slot();
+  hold_slot();  // all three taken
+  OSSL_LIB_CTX* l3 = lib(tcti_);
+  EXPECT_FALSE(sign_and_verify(l3, "tpm2:k0", "m"));
+  std::string err = drain_errors();
+  EXPECT_NE(err.find("TPM busy or out of resources"), std::string::npos) << err;
+  EXPECT_NE(err.find("held by other programs"), std::string::npos) << err;
+  release(l3);
+  release_others();
+}
+
+}  // namespace
+}  // namespace tpmkey::test
