@@ -20,8 +20,13 @@ std::string printf_string(const char* fmt, double v) {
   return buf;
 }
 
-std::string rate(const RunResult* x) {
-  if (!x) return "failed";
+// What to show instead of a number: the run failed, or it was filtered out.
+std::string absent(const std::map<std::string, RunResult>& r, const std::string& key) {
+  return r.count(key) ? "failed" : "not run";
+}
+
+std::string rate(const RunResult* x, const std::string& absent_text) {
+  if (!x) return absent_text;
   std::string v = printf_string(x->per_second >= 100 ? "%.0f" : "%.1f", x->per_second);
   if (x->cv >= 0) v += printf_string(" ±%.0f%%", 100.0 * x->cv);
   return v;
@@ -104,10 +109,11 @@ std::string summary_markdown(const std::map<std::string, RunResult>& r, const st
     << "| --- | --- | ---: | ---: | ---: | ---: | ---: |\n";
   for (const Row& row : kInProcess) {
     for (Alg a : kAllAlgs) {
-      const RunResult* x = find(r, std::string(row.prefix) + alg_name(a));
+      const std::string key = std::string(row.prefix) + alg_name(a);
+      const RunResult* x = find(r, key);
       const RunResult* limit = find(r, std::string("limit/") + alg_name(a));
       const RunResult* peer = row.peer_prefix ? find(r, std::string(row.peer_prefix) + alg_name(a)) : nullptr;
-      o << "| " << row.label << " | " << alg_label(a) << " | " << rate(x) << " | " << cmds(x) << " | "
+      o << "| " << row.label << " | " << alg_label(a) << " | " << rate(x, absent(r, key)) << " | " << cmds(x) << " | "
         << (x && x->cpu_seconds_per_op >= 0 ? printf_string("%.0f", 1e6 * x->cpu_seconds_per_op) : "n/a") << " | "
         << ratio(throughput_ratio(x, limit)) << " | " << (row.peer_prefix ? ratio(throughput_ratio(x, peer)) : "")
         << " |\n";
@@ -120,9 +126,10 @@ std::string summary_markdown(const std::map<std::string, RunResult>& r, const st
     << "| Threads | aggregate sig/s | × limit | × 1 thread | TPM cmds/sig | failures |\n"
     << "| ---: | ---: | ---: | ---: | ---: | ---: |\n";
   for (int t : {1, 2, 4}) {
-    auto it = r.find("tpmkey-threads/ecdsa-p256@" + std::to_string(t));
-    const RunResult* x = find(r, "tpmkey-threads/ecdsa-p256@" + std::to_string(t));
-    o << "| " << t << " | " << rate(x) << " | " << ratio(throughput_ratio(x, ec_limit)) << " | "
+    const std::string key = "tpmkey-threads/ecdsa-p256@" + std::to_string(t);
+    auto it = r.find(key);
+    const RunResult* x = find(r, key);
+    o << "| " << t << " | " << rate(x, absent(r, key)) << " | " << ratio(throughput_ratio(x, ec_limit)) << " | "
       << ratio(throughput_ratio(x, one)) << " | " << cmds(x) << " | "
       << (it == r.end() ? "n/a" : printf_string("%.0f", it->second.failures)) << " |\n";
   }
@@ -134,11 +141,12 @@ std::string summary_markdown(const std::map<std::string, RunResult>& r, const st
     const RunResult* soft = find(r, std::string("pkeyutl-software/") + alg_name(a));
     const RunResult* peer = find(r, std::string("pkeyutl-tpm2-openssl/") + alg_name(a));
     for (const char* k : {"software", "tpmkey", "tpm2-openssl"}) {
-      const RunResult* x = find(r, std::string("pkeyutl-") + k + "/" + alg_name(a));
+      const std::string key = std::string("pkeyutl-") + k + "/" + alg_name(a);
+      const RunResult* x = find(r, key);
       o << "| " << k << " | " << alg_label(a) << " | "
         << (x ? printf_string("%.1f", 1000.0 * x->seconds_per_op) +
                     (x->cv >= 0 ? printf_string(" ±%.0f%%", 100.0 * x->cv) : "")
-              : "failed")
+              : absent(r, key))
         << " | "
         << (std::string(k) == "software" ? "0" : cmds(x)) << " | " << ratio(time_ratio(x, soft)) << " | "
         << (std::string(k) == "tpmkey" ? ratio(time_ratio(x, peer)) : "") << " |\n";
