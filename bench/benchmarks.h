@@ -1,0 +1,17 @@
+// Registration of the benchmark families, in the order they run (bench/main.cc).
+#pragma once
+
+namespace tpmkey::bench {
+
+// limit/ALG (password auth) or esys-session/ALG (salted, encrypted session): raw ESYS TPM2_Sign.
+void register_raw_esys(bool with_session);
+// tpmkey-warm-{digestsign,pkeysign}/ALG, tpm2-openssl-warm-{digestsign,pkeysign}/ALG.
+void register_warm(bool tpmkey, bool digest_sign);
+// tpmkey-cold/ALG, tpm2-openssl-cold/ALG: a new library context, key and signature per iteration.
+void register_cold(bool tpmkey);
+// tpmkey-threads/ecdsa-p256 with 1, 2 and 4 threads on one library context and key.
+void register_threads();
+// pkeyutl-{software,tpmkey,tpm2-openssl}/ALG: one `openssl pkeyutl -sign` process per iteration.
+void register_processes();
+
+}  // namespace tpmkey::bench

@@ -1,0 +1,304 @@
+#include "bench/common.h"
+
+#include <dlfcn.h>
+
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/params.h>
+#include <openssl/provider.h>
+#include <openssl/sha.h>
+#include <openssl/x509.h>
+#include <tss2/tss2_sys.h>
+#include <tss2/tss2_tctildr.h>
+
+namespace tpmkey::bench {
+namespace {
+
+Options g_options;
+
+const unsigned char kMessage[64] = "tpmkey benchmark: a 64-byte message, hashed in software first.";
+
+std::string write_file(const std::string& name, const std::string& text) {
+  std::string path = options().workdir + "/" + name;
+  std::ofstream f(path, std::ios::trunc);
+  f << text;
+  if (!f) throw std::runtime_error("cannot write " + path);
+  return path;
+}
+
+LibCtxPtr libctx_from(const std::string& cnf) {
+  LibCtxPtr ctx(OSSL_LIB_CTX_new());
+  if (!ctx || !OSSL_LIB_CTX_load_config(ctx.get(), cnf.c_str()))
+    throw std::runtime_error("cannot load " + cnf + ": " + ossl_errors());
+  return ctx;
+}
+
+// The RSA padding parameters for `a` (empty list for ECDSA), optionally with the digest name.
+struct SignParams {
+  char digest[8] = "SHA256";
+  char pss[4] = "pss";
+  char pkcs1[6] = "pkcs1";
+  char saltlen[7] = "digest";
+  OSSL_PARAM p[4];
+  SignParams(Alg a, bool with_digest) {
+    int n = 0;
+    if (with_digest) p[n++] = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, digest, 0);
+    if (a == Alg::kRsaPss) {
+      p[n++] = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_PAD_MODE, pss, 0);
+      p[n++] = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_PSS_SALTLEN, saltlen, 0);
+    } else if (a == Alg::kRsaPkcs1) {
+      p[n++] = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_PAD_MODE, pkcs1, 0);
+    }
+    p[n] = OSSL_PARAM_construct_end();
+  }
+};
+
+std::mutex g_problems_mu;
+
+}  // namespace
+
+const Options& options() { return g_options; }
+void set_options(const Options& o) { g_options = o; }
+
+const char* alg_name(Alg a) {
+  switch (a) {
+    case Alg::kEcdsaP256: return "ecdsa-p256";
+    case Alg::kRsaPkcs1: return "rsa2048-pkcs1";
+    case Alg::kRsaPss: return "rsa2048-pss";
+  }
+  return "?";
+}
+
+const char* alg_label(Alg a) {
+  switch (a) {
+    case Alg::kEcdsaP256: return "ECDSA P-256";
+    case Alg::kRsaPkcs1: return "RSA-2048 PKCS#1 v1.5";
+    case Alg::kRsaPss: return "RSA-2048 PSS";
+  }
+  return "?";
+}
+
+bool is_rsa(Alg a) { return a != Alg::kEcdsaP256; }
+
+const unsigned char* message() { return kMessage; }
+size_t message_size() { return sizeof kMessage; }
+const unsigned char* message_digest() {
+  static const auto digest = [] {
+    std::vector<unsigned char> d(SHA256_DIGEST_LENGTH);
+    SHA256(kMessage, sizeof kMessage, d.data());
+    return d;
+  }();
+  return digest.data();
+}
+
+std::string tpmkey_uri(Alg a) { return is_rsa(a) ? "tpm2:bench-rsa" : "tpm2:bench-ec"; }
+std::string tpm2_openssl_key_file(Alg a) {
+  return options().workdir + (is_rsa(a) ? "/tpm2-openssl-rsa.pem" : "/tpm2-openssl-ec.pem");
+}
+std::string software_key_file(Alg a) { return options().workdir + (is_rsa(a) ? "/soft-rsa.pem" : "/soft-ec.pem"); }
+
+std::string counting_tcti() { return options().counting_tcti_module + ":" + options().tcti; }
+
+uint64_t counted_commands() {
+  // The module stays loaded for the whole run (RTLD_NODELETE), so its counter never resets.
+  static auto fn = [] {
+    void* h = dlopen(options().counting_tcti_module.c_str(), RTLD_NOW | RTLD_NODELETE);
+    if (!h) throw std::runtime_error(std::string("cannot load the counting TCTI: ") + dlerror());
+    auto f = reinterpret_cast<uint64_t (*)()>(dlsym(h, "tpmkey_bench_tcti_commands"));
+    if (!f) throw std::runtime_error("the counting TCTI has no tpmkey_bench_tcti_commands");
+    return f;
+  }();
+  return fn();
+}
+
+LibCtxPtr tpmkey_libctx(bool counting) {
+  auto write = [](bool counted) {
+    std::ostringstream c;
+    c << "openssl_conf = openssl_init\n\n[openssl_init]\nproviders = provider_sect\n\n"
+      << "[provider_sect]\ndefault = default_sect\ntpmkey = tpmkey_sect\n\n"
+      << "[default_sect]\nactivate = 1\n\n"
+      << "[tpmkey_sect]\nmodule = " << options().provider_dir << "/tpmkey.so\n"
+      << "tcti = " << (counted ? counting_tcti() : options().tcti) << "\nkeystore = " << options().keystore
+      << "\nactivate = 1\n";
+    return write_file(counted ? "tpmkey-counted.cnf" : "tpmkey.cnf", c.str());
+  };
+  static const std::string plain = write(false), counted = write(true);
+  return libctx_from(counting ? counted : plain);
+}
+
+LibCtxPtr tpm2_openssl_libctx() {
+  static const std::string cnf = [] {
+    std::ostringstream c;
+    c << "openssl_conf = openssl_init\n\n[openssl_init]\nproviders = provider_sect\n\n"
+      << "[provider_sect]\ndefault = default_sect\ntpm2 = tpm2_sect\n\n"
+      << "[default_sect]\nactivate = 1\n\n"
+      << "[tpm2_sect]\ntcti = " << counting_tcti() << "\nactivate = 1\n";  // see main(): TPM2OPENSSL_TCTI
+    return write_file("tpm2-openssl.cnf", c.str());
+  }();
+  LibCtxPtr ctx = libctx_from(cnf);
+  if (!OSSL_PROVIDER_available(ctx.get(), "tpm2"))  // its init connects; OpenSSL 3.0 skips it silently
+    throw std::runtime_error("the tpm2 provider did not start (cannot reach the TPM?): " + ossl_errors());
+  return ctx;
+}
+
+uint64_t tpmkey_commands(OSSL_LIB_CTX* libctx) {
+  OSSL_PROVIDER* prov = OSSL_PROVIDER_load(libctx, "tpmkey");
+  uint64_t n = 0;
+  OSSL_PARAM params[] = {OSSL_PARAM_uint64("tpmkey-tpm-commands", &n), OSSL_PARAM_END};
+  bool ok = prov && OSSL_PROVIDER_get_params(prov, params);
+  if (prov) OSSL_PROVIDER_unload(prov);
+  if (!ok) throw std::runtime_error("cannot read tpmkey-tpm-commands: " + ossl_errors());
+  return n;
+}
+
+PkeyPtr load_private_key(OSSL_LIB_CTX* libctx, const std::string& uri, const char* propq) {
+  OSSL_STORE_CTX* store = OSSL_STORE_open_ex(uri.c_str(), libctx, propq, nullptr, nullptr, nullptr, nullptr, nullptr);
+  if (!store) throw std::runtime_error("cannot open " + uri + ": " + ossl_errors());
+  PkeyPtr key;
+  while (!key && !OSSL_STORE_eof(store)) {
+    OSSL_STORE_INFO* info = OSSL_STORE_load(store);
+    if (!info) break;
+    if (OSSL_STORE_INFO_get_type(info) == OSSL_STORE_INFO_PKEY) key.reset(OSSL_STORE_INFO_get1_PKEY(info));
+    OSSL_STORE_INFO_free(info);
+  }
+  OSSL_STORE_close(store);
+  if (!key) throw std::runtime_error("no private key in " + uri + ": " + ossl_errors());
+  return key;
+}
+
+bool digest_sign(OSSL_LIB_CTX* libctx, EVP_PKEY* key, Alg a, const char* propq, EVP_MD_CTX* md,
+                 std::vector<unsigned char>& sig) {
+  SignParams params(a, false);
+  sig.resize(512);
+  size_t len = sig.size();
+  if (EVP_DigestSignInit_ex(md, nullptr, "SHA256", libctx, propq, key, params.p) != 1 ||
+      EVP_DigestSign(md, sig.data(), &len, message(), message_size()) != 1)
+    return false;
+  sig.resize(len);
+  return true;
+}
+
+bool pkey_sign(OSSL_LIB_CTX* libctx, EVP_PKEY* key, Alg a, const char* propq, std::vector<unsigned char>& sig) {
+  PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(libctx, key, propq));
+  SignParams params(a, true);
+  sig.resize(512);
+  size_t len = sig.size();
+  if (!ctx || EVP_PKEY_sign_init_ex(ctx.get(), params.p) != 1 ||
+      EVP_PKEY_sign(ctx.get(), sig.data(), &len, message_digest(), SHA256_DIGEST_LENGTH) != 1)
+    return false;
+  sig.resize(len);
+  return true;
+}
+
+bool verify(EVP_PKEY* key, Alg a, const std::vector<unsigned char>& sig) {
+  // Through the public key's DER, so the check runs in the default provider of the default libctx.
+  unsigned char* der = nullptr;
+  int der_len = i2d_PUBKEY(key, &der);
+  if (der_len <= 0) return false;
+  const unsigned char* p = der;
+  PkeyPtr pub(d2i_PUBKEY(nullptr, &p, der_len));
+  OPENSSL_free(der);
+  MdCtxPtr md(EVP_MD_CTX_new());
+  SignParams params(a, false);
+  return pub && md &&
+         EVP_DigestVerifyInit_ex(md.get(), nullptr, "SHA256", nullptr, "provider=default", pub.get(), params.p) == 1 &&
+         EVP_DigestVerify(md.get(), sig.data(), sig.size(), message(), message_size()) == 1;
+}
+
+std::string ossl_errors() {
+  std::string out;
+  unsigned long e;
+  const char* data = nullptr;
+  int flags = 0;
+  while ((e = ERR_get_error_all(nullptr, nullptr, nullptr, &data, &flags)) != 0) {
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof buf);
+    if (!out.empty()) out += "; ";
+    out += buf;
+    if (data && (flags & ERR_TXT_STRING) && *data) out += std::string(" ") + data;
+  }
+  return out;
+}
+
+Esys::Esys() {
+  const std::string conf = counting_tcti();
+  if (Tss2_TctiLdr_Initialize(conf.c_str(), &tcti_) != TSS2_RC_SUCCESS)
+    throw std::runtime_error("cannot open the TCTI " + conf);
+  if (Esys_Initialize(&ctx_, tcti_, nullptr) != TSS2_RC_SUCCESS) {
+    Tss2_TctiLdr_Finalize(&tcti_);
+    throw std::runtime_error("Esys_Initialize failed");
+  }
+}
+
+Esys::~Esys() {
+  if (ctx_) Esys_Finalize(&ctx_);
+  if (tcti_) Tss2_TctiLdr_Finalize(&tcti_);
+}
+
+bool check_tpm_clean(const std::string& after) {
+  // tss2-sys: it can flush session handles, which ESYS only knows by its own ESYS_TR objects.
+  TSS2_TCTI_CONTEXT* tcti = nullptr;
+  if (Tss2_TctiLdr_Initialize(options().tcti.c_str(), &tcti) != TSS2_RC_SUCCESS) {
+    record_problem("after " + after + ": cannot connect to the TPM to check its handles");
+    return false;
+  }
+  size_t size = Tss2_Sys_GetContextSize(0);
+  std::vector<unsigned char> mem(size);
+  auto* sys = reinterpret_cast<TSS2_SYS_CONTEXT*>(mem.data());
+  TSS2_ABI_VERSION abi = TSS2_ABI_VERSION_CURRENT;
+  bool clean = true;
+  if (Tss2_Sys_Initialize(sys, size, tcti, &abi) != TSS2_RC_SUCCESS) {
+    record_problem("after " + after + ": Tss2_Sys_Initialize failed");
+    Tss2_TctiLdr_Finalize(&tcti);
+    return false;
+  }
+  auto list = [&](TPM2_HANDLE first) {
+    std::vector<TPM2_HANDLE> v;
+    TPMI_YES_NO more = TPM2_NO;
+    TPMS_CAPABILITY_DATA cap{};
+    if (Tss2_Sys_GetCapability(sys, nullptr, TPM2_CAP_HANDLES, first, TPM2_MAX_CAP_HANDLES, &more, &cap, nullptr) ==
+        TSS2_RC_SUCCESS)
+      for (uint32_t i = 0; i < cap.data.handles.count; ++i) v.push_back(cap.data.handles.handle[i]);
+    return v;
+  };
+  std::vector<TPM2_HANDLE> leftovers = list(TPM2_TRANSIENT_FIRST);
+  const std::vector<TPM2_HANDLE> loaded = list(TPM2_LOADED_SESSION_FIRST);
+  leftovers.insert(leftovers.end(), loaded.begin(), loaded.end());
+  for (TPM2_HANDLE h : list(TPM2_ACTIVE_SESSION_FIRST)) {  // saved sessions; loaded ones show here too
+    bool is_loaded = false;
+    for (TPM2_HANDLE l : loaded) is_loaded = is_loaded || (l & 0xFFFFFF) == (h & 0xFFFFFF);
+    if (!is_loaded) leftovers.push_back(h);
+  }
+  if (!leftovers.empty()) {
+    clean = false;
+    std::string msg = "after " + after + ": the TPM still holds";
+    for (TPM2_HANDLE h : leftovers) {
+      char buf[16];
+      std::snprintf(buf, sizeof buf, " 0x%08x", h);
+      msg += buf;
+      Tss2_Sys_FlushContext(sys, h);  // so the next benchmark starts clean
+    }
+    record_problem(msg + " (flushed)");
+  }
+  Tss2_Sys_Finalize(sys);
+  Tss2_TctiLdr_Finalize(&tcti);
+  return clean;
+}
+
+std::vector<std::string>& problems() {
+  static std::vector<std::string> p;
+  return p;
+}
+
+void record_problem(const std::string& p) {
+  std::lock_guard lock(g_problems_mu);
+  if (problems().size() < 50) problems().push_back(p);
+}
+
+}  // namespace tpmkey::bench

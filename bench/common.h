@@ -1,0 +1,114 @@
+// Shared pieces of the tpmkey benchmarks: options, the three signature algorithms, OpenSSL library
+// contexts for tpmkey and tpm2-openssl, signing through EVP, TPM command counting and the check
+// that every benchmark leaves the TPM without transient objects or sessions.
+//
+// swtpm serves one TCP connection at a time: every benchmark opens its TPM connection (a raw ESYS
+// context or a library context whose provider connects) and closes it before it returns.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <openssl/evp.h>
+#include <openssl/store.h>
+#include <tss2/tss2_esys.h>
+
+namespace tpmkey::bench {
+
+template <typename T, void (*Free)(T*)>
+struct Deleter {
+  void operator()(T* p) const { Free(p); }
+};
+template <typename T, void (*Free)(T*)>
+using Ptr = std::unique_ptr<T, Deleter<T, Free>>;
+using LibCtxPtr = Ptr<OSSL_LIB_CTX, OSSL_LIB_CTX_free>;
+using PkeyPtr = Ptr<EVP_PKEY, EVP_PKEY_free>;
+using PkeyCtxPtr = Ptr<EVP_PKEY_CTX, EVP_PKEY_CTX_free>;
+using MdCtxPtr = Ptr<EVP_MD_CTX, EVP_MD_CTX_free>;
+
+struct Options {
+  std::string tcti;          // the swtpm, e.g. swtpm:host=127.0.0.1,port=N
+  std::string workdir;       // keys made by bench/run.sh, scratch files
+  std::string keystore;      // tpmkey keystore (holds bench-ec.pem, bench-rsa.pem)
+  std::string provider_dir;  // directory of tpmkey.so
+  std::string counting_tcti_module;  // libtpmkey-bench-tcti.so
+  double min_time = 0.3;     // seconds per repetition of an in-process benchmark
+  int cold_iterations = 15;  // per repetition
+  int process_iterations = 10;
+  int repetitions = 5;       // the summary reports the median
+};
+const Options& options();
+void set_options(const Options& o);
+
+enum class Alg { kEcdsaP256, kRsaPkcs1, kRsaPss };
+constexpr Alg kAllAlgs[] = {Alg::kEcdsaP256, Alg::kRsaPkcs1, Alg::kRsaPss};
+const char* alg_name(Alg a);        // "ecdsa-p256", "rsa2048-pkcs1", "rsa2048-pss"
+const char* alg_label(Alg a);       // "ECDSA P-256", ...
+bool is_rsa(Alg a);
+
+// The message every benchmark signs (64 bytes) and its SHA-256.
+const unsigned char* message();
+size_t message_size();
+const unsigned char* message_digest();  // 32 bytes
+
+// Key locations made by run.sh.
+std::string tpmkey_uri(Alg a);             // tpm2:bench-ec / tpm2:bench-rsa
+std::string tpm2_openssl_key_file(Alg a);  // workdir/tpm2-openssl-{ec,rsa}.pem
+std::string software_key_file(Alg a);      // workdir/soft-{ec,rsa}.pem
+
+// "<module>:<tcti>": the swtpm through the counting TCTI module.
+std::string counting_tcti();
+// TPM commands sent through the counting module in this process so far.
+uint64_t counted_commands();
+
+// Property query for tpm2-openssl, as its documentation recommends: use the TPM for everything
+// it offers except hashing (it also registers SHA-2 digests that hash inside the TPM).
+inline constexpr const char* kTpm2OpensslPropq = "?provider=tpm2,tpm2.digest!=yes";
+
+// A library context with default + tpmkey (from an openssl.cnf written to the workdir); with
+// `counting`, tpmkey reaches the TPM through the counting TCTI module.
+LibCtxPtr tpmkey_libctx(bool counting = false);
+// A library context with default + tpm2 (tpm2-openssl, which connects to the TPM right away).
+LibCtxPtr tpm2_openssl_libctx();
+// TPM commands sent so far by the libctx's tpmkey provider (the tpmkey-tpm-commands param).
+uint64_t tpmkey_commands(OSSL_LIB_CTX* libctx);
+
+// The first private key at `uri` (tpm2:NAME or a file path) through OSSL_STORE.
+PkeyPtr load_private_key(OSSL_LIB_CTX* libctx, const std::string& uri, const char* propq);
+
+// One EVP_DigestSign of message() (init + sign on `md`, which is reused). `sig` receives it.
+bool digest_sign(OSSL_LIB_CTX* libctx, EVP_PKEY* key, Alg a, const char* propq, EVP_MD_CTX* md,
+                 std::vector<unsigned char>& sig);
+// One EVP_PKEY_sign of message_digest() (init + sign on a new EVP_PKEY_CTX).
+bool pkey_sign(OSSL_LIB_CTX* libctx, EVP_PKEY* key, Alg a, const char* propq, std::vector<unsigned char>& sig);
+// Verifies `sig` over message() with the key's public half, in software (default provider).
+bool verify(EVP_PKEY* key, Alg a, const std::vector<unsigned char>& sig);
+
+// The OpenSSL error queue as text (and clears it).
+std::string ossl_errors();
+
+// A raw ESYS connection (through the counting TCTI). Finalized by the destructor.
+class Esys {
+ public:
+  Esys();  // throws std::runtime_error if the TPM is unreachable
+  ~Esys();
+  Esys(const Esys&) = delete;
+  Esys& operator=(const Esys&) = delete;
+  ESYS_CONTEXT* get() const { return ctx_; }
+
+ private:
+  TSS2_TCTI_CONTEXT* tcti_ = nullptr;
+  ESYS_CONTEXT* ctx_ = nullptr;
+};
+
+// Connects (no other connection may be open), lists transient objects, loaded and saved
+// sessions. If there are any, records a problem naming `after` and flushes them so the next
+// benchmark starts clean. Returns whether the TPM was clean.
+bool check_tpm_clean(const std::string& after);
+// Every problem recorded so far (leaked handles, failed signatures, setup errors).
+std::vector<std::string>& problems();
+void record_problem(const std::string& p);
+
+}  // namespace tpmkey::bench

@@ -1,0 +1,200 @@
+// One-shot whole-process signing: `openssl pkeyutl -sign -rawin -digest sha256` (fork/exec and
+// wait, per iteration) with a software key, a tpmkey key and a tpm2-openssl key. This is what a
+// script or a short-lived tool pays: process start, provider load, TPM connection, parent, key
+// load, one signature, teardown.
+//   pkeyutl-software/ALG, pkeyutl-tpmkey/ALG, pkeyutl-tpm2-openssl/ALG   (ALG: ecdsa-p256, rsa2048-pkcs1)
+// The timed runs use the plain swtpm TCTI. One more run after the timed loop goes through the
+// counting TCTI (commands per process, written by the module at exit) and its signature is verified.
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+#include <openssl/pem.h>
+
+#include "bench/benchmarks.h"
+#include "bench/common.h"
+
+extern char** environ;
+
+namespace tpmkey::bench {
+namespace {
+
+enum class Kind { kSoftware, kTpmkey, kTpm2Openssl };
+
+const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::kSoftware: return "software";
+    case Kind::kTpmkey: return "tpmkey";
+    case Kind::kTpm2Openssl: return "tpm2-openssl";
+  }
+  return "?";
+}
+
+std::string read_all(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::ostringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+std::string message_file() {
+  static const std::string path = [] {
+    std::string p = options().workdir + "/message.bin";
+    std::ofstream f(p, std::ios::binary | std::ios::trunc);
+    f.write(reinterpret_cast<const char*>(message()), std::streamsize(message_size()));
+    return p;
+  }();
+  return path;
+}
+
+struct Command {
+  std::vector<std::string> argv;
+  std::vector<std::string> env;  // K=V entries replacing or adding to this process's environment
+};
+
+Command pkeyutl(Kind k, Alg a, const std::string& tcti, const std::string& sig_out) {
+  Command c;
+  c.argv = {"openssl", "pkeyutl"};
+  // The TPM variables are set only for the provider that reads them.
+  for (const char* drop : {"TPMKEY_TCTI", "TPM2OPENSSL_TCTI", "TPMKEY_BENCH_COUNT_FILE"}) c.env.push_back(drop);
+  switch (k) {
+    case Kind::kSoftware:
+      c.argv.insert(c.argv.end(), {"-inkey", software_key_file(a)});
+      break;
+    case Kind::kTpmkey:
+      c.argv.insert(c.argv.end(), {"-provider-path", options().provider_dir, "-provider", "tpmkey", "-provider",
+                                   "default", "-inkey", tpmkey_uri(a)});
+      c.env.push_back("TPMKEY_TCTI=" + tcti);
+      c.env.push_back("TPMKEY_KEYSTORE=" + options().keystore);
+      break;
+    case Kind::kTpm2Openssl:
+      c.argv.insert(c.argv.end(), {"-provider", "tpm2", "-provider", "default", "-propquery", kTpm2OpensslPropq,
+                                   "-inkey", tpm2_openssl_key_file(a)});
+      c.env.push_back("TPM2OPENSSL_TCTI=" + tcti);
+      break;
+  }
+  c.argv.insert(c.argv.end(), {"-sign", "-rawin", "-digest", "sha256", "-in", message_file(), "-out", sig_out});
+  if (a == Alg::kRsaPkcs1) c.argv.insert(c.argv.end(), {"-pkeyopt", "rsa_padding_mode:pkcs1"});
+  return c;
+}
+
+// Runs the command with stdout/stderr to `log`; returns the exit status (127: could not start).
+int run(const Command& c, const std::string& log) {
+  std::vector<std::string> env_store;
+  for (char** e = environ; *e; ++e) {
+    std::string entry(*e);
+    std::string key = entry.substr(0, entry.find('='));
+    bool replaced = false;
+    for (const auto& o : c.env) replaced = replaced || o.substr(0, o.find('=')) == key;
+    if (!replaced) env_store.push_back(entry);
+  }
+  for (const auto& o : c.env)
+    if (o.find('=') != std::string::npos) env_store.push_back(o);  // bare names only remove
+  std::vector<char*> envp, argv;
+  for (auto& e : env_store) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  std::vector<std::string> args = c.argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  pid_t pid = -1;
+  int rc = posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) return 127;
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+PkeyPtr public_key(Kind k, Alg a) {
+  // run.sh wrote the public halves next to the keys: soft-ec.pub, bench-ec.pub, tpm2-openssl-ec.pub, ...
+  std::string base = k == Kind::kSoftware ? "soft" : k == Kind::kTpmkey ? "bench" : "tpm2-openssl";
+  std::string path = options().workdir + "/" + base + (is_rsa(a) ? "-rsa.pub" : "-ec.pub");
+  FILE* f = std::fopen(path.c_str(), "r");
+  if (!f) return nullptr;
+  PkeyPtr key(PEM_read_PUBKEY(f, nullptr, nullptr, nullptr));
+  std::fclose(f);
+  return key;
+}
+
+void process_sign(benchmark::State& state, Kind k, Alg a) {
+  const std::string name = std::string("pkeyutl-") + kind_name(k) + "/" + alg_name(a);
+  const std::string tag = std::string(kind_name(k)) + "-" + alg_name(a);
+  const std::string log = options().workdir + "/pkeyutl-" + tag + ".log";
+  const std::string sig_file = options().workdir + "/pkeyutl-" + tag + ".sig";
+  const Command timed = pkeyutl(k, a, options().tcti, "/dev/null");
+  int64_t failures = 0;
+  for (auto _ : state) {
+    int status = run(timed, log);
+    if (status != 0) {
+      ++failures;
+      std::string msg = name + ": exit status " + std::to_string(status) + ": " + read_all(log);
+      record_problem(msg);
+      state.SkipWithError(msg.c_str());
+      break;
+    }
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.counters["failures"] = double(failures);
+  if (failures) {
+    check_tpm_clean(name);
+    return;
+  }
+
+  // Untimed: one counted run whose signature is verified.
+  const std::string count_file = options().workdir + "/pkeyutl-" + tag + ".count";
+  std::remove(count_file.c_str());
+  Command counted = pkeyutl(k, a, counting_tcti(), sig_file);
+  if (k != Kind::kSoftware) counted.env.push_back("TPMKEY_BENCH_COUNT_FILE=" + count_file);
+  int status = run(counted, log);
+  const std::string s = read_all(sig_file);
+  const std::vector<unsigned char> sig(s.begin(), s.end());
+  PkeyPtr pub = public_key(k, a);
+  if (status != 0 || !pub || !verify(pub.get(), a, sig)) {
+    record_problem(name + ": the counted run's signature " + (status ? "failed: " + read_all(log) : "does not verify"));
+    state.counters["failures"] = 1;
+  }
+  if (k != Kind::kSoftware) {
+    uint64_t total = 0;
+    std::istringstream in(read_all(count_file));
+    for (uint64_t n; in >> n;) total += n;
+    state.counters["tpm_cmds/op"] = double(total);
+  } else {
+    state.counters["tpm_cmds/op"] = 0;
+  }
+  check_tpm_clean(name);
+}
+
+}  // namespace
+
+void register_processes() {
+  for (Alg a : {Alg::kEcdsaP256, Alg::kRsaPkcs1}) {
+    for (Kind k : {Kind::kSoftware, Kind::kTpmkey, Kind::kTpm2Openssl}) {
+      std::string name = std::string("pkeyutl-") + kind_name(k) + "/" + alg_name(a);
+      benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) { process_sign(s, k, a); })
+          ->UseRealTime()
+          ->Iterations(options().process_iterations)
+          ->Repetitions(options().repetitions)
+          ->Unit(benchmark::kMillisecond);
+    }
+  }
+}
+
+}  // namespace tpmkey::bench

@@ -1,0 +1,187 @@
+#include "bench/summary.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <sstream>
+
+#include "bench/common.h"
+
+namespace tpmkey::bench {
+namespace {
+
+const RunResult* find(const std::map<std::string, RunResult>& r, const std::string& key) {
+  auto it = r.find(key);
+  return it == r.end() || it->second.error || it->second.per_second <= 0 ? nullptr : &it->second;
+}
+
+std::string printf_string(const char* fmt, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, fmt, v);
+  return buf;
+}
+
+// What to show instead of a number: the run failed, or it was filtered out.
+std::string absent(const std::map<std::string, RunResult>& r, const std::string& key) {
+  return r.count(key) ? "failed" : "not run";
+}
+
+std::string rate(const RunResult* x, const std::string& absent_text) {
+  if (!x) return absent_text;
+  std::string v = printf_string(x->per_second >= 100 ? "%.0f" : "%.1f", x->per_second);
+  if (x->cv >= 0) v += printf_string(" ±%.0f%%", 100.0 * x->cv);
+  return v;
+}
+std::string cmds(const RunResult* x) { return x && x->tpm_cmds >= 0 ? printf_string("%.2f", x->tpm_cmds) : "n/a"; }
+std::string ratio(double v) { return v > 0 ? printf_string("%.2f×", v) : "n/a"; }
+double throughput_ratio(const RunResult* a, const RunResult* b) { return a && b ? a->per_second / b->per_second : 0; }
+double time_ratio(const RunResult* a, const RunResult* b) { return a && b ? b->per_second / a->per_second : 0; }
+
+struct Row {
+  const char* label;
+  const char* prefix;        // benchmark name without the algorithm
+  const char* peer_prefix;   // tpm2-openssl counterpart, or nullptr
+};
+
+constexpr Row kInProcess[] = {
+    {"**limit**: raw ESYS, password auth", "limit/", nullptr},
+    {"raw ESYS, salted + encrypted session", "esys-session/", nullptr},
+    {"tpmkey warm EVP_DigestSign", "tpmkey-warm-digestsign/", "tpm2-openssl-warm-digestsign/"},
+    {"tpmkey warm EVP_PKEY_sign", "tpmkey-warm-pkeysign/", "tpm2-openssl-warm-pkeysign/"},
+    {"tpm2-openssl warm EVP_DigestSign", "tpm2-openssl-warm-digestsign/", nullptr},
+    {"tpm2-openssl warm EVP_PKEY_sign", "tpm2-openssl-warm-pkeysign/", nullptr},
+    {"tpmkey cold (libctx, provider, key, 1 sign, free)", "tpmkey-cold/", "tpm2-openssl-cold/"},
+    {"tpm2-openssl cold", "tpm2-openssl-cold/", nullptr},
+};
+
+std::string target(const char* what, double v, bool met) {
+  return std::string("- ") + what + ": " + ratio(v) + (v <= 0 ? " (not measured)" : met ? " (met)" : " (not met)") + "\n";
+}
+
+}  // namespace
+
+void Recorder::ReportRuns(const std::vector<Run>& reports) {
+  // Console: the median and the coefficient of variation of the repetitions, and any error.
+  // Summary: the median (or the single run without repetitions), failures summed over all runs.
+  std::vector<Run> shown;
+  std::map<std::string, RunResult> batch;
+  for (const Run& run : reports) {
+    const bool median = run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
+    const bool cv = run.run_type == Run::RT_Aggregate && run.aggregate_name == "cv";
+    if (median || cv || run.error_occurred || reports.size() == 1) shown.push_back(run);
+    auto counter = [&](const char* name) {
+      auto it = run.counters.find(name);
+      return it == run.counters.end() ? -1.0 : it->second.value;
+    };
+    std::string key = run.run_name.function_name + "@" + std::to_string(run.threads);
+    RunResult& r = batch[key];
+    if (run.run_type == Run::RT_Iteration) {
+      if (run.error_occurred) {
+        r.error = true;
+        r.error_message = run.error_message;
+      }
+      r.failures += std::max(0.0, counter("failures"));
+      if (r.iterations == 0) {  // the first repetition stands in until the median arrives
+        r.per_second = counter("items_per_second");
+        r.tpm_cmds = counter("tpm_cmds/op");
+        r.cpu_seconds_per_op = run.GetAdjustedCPUTime() / benchmark::GetTimeUnitMultiplier(run.time_unit);
+      }
+      r.iterations += run.iterations;
+    } else if (median) {
+      r.per_second = counter("items_per_second");
+      r.tpm_cmds = counter("tpm_cmds/op");
+      r.cpu_seconds_per_op = run.GetAdjustedCPUTime() / benchmark::GetTimeUnitMultiplier(run.time_unit);
+    } else if (cv) {
+      r.cv = counter("items_per_second");
+    }
+  }
+  if (!shown.empty()) ConsoleReporter::ReportRuns(shown);
+  for (auto& [key, r] : batch) {
+    r.seconds_per_op = r.per_second > 0 ? 1.0 / r.per_second : 0;
+    results_[key] = r;
+    results_[key.substr(0, key.rfind('@'))] = r;  // plain name: the last thread count reported
+  }
+}
+
+std::string summary_markdown(const std::map<std::string, RunResult>& r, const std::vector<std::string>& problems) {
+  std::ostringstream o;
+  o << "### In-process signing (signatures/s; × = throughput ratio, higher is better)\n\n"
+    << "| What | Algorithm | sig/s | TPM cmds/sig | client CPU µs/sig | × limit | × tpm2-openssl |\n"
+    << "| --- | --- | ---: | ---: | ---: | ---: | ---: |\n";
+  for (const Row& row : kInProcess) {
+    for (Alg a : kAllAlgs) {
+      const std::string key = std::string(row.prefix) + alg_name(a);
+      const RunResult* x = find(r, key);
+      const RunResult* limit = find(r, std::string("limit/") + alg_name(a));
+      const RunResult* peer = row.peer_prefix ? find(r, std::string(row.peer_prefix) + alg_name(a)) : nullptr;
+      o << "| " << row.label << " | " << alg_label(a) << " | " << rate(x, absent(r, key)) << " | " << cmds(x) << " | "
+        << (x && x->cpu_seconds_per_op >= 0 ? printf_string("%.0f", 1e6 * x->cpu_seconds_per_op) : "n/a") << " | "
+        << ratio(throughput_ratio(x, limit)) << " | " << (row.peer_prefix ? ratio(throughput_ratio(x, peer)) : "")
+        << " |\n";
+    }
+  }
+
+  const RunResult* ec_limit = find(r, "limit/ecdsa-p256");
+  const RunResult* one = find(r, "tpmkey-threads/ecdsa-p256@1");
+  o << "\n### Threads: one tpmkey key (ECDSA P-256), one libctx and EVP_PKEY, an EVP_MD_CTX per thread\n\n"
+    << "| Threads | aggregate sig/s | × limit | × 1 thread | TPM cmds/sig | failures |\n"
+    << "| ---: | ---: | ---: | ---: | ---: | ---: |\n";
+  for (int t : {1, 2, 4}) {
+    const std::string key = "tpmkey-threads/ecdsa-p256@" + std::to_string(t);
+    auto it = r.find(key);
+    const RunResult* x = find(r, key);
+    o << "| " << t << " | " << rate(x, absent(r, key)) << " | " << ratio(throughput_ratio(x, ec_limit)) << " | "
+      << ratio(throughput_ratio(x, one)) << " | " << cmds(x) << " | "
+      << (it == r.end() ? "n/a" : printf_string("%.0f", it->second.failures)) << " |\n";
+  }
+
+  o << "\n### One-shot process: `openssl pkeyutl -sign -rawin -digest sha256` (fork/exec per signature; × = time ratio, lower is better)\n\n"
+    << "| Key | Algorithm | ms/process | TPM cmds/process | time × software key | time × tpm2-openssl |\n"
+    << "| --- | --- | ---: | ---: | ---: | ---: |\n";
+  for (Alg a : {Alg::kEcdsaP256, Alg::kRsaPkcs1}) {
+    const RunResult* soft = find(r, std::string("pkeyutl-software/") + alg_name(a));
+    const RunResult* peer = find(r, std::string("pkeyutl-tpm2-openssl/") + alg_name(a));
+    for (const char* k : {"software", "tpmkey", "tpm2-openssl"}) {
+      const std::string key = std::string("pkeyutl-") + k + "/" + alg_name(a);
+      const RunResult* x = find(r, key);
+      o << "| " << k << " | " << alg_label(a) << " | "
+        << (x ? printf_string("%.1f", 1000.0 * x->seconds_per_op) +
+                    (x->cv >= 0 ? printf_string(" ±%.0f%%", 100.0 * x->cv) : "")
+              : absent(r, key))
+        << " | "
+        << (std::string(k) == "software" ? "0" : cmds(x)) << " | " << ratio(time_ratio(x, soft)) << " | "
+        << (std::string(k) == "tpmkey" ? ratio(time_ratio(x, peer)) : "") << " |\n";
+    }
+  }
+
+  auto warm = [&](Alg a) { return find(r, std::string("tpmkey-warm-digestsign/") + alg_name(a)); };
+  auto vs_limit = [&](Alg a) { return throughput_ratio(warm(a), find(r, std::string("limit/") + alg_name(a))); };
+  auto vs_peer = [&](Alg a) {
+    return throughput_ratio(warm(a), find(r, std::string("tpm2-openssl-warm-digestsign/") + alg_name(a)));
+  };
+  auto process = [&](Alg a) {
+    return time_ratio(find(r, std::string("pkeyutl-tpmkey/") + alg_name(a)),
+                      find(r, std::string("pkeyutl-software/") + alg_name(a)));
+  };
+  const RunResult* four = find(r, "tpmkey-threads/ecdsa-p256@4");
+  const double four_ratio = throughput_ratio(four, ec_limit);
+  o << "\n### Targets (shown, not asserted; tpmkey warm = EVP_DigestSign)\n\n"
+    << target("tpmkey warm ECDSA P-256 ≥ 0.85× limit", vs_limit(Alg::kEcdsaP256), vs_limit(Alg::kEcdsaP256) >= 0.85)
+    << target("tpmkey warm RSA-2048 PKCS#1 ≥ 0.95× limit", vs_limit(Alg::kRsaPkcs1), vs_limit(Alg::kRsaPkcs1) >= 0.95)
+    << target("tpmkey warm RSA-2048 PSS ≥ 0.95× limit", vs_limit(Alg::kRsaPss), vs_limit(Alg::kRsaPss) >= 0.95);
+  for (Alg a : kAllAlgs)
+    o << target((std::string("tpmkey warm ") + alg_label(a) + " ≥ 1.0× tpm2-openssl").c_str(), vs_peer(a),
+                vs_peer(a) >= 1.0);
+  o << target("one-shot pkeyutl, tpmkey ECDSA P-256 ≤ 1.25× software-key process time", process(Alg::kEcdsaP256),
+              process(Alg::kEcdsaP256) <= 1.25)
+    << target("one-shot pkeyutl, tpmkey RSA-2048 ≤ 1.25× software-key process time", process(Alg::kRsaPkcs1),
+              process(Alg::kRsaPkcs1) <= 1.25)
+    << target("4 threads aggregate ≥ 0.9× limit with 0 failures", four_ratio,
+              four_ratio >= 0.9 && four && four->failures == 0);
+
+  o << "\n### Problems\n\n";
+  if (problems.empty()) o << "None: every signature succeeded and every benchmark left the TPM clean.\n";
+  for (const auto& p : problems) o << "- " << p << "\n";
+  return o.str();
+}
+
+}  // namespace tpmkey::bench
