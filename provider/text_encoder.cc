@@ -44,6 +44,22 @@ Result<std::string> public_body(EVP_PKEY* pub) {
   return eol == std::string::npos ? std::string() : text.substr(eol + 1);
 }
 
+// The description comes from the file: control characters are shown as \xNN, never sent to a
+// terminal as they are.
+std::string printable(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7F || c == '\\') {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += char(c);
+    }
+  }
+  return out;
+}
+
 std::string describe(const Key& key, const std::string& body, bool private_part) {
   const AlgorithmSpec& spec = key.spec();
   std::string out = private_part ? "Private-Key: (" : "Public-Key: (";
@@ -53,7 +69,7 @@ std::string describe(const Key& key, const std::string& body, bool private_part)
   out += "TPM algorithm: " + std::string(spec.name) + "\n";
   out += "TPM parent: " + parent_text(key.file().parent) + "\n";
   out += std::string("TPM password: ") + (key.needs_auth() ? "needed" : "not needed") + "\n";
-  if (!key.file().description.empty()) out += "Description: " + key.file().description + "\n";
+  if (!key.file().description.empty()) out += "Description: " + printable(key.file().description) + "\n";
   return out;
 }
 

@@ -763,6 +763,18 @@ TEST_P(KeyFileTest, TextShowsPublicPartsParentAndPassword) {
   EXPECT_NE(t.find("Exponent: 65537 (0x10001)\nTPM algorithm: rsa2048\n"), std::string::npos) << t;
   EXPECT_NE(t.find("TPM password: not needed\n"), std::string::npos) << t;
   for (const char* secret : {"privateExponent", "prime1", "coefficient"}) EXPECT_EQ(t.find(secret), std::string::npos);
+
+  // A description from the file is printed, with control characters escaped.
+  store(rsa.get(), "described");
+  std::string path = keystore_ + "/described.pem", text = read_file(path);
+  auto kf = parse_keyfile(reinterpret_cast<const uint8_t*>(text.data()), text.size());
+  ASSERT_TRUE(kf);
+  kf->description = "build box \x1b[31mred\\";
+  write_file(path, keyfile_pem(*kf));
+  PkeyPtr described = read_pem(path);
+  ASSERT_TRUE(described) << drain_errors();
+  t = print(described.get(), true);
+  EXPECT_NE(t.find("Description: build box \\x1b[31mred\\x5c\n"), std::string::npos) << t;
   EXPECT_EQ(tpm_commands(lib_), commands) << "printing must not touch the TPM";
 }
 
