@@ -119,7 +119,8 @@ Status ask_password(Key& key, OSSL_PASSPHRASE_CALLBACK* pw_cb, void* pw_arg) {
   char buf[256];
   size_t len = 0;
   std::string info = key.label();
-  OSSL_PARAM params[] = {OSSL_PARAM_utf8_string(OSSL_PASSPHRASE_PARAM_INFO, info.data(), 0), OSSL_PARAM_END};
+  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_PASSPHRASE_PARAM_INFO, info.data(), 0),
+                         OSSL_PARAM_construct_end()};
   int ok = pw_cb(buf, sizeof buf, &len, params, pw_arg);
   if (ok) key.set_auth(SecretBytes(reinterpret_cast<uint8_t*>(buf), std::min(len, sizeof buf)));
   OPENSSL_cleanse(buf, sizeof buf);
