@@ -15,6 +15,7 @@ namespace {
 constexpr uint8_t kOidLoadable[] = {0x67, 0x81, 0x05, 0x0A, 0x01, 0x03};
 constexpr uint8_t kOidImportable[] = {0x67, 0x81, 0x05, 0x0A, 0x01, 0x04};
 constexpr uint8_t kOidSealed[] = {0x67, 0x81, 0x05, 0x0A, 0x01, 0x05};
+constexpr size_t kOidArcLength = 5;  // 2.23.133.10.1, the arc all three share
 
 Error bad(std::string detail) { return make_error(Reason::kMalformedKey, std::move(detail)); }
 
@@ -25,7 +26,8 @@ bool oid_is(const der::Tlv& t, const uint8_t* oid, size_t n) {
 Result<KeyFile> parse_der(const uint8_t* data, size_t size) {
   der::Reader outer(data, size);
   auto seq = outer.next_if(der::kSequence);
-  if (!seq || !outer.at_end()) return bad("not a TSS2 PRIVATE KEY structure");
+  if (!seq) return bad(looks_like_tss2_der(data, size) ? "truncated TSS2 PRIVATE KEY" : "not a TSS2 PRIVATE KEY structure");
+  if (!outer.at_end()) return bad("data after the TSS2 PRIVATE KEY structure");
   der::Reader r(seq->value, seq->length);
 
   auto oid = r.next_if(der::kOid);
@@ -80,6 +82,14 @@ Result<KeyFile> parse_der(const uint8_t* data, size_t size) {
 }
 
 }  // namespace
+
+bool looks_like_tss2_der(const uint8_t* data, size_t size) {
+  if (size < 2 || data[0] != der::kSequence) return false;
+  size_t i = 2;
+  if (data[1] & 0x80) i += data[1] & 0x7F;  // long-form length: skip its bytes
+  return size >= i + 2 + kOidArcLength && data[i] == der::kOid && data[i + 1] == sizeof kOidLoadable &&
+         std::memcmp(data + i + 2, kOidLoadable, kOidArcLength) == 0;
+}
 
 Result<KeyFile> parse_keyfile(const uint8_t* data, size_t size) {
   static constexpr char kPemStart[] = "-----BEGIN ";

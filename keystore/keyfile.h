@@ -25,6 +25,9 @@ struct KeyFile {
 
 // Accepts PEM ("-----BEGIN TSS2 PRIVATE KEY-----") or DER.
 Result<KeyFile> parse_keyfile(const uint8_t* data, size_t size);
+// Whether DER `data` begins like a TPM 2.0 key file: a SEQUENCE whose first element is an OID
+// under 2.23.133.10.1. Looks at the first bytes only, so a truncated file still answers yes.
+bool looks_like_tss2_der(const uint8_t* data, size_t size);
 Bytes keyfile_der(const KeyFile& kf);
 std::string keyfile_pem(const KeyFile& kf);
 

@@ -3,6 +3,7 @@
 #include <openssl/err.h>
 #include <openssl/params.h>
 
+#include <algorithm>
 #include <cstdarg>
 
 #include "provider/provider.h"
@@ -28,8 +29,18 @@ const OSSL_ALGORITHM kStoreAlgs[] = {
       {type, "provider=tpmkey,output=der,structure=PrivateKeyInfo", kTss2DerEncoder, "TSS2 PRIVATE KEY"}, \
       {type, "provider=tpmkey,output=pem,structure=TSS2", kTss2PemEncoder, "TSS2 PRIVATE KEY"},      \
       {type, "provider=tpmkey,output=der,structure=TSS2", kTss2DerEncoder, "TSS2 PRIVATE KEY"}
-const OSSL_ALGORITHM kEncoderAlgs[] = {TPMKEY_ENCODERS("EC"), TPMKEY_ENCODERS("RSA"),
-                                       {nullptr, nullptr, nullptr, nullptr}};
+const OSSL_ALGORITHM kEncoderAlgs[] = {
+    TPMKEY_ENCODERS("EC"), TPMKEY_ENCODERS("RSA"),
+    {"EC", "provider=tpmkey,output=text", kTextEncoder, "TPM key as text (public parts, parent, password)"},
+    {"RSA", "provider=tpmkey,output=text", kTextEncoder, "TPM key as text (public parts, parent, password)"},
+    {nullptr, nullptr, nullptr, nullptr}};
+// TSS2 PRIVATE KEY files by plain path: DER to a key reference that keymgmt load takes over.
+const OSSL_ALGORITHM kDecoderAlgs[] = {
+    {"EC", "provider=tpmkey,input=der,structure=TSS2", kEcTss2Decoder, "TSS2 PRIVATE KEY (EC)"},
+    {"RSA", "provider=tpmkey,input=der,structure=TSS2", kRsaTss2Decoder, "TSS2 PRIVATE KEY (RSA)"},
+    {"DER", "provider=tpmkey,input=pem", kTss2PemDecoder, "TSS2 PRIVATE KEY PEM to DER"},
+    {"DER", "provider=tpmkey,input=der", kTss2DerChecker, "TSS2 PRIVATE KEY DER check"},
+    {nullptr, nullptr, nullptr, nullptr}};
 
 // OpenSSL reason strings, from the core's own texts (keystore/error.cc).
 struct ReasonStrings {
@@ -77,6 +88,7 @@ const OSSL_ALGORITHM* query_operation(void*, int operation_id, int* no_cache) no
     case OSSL_OP_SIGNATURE: return kSignatureAlgs;
     case OSSL_OP_STORE: return kStoreAlgs;
     case OSSL_OP_ENCODER: return kEncoderAlgs;
+    case OSSL_OP_DECODER: return kDecoderAlgs;
     default: return nullptr;  // no RAND, digests or ciphers: the TPM only signs (design.md §2.3)
   }
 }
@@ -101,6 +113,20 @@ const char* config_value(OSSL_FUNC_core_get_params_fn* get, const OSSL_CORE_HAND
 }
 
 }  // namespace
+
+Status ask_password(Key& key, OSSL_PASSPHRASE_CALLBACK* pw_cb, void* pw_arg) {
+  if (!key.needs_auth() || key.has_auth() || !pw_cb) return Status::Ok();
+  char buf[256];
+  size_t len = 0;
+  std::string info = key.label();
+  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_PASSPHRASE_PARAM_INFO, info.data(), 0),
+                         OSSL_PARAM_construct_end()};
+  int ok = pw_cb(buf, sizeof buf, &len, params, pw_arg);
+  if (ok) key.set_auth(SecretBytes(reinterpret_cast<uint8_t*>(buf), std::min(len, sizeof buf)));
+  OPENSSL_cleanse(buf, sizeof buf);
+  if (!ok) return make_error(Reason::kAuthFailed, "no password given").context("open(" + key.label() + ")");
+  return Status::Ok();
+}
 
 void ProviderCtx::raise(const Error& e, const char* func) const {
   if (!new_error || !vset_error) return;
@@ -134,6 +160,7 @@ extern "C" __attribute__((visibility("default"))) int OSSL_provider_init(const O
         case OSSL_FUNC_CORE_NEW_ERROR: ctx->new_error = OSSL_FUNC_core_new_error(in); break;
         case OSSL_FUNC_CORE_SET_ERROR_DEBUG: ctx->set_error_debug = OSSL_FUNC_core_set_error_debug(in); break;
         case OSSL_FUNC_CORE_VSET_ERROR: ctx->vset_error = OSSL_FUNC_core_vset_error(in); break;
+        case OSSL_FUNC_BIO_READ_EX: ctx->bio_read = OSSL_FUNC_BIO_read_ex(in); break;
         case OSSL_FUNC_BIO_WRITE_EX: ctx->bio_write = OSSL_FUNC_BIO_write_ex(in); break;
         default: break;
       }

@@ -24,6 +24,7 @@ struct ProviderCtx {
   OSSL_FUNC_core_new_error_fn* new_error = nullptr;
   OSSL_FUNC_core_set_error_debug_fn* set_error_debug = nullptr;
   OSSL_FUNC_core_vset_error_fn* vset_error = nullptr;
+  OSSL_FUNC_BIO_read_ex_fn* bio_read = nullptr;
   OSSL_FUNC_BIO_write_ex_fn* bio_write = nullptr;
   std::unique_ptr<Context> core;
 
@@ -52,6 +53,10 @@ int guard(const ProviderCtx* prov, const char* func, Fn&& body) noexcept {
   }
 }
 
+// Asks for `key`'s password through OpenSSL's callback when it needs one and has none yet.
+// No callback: the key is returned without one, and signing says a password is missing.
+Status ask_password(Key& key, OSSL_PASSPHRASE_CALLBACK* pw_cb, void* pw_arg);
+
 // Operation tables, defined in their own files.
 extern const OSSL_DISPATCH kEcKeymgmt[];
 extern const OSSL_DISPATCH kRsaKeymgmt[];
@@ -60,6 +65,11 @@ extern const OSSL_DISPATCH kRsaSignature[];
 extern const OSSL_DISPATCH kStore[];
 extern const OSSL_DISPATCH kTss2PemEncoder[];
 extern const OSSL_DISPATCH kTss2DerEncoder[];
+extern const OSSL_DISPATCH kTextEncoder[];
+extern const OSSL_DISPATCH kTss2PemDecoder[];
+extern const OSSL_DISPATCH kTss2DerChecker[];
+extern const OSSL_DISPATCH kEcTss2Decoder[];
+extern const OSSL_DISPATCH kRsaTss2Decoder[];
 
 // keymgmt data type names, as store and decoders pass them in OSSL_OBJECT_PARAM_DATA_TYPE.
 inline const char* data_type(KeyKind k) { return k == KeyKind::kEc ? "EC" : "RSA"; }

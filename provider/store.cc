@@ -63,21 +63,6 @@ int emit_name(StoreCtx& ctx, const std::string& name, OSSL_CALLBACK* cb, void* c
   return cb(params, cbarg);
 }
 
-Status ask_password(Key& key, OSSL_PASSPHRASE_CALLBACK* pw_cb, void* pw_arg) {
-  if (!key.needs_auth() || key.has_auth() || !pw_cb) return Status::Ok();
-  char buf[256];
-  size_t len = 0;
-  std::string info = key.label();
-  OSSL_PARAM params[] = {OSSL_PARAM_utf8_string(OSSL_PASSPHRASE_PARAM_INFO, info.data(), 0), OSSL_PARAM_END};
-  if (!pw_cb(buf, sizeof buf, &len, params, pw_arg)) {
-    OPENSSL_cleanse(buf, sizeof buf);
-    return make_error(Reason::kAuthFailed, "no password given").context("open(" + key.label() + ")");
-  }
-  key.set_auth(SecretBytes(reinterpret_cast<uint8_t*>(buf), len));
-  OPENSSL_cleanse(buf, sizeof buf);
-  return Status::Ok();
-}
-
 Status emit_key(StoreCtx& ctx, OSSL_CALLBACK* cb, void* cbarg, OSSL_PASSPHRASE_CALLBACK* pw_cb, void* pw_arg) {
   bool want_public = ctx.uri.type == ObjectType::kPublic || ctx.expect == OSSL_STORE_INFO_PUBKEY;
   bool want_private = !want_public;

@@ -5,10 +5,20 @@
 
 #include <filesystem>
 
+#include "keystore/keyfile.h"
 #include "test/support.h"
 
 namespace tpmkey::test {
 namespace {
+
+#define EXPECT_OK(r) EXPECT_EQ((r).exit_code, 0) << (r).out << (r).err
+#define EXPECT_FAILS_WITH(r, text)                                                  \
+  do {                                                                              \
+    auto&& res_ = (r);                                                              \
+    EXPECT_NE(res_.exit_code, 0) << res_.out;                                       \
+    EXPECT_LT(res_.exit_code, 128) << "crashed: " << res_.err;                      \
+    EXPECT_NE(res_.err.find(text), std::string::npos) << "stderr: " << res_.err;    \
+  } while (0)
 
 class CliTest : public ::testing::Test {
  protected:
@@ -45,6 +55,37 @@ class CliTest : public ::testing::Test {
     args.insert(args.begin(), "openssl");
     return run(args, env_);
   }
+  // openssl with both providers activated by an openssl.cnf, in the given order.
+  CommandResult openssl_cnf(std::vector<std::string> args, bool tpmkey_first) {
+    std::vector<std::string> env = env_;
+    env[2] = "OPENSSL_CONF=" + write_openssl_cnf(dir_, tpmkey_first, tcti_, keystore_);
+    args.insert(args.begin(), "openssl");
+    return run(args, env);
+  }
+  // The DER form of a TSS2 PEM key file, written next to it as NAME.der.
+  std::string der_copy(const std::string& pem_path, const std::string& name) {
+    std::string pem = read_file(pem_path);
+    auto kf = parse_keyfile(reinterpret_cast<const uint8_t*>(pem.data()), pem.size());
+    EXPECT_TRUE(kf) << kf.error().text();
+    Bytes der = keyfile_der(*kf);
+    std::string out = dir_ + "/" + name + ".der";
+    write_file(out, std::string(der.begin(), der.end()));
+    return out;
+  }
+  // Signs msg with `key` through the config-file providers; the default provider alone verifies
+  // the signature with the PEM public key `pub`.
+  void expect_signs(const std::string& key, const std::string& pub, bool tpmkey_first,
+                    std::vector<std::string> extra = {}) {
+    std::vector<std::string> sign = {"pkeyutl", "-sign", "-inkey", key, "-rawin", "-digest", "sha256",
+                                     "-in", dir_ + "/msg", "-out", dir_ + "/sig"};
+    sign.insert(sign.end(), extra.begin(), extra.end());
+    auto r = openssl_cnf(sign, tpmkey_first);
+    EXPECT_OK(r);
+    auto v = plain_openssl({"pkeyutl", "-verify", "-pubin", "-inkey", pub, "-rawin", "-digest", "sha256", "-in",
+                            dir_ + "/msg", "-sigfile", dir_ + "/sig"});
+    EXPECT_OK(v);
+    EXPECT_NE(v.out.find("Signature Verified Successfully"), std::string::npos) << v.out;
+  }
   bool supported(const std::string& alg) {
     auto r = tpmkey({"algorithms"});
     return r.out.find(alg + std::string(10 - alg.size(), ' ') + "supported") != std::string::npos;
@@ -53,15 +94,6 @@ class CliTest : public ::testing::Test {
   std::string tcti_, dir_, keystore_;
   std::vector<std::string> env_;
 };
-
-#define EXPECT_OK(r) EXPECT_EQ((r).exit_code, 0) << (r).out << (r).err
-#define EXPECT_FAILS_WITH(r, text)                                                  \
-  do {                                                                              \
-    auto&& res_ = (r);                                                              \
-    EXPECT_NE(res_.exit_code, 0) << res_.out;                                       \
-    EXPECT_LT(res_.exit_code, 128) << "crashed: " << res_.err;                      \
-    EXPECT_NE(res_.err.find(text), std::string::npos) << "stderr: " << res_.err;    \
-  } while (0)
 
 TEST_F(CliTest, CreateListPubkeyDelete) {
   EXPECT_OK(tpmkey({"create", "ssh"}));
@@ -226,6 +258,153 @@ TEST_F(CliTest, KeyFilesInteroperateWithTpm2Openssl) {
   EXPECT_OK(openssl("pkey", {"-in", "tpm2:file=" + dir_ + "/theirs.pem", "-pubout", "-out", dir_ + "/theirs.pub"}));
   EXPECT_OK(plain_openssl({"pkeyutl", "-verify", "-pubin", "-inkey", dir_ + "/theirs.pub", "-rawin", "-digest",
                            "sha256", "-in", dir_ + "/msg", "-sigfile", dir_ + "/s2"}));
+}
+
+// With tpmkey in openssl.cnf, a key file path works wherever openssl takes a private key.
+TEST_F(CliTest, KeyFilesByPlainPathInBothOrders) {
+  EXPECT_OK(tpmkey({"create", "ec"}));
+  EXPECT_OK(tpmkey({"create", "rsa", "--algorithm", "rsa2048"}));
+  for (const std::string name : {"ec", "rsa"}) {
+    SCOPED_TRACE(name);
+    std::string pem = keystore_ + "/" + name + ".pem", der = der_copy(pem, name), pub = dir_ + "/" + name + ".pub";
+    auto expected_pub = tpmkey({"pubkey", name});
+    write_file(pub, expected_pub.out);
+    auto expected_der = plain_openssl({"pkey", "-pubin", "-in", pub, "-outform", "DER"});
+    for (bool first : {true, false}) {
+      SCOPED_TRACE(first ? "tpmkey first" : "default first");
+      expect_signs(pem, pub, first);
+      expect_signs(der, pub, first);
+      expect_signs("file:" + pem, pub, first);
+      // SubjectPublicKeyInfo, PEM and DER, from the key file.
+      auto pem_out = openssl_cnf({"pkey", "-in", pem, "-pubout"}, first);
+      EXPECT_OK(pem_out);
+      EXPECT_EQ(pem_out.out, expected_pub.out);
+      auto der_out = openssl_cnf({"pkey", "-in", der, "-pubout", "-outform", "DER"}, first);
+      EXPECT_OK(der_out);
+      EXPECT_EQ(der_out.out, expected_der.out);
+      // A self-signed certificate made with the key file, checked by the default provider.
+      std::string cert = dir_ + "/" + name + ".crt";
+      EXPECT_OK(openssl_cnf({"req", "-new", "-x509", "-key", pem, "-subj", "/CN=key file", "-days", "1", "-out", cert},
+                            first));
+      EXPECT_OK(plain_openssl({"verify", "-CAfile", cert, cert}));
+      auto store = openssl_cnf({"storeutl", "-keys", der}, first);
+      EXPECT_OK(store);
+      EXPECT_NE(store.out.find("0: Pkey"), std::string::npos) << store.out;
+    }
+  }
+  // Also with the providers given on the command line.
+  write_file(dir_ + "/ec.pub", tpmkey({"pubkey", "ec"}).out);
+  EXPECT_OK(openssl("pkeyutl", {"-sign", "-inkey", keystore_ + "/ec.pem", "-rawin", "-in", dir_ + "/msg", "-out",
+                                dir_ + "/sig"}, false));
+  EXPECT_OK(plain_openssl({"pkeyutl", "-verify", "-pubin", "-inkey", dir_ + "/ec.pub", "-rawin", "-in",
+                           dir_ + "/msg", "-sigfile", dir_ + "/sig"}));
+}
+
+// Key files made by tpm2-openssl load by plain path through tpmkey (tpm2-openssl not loaded).
+TEST_F(CliTest, Tpm2OpensslKeyFilesByPlainPath) {
+  std::vector<std::string> env = env_;
+  env.push_back("TPM2OPENSSL_TCTI=" + tcti_);
+  std::string ec = dir_ + "/theirs-ec.pem", rsa = dir_ + "/theirs-rsa.pem";
+  EXPECT_OK(run({"openssl", "genpkey", "-provider", "tpm2", "-provider", "default", "-algorithm", "EC", "-pkeyopt",
+                 "group:P-256", "-out", ec},
+                env));
+  EXPECT_OK(run({"openssl", "genpkey", "-provider", "tpm2", "-provider", "default", "-algorithm", "RSA", "-pkeyopt",
+                 "bits:2048", "-pkeyopt", "user-auth:their secret", "-out", rsa},
+                env));
+  ASSERT_EQ(read_file(rsa).rfind("-----BEGIN TSS2 PRIVATE KEY-----", 0), 0u);
+  for (bool first : {true, false}) {
+    SCOPED_TRACE(first ? "tpmkey first" : "default first");
+    EXPECT_OK(openssl_cnf({"pkey", "-in", ec, "-pubout", "-out", dir_ + "/ec.pub"}, first));
+    expect_signs(ec, dir_ + "/ec.pub", first);
+    EXPECT_OK(openssl_cnf({"pkey", "-in", rsa, "-passin", "pass:their secret", "-pubout", "-out", dir_ + "/rsa.pub"},
+                          first));
+    expect_signs(rsa, dir_ + "/rsa.pub", first, {"-passin", "pass:their secret"});
+    auto text = openssl_cnf({"pkey", "-in", rsa, "-passin", "pass:their secret", "-text", "-noout"}, first);
+    EXPECT_OK(text);
+    EXPECT_NE(text.out.find("TPM password: needed"), std::string::npos) << text.out;
+  }
+}
+
+TEST_F(CliTest, PasswordKeyFileByPlainPath) {
+  write_file(dir_ + "/pw", "file secret\n");
+  EXPECT_OK(tpmkey({"create", "pw", "--password-file", dir_ + "/pw"}));
+  std::string key = keystore_ + "/pw.pem", pub = dir_ + "/pw.pub";
+  write_file(pub, tpmkey({"pubkey", "pw"}).out);
+  for (bool first : {true, false}) {
+    SCOPED_TRACE(first ? "tpmkey first" : "default first");
+    expect_signs(key, pub, first, {"-passin", "file:" + dir_ + "/pw"});
+    expect_signs(key, pub, first, {"-passin", "pass:file secret"});
+    std::vector<std::string> sign = {"pkeyutl", "-sign", "-inkey", key, "-rawin", "-in", dir_ + "/msg", "-out",
+                                     dir_ + "/sig"};
+    auto wrong = sign;
+    wrong.insert(wrong.end(), {"-passin", "pass:wrong guess"});
+    auto r = openssl_cnf(wrong, first);
+    EXPECT_FAILS_WITH(r, "sign(TSS2 key file): TPM2_Sign: authorization failed");
+    EXPECT_EQ(r.err.find("wrong guess"), std::string::npos) << "the password leaked: " << r.err;
+    // No -passin and no terminal: the public half still loads, signing says what is missing.
+    EXPECT_FAILS_WITH(openssl_cnf(sign, first), "the key needs a password and none was given");
+    auto pubout = openssl_cnf({"pkey", "-in", key, "-pubout"}, first);
+    EXPECT_OK(pubout);
+    EXPECT_EQ(pubout.out, read_file(pub));
+  }
+}
+
+TEST_F(CliTest, DamagedKeyFilesGiveClearErrors) {
+  EXPECT_OK(tpmkey({"create", "k"}));
+  std::string pem = read_file(keystore_ + "/k.pem");
+  std::string der = read_file(der_copy(keystore_ + "/k.pem", "k"));
+  write_file(dir_ + "/trunc.der", der.substr(0, der.size() - 30));
+  write_file(dir_ + "/cut.pem", pem.substr(0, pem.size() / 2));
+  write_file(dir_ + "/corrupt.pem",
+             "-----BEGIN TSS2 PRIVATE KEY-----\nMAMCAQA=\n-----END TSS2 PRIVATE KEY-----\n");
+  struct Case {
+    std::string file, says;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"trunc.der", "open(TSS2 key file): malformed or unusable key file: truncated TSS2 PRIVATE KEY"},
+           {"cut.pem", "open(TSS2 key file): malformed or unusable key file: unreadable PEM (truncated or damaged)"},
+           {"corrupt.pem", "open(TSS2 key file): malformed or unusable key file: missing key type OID"}}) {
+    for (bool first : {true, false}) {
+      SCOPED_TRACE(c.file + (first ? " tpmkey first" : " default first"));
+      EXPECT_FAILS_WITH(openssl_cnf({"pkeyutl", "-sign", "-inkey", dir_ + "/" + c.file, "-rawin", "-in",
+                                     dir_ + "/msg", "-out", dir_ + "/sig"},
+                                    first),
+                        c.says);
+    }
+  }
+}
+
+TEST_F(CliTest, PkeyTextShowsTheKey) {
+  write_file(dir_ + "/pw", "text secret\n");
+  EXPECT_OK(tpmkey({"create", "ec", "--password-file", dir_ + "/pw", "--description", "laptop"}));
+  EXPECT_OK(tpmkey({"create", "rsa", "--algorithm", "rsa2048"}));
+  for (bool first : {true, false}) {
+    SCOPED_TRACE(first ? "tpmkey first" : "default first");
+    // The tpm2: store asks for the password when it opens the key, so it is given here.
+    auto ec = openssl_cnf({"pkey", "-in", "tpm2:ec", "-passin", "file:" + dir_ + "/pw", "-text", "-noout"}, first);
+    EXPECT_OK(ec);
+    EXPECT_EQ(ec.out.rfind("Private-Key: (256 bit, in the TPM)\npub:\n    04:", 0), 0u) << ec.out;
+    for (const char* line : {"ASN1 OID: prime256v1\n", "NIST CURVE: P-256\n", "TPM algorithm: ec-p256\n",
+                             "TPM parent: 0x40000001 (owner hierarchy, standard ECC P-256 storage primary)\n",
+                             "TPM password: needed\n", "Description: laptop\n"})
+      EXPECT_NE(ec.out.find(line), std::string::npos) << line << " in\n" << ec.out;
+    EXPECT_EQ(ec.out.find("priv:"), std::string::npos) << ec.out;
+    EXPECT_EQ(ec.out.find("text secret"), std::string::npos) << ec.out;
+    // The same from the key file itself (no password is needed to print it).
+    auto file = openssl_cnf({"pkey", "-in", keystore_ + "/ec.pem", "-text", "-noout"}, first);
+    EXPECT_OK(file);
+    EXPECT_EQ(file.out, ec.out);
+
+    auto rsa = openssl_cnf({"pkey", "-in", keystore_ + "/rsa.pem", "-text", "-noout"}, first);
+    EXPECT_OK(rsa);
+    EXPECT_EQ(rsa.out.rfind("Private-Key: (2048 bit, in the TPM)\nModulus:\n", 0), 0u) << rsa.out;
+    EXPECT_NE(rsa.out.find("Exponent: 65537 (0x10001)\nTPM algorithm: rsa2048\n"), std::string::npos) << rsa.out;
+    EXPECT_NE(rsa.out.find("TPM password: not needed\n"), std::string::npos) << rsa.out;
+    // The public modulus is the one the default provider prints for the public key.
+    write_file(dir_ + "/rsa.pub", tpmkey({"pubkey", "rsa"}).out);
+    auto pub = plain_openssl({"pkey", "-pubin", "-in", dir_ + "/rsa.pub", "-text", "-noout"});
+    EXPECT_NE(rsa.out.find(pub.out.substr(pub.out.find('\n') + 1)), std::string::npos) << rsa.out << pub.out;
+  }
 }
 
 TEST_F(CliTest, ErrorsSayWhatWhichAndWhy) {

@@ -70,6 +70,33 @@ TEST(KeyFile, PolicyAndImportableKeysAreUnsupported) {
   EXPECT_EQ(r.error().reason, Reason::kUnsupported);
 }
 
+// The decoders use this to tell a TPM key file (even a damaged one) from any other DER.
+TEST(KeyFile, RecognisesTpmKeyFilesByTheirFirstBytes) {
+  auto kf = read_keyfile(data_file("tpm2-openssl-ec-p256.pem"));
+  ASSERT_TRUE(kf);
+  Bytes der = keyfile_der(*kf);
+  ASSERT_GT(der.size(), 128u);  // long-form outer length
+  EXPECT_TRUE(looks_like_tss2_der(der.data(), der.size()));
+  EXPECT_TRUE(looks_like_tss2_der(der.data(), 10));  // SEQUENCE header, OID header, 2.23.133.10.1
+  EXPECT_FALSE(looks_like_tss2_der(der.data(), 9));
+  for (size_t n = 10; n < der.size(); ++n) {
+    auto r = parse_keyfile(der.data(), n);
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().detail.find("truncated TSS2 PRIVATE KEY"), std::string::npos) << n << ": " << r.error().detail;
+  }
+  Bytes trailing = der;
+  trailing.push_back(0);
+  EXPECT_EQ(parse_keyfile(trailing.data(), trailing.size()).error().detail, "data after the TSS2 PRIVATE KEY structure");
+  // PKCS#8 (SEQUENCE { INTEGER 0, ... }) and SubjectPublicKeyInfo (SEQUENCE { SEQUENCE { OID ...
+  const uint8_t pkcs8[] = {0x30, 0x41, 0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D};
+  const uint8_t spki[] = {0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01};
+  EXPECT_FALSE(looks_like_tss2_der(pkcs8, sizeof pkcs8));
+  EXPECT_FALSE(looks_like_tss2_der(spki, sizeof spki));
+  const uint8_t other_oid[] = {0x30, 0x10, 0x06, 0x06, 0x67, 0x81, 0x05, 0x0A, 0x02, 0x03, 0x00, 0x00, 0x00};
+  EXPECT_FALSE(looks_like_tss2_der(other_oid, sizeof other_oid));
+  EXPECT_FALSE(looks_like_tss2_der(nullptr, 0));
+}
+
 TEST(Keystore, AddIsAtomicPrivateAndNeverOverwrites) {
   std::string dir = test::make_temp_dir("tpmkey-ks") + "/nested/ks";
   Keystore ks(dir);

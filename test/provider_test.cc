@@ -6,14 +6,17 @@
 
 #include <cstring>
 #include <filesystem>
+#include <tuple>
 
 #include <openssl/core_names.h>
+#include <openssl/decoder.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/provider.h>
 #include <openssl/rsa.h>
 #include <openssl/store.h>
+#include <openssl/ui.h>
 #include <openssl/x509.h>
 
 #include "keystore/keyfile.h"
@@ -379,6 +382,306 @@ TEST_P(ProviderTest, ExitWhileHoldingKeysLeavesTheTpmClean) {
   PkeyPtr with_pin = load("tpm2:held?pin-value=unused");
   ASSERT_TRUE(with_pin);
   EXPECT_FALSE(digest_sign(lib_, with_pin.get(), "x", {}).empty()) << drain_errors();
+}
+
+// --- key files by plain path (decoder) ---
+
+// A pem_password_cb that hands out `password` (nullptr: refuses) and counts its calls.
+struct PasswordSource {
+  const char* password = nullptr;
+  int calls = 0;
+  static int cb(char* buf, int size, int, void* arg) {
+    auto* self = static_cast<PasswordSource*>(arg);
+    ++self->calls;
+    if (!self->password) return -1;
+    int n = int(std::strlen(self->password));
+    if (n > size) return -1;
+    std::memcpy(buf, self->password, size_t(n));
+    return n;
+  }
+};
+
+class KeyFileTest : public ProviderTest {
+ protected:
+  // Writes `key` as a TSS2 key file, PEM (by the encoder) and DER; returns the paths.
+  std::pair<std::string, std::string> write_key_files(EVP_PKEY* key, const std::string& name) {
+    store(key, name);
+    std::string pem = keystore_ + "/" + name + ".pem";
+    std::string text = read_file(pem);
+    auto kf = parse_keyfile(reinterpret_cast<const uint8_t*>(text.data()), text.size());
+    EXPECT_TRUE(kf) << kf.error().text();
+    Bytes der = keyfile_der(*kf);
+    std::string der_path = dir_ + "/" + name + ".der";
+    write_file(der_path, std::string(der.begin(), der.end()));
+    return {pem, der_path};
+  }
+
+  PkeyPtr read_pem(const std::string& path, PasswordSource* pw = nullptr) {
+    BIO* b = BIO_new_file(path.c_str(), "r");
+    EVP_PKEY* key = b ? PEM_read_bio_PrivateKey_ex(b, nullptr, pw ? &PasswordSource::cb : nullptr, pw, lib_, nullptr)
+                      : nullptr;
+    BIO_free(b);
+    return PkeyPtr(key, EVP_PKEY_free);
+  }
+
+  // DER through a decoder context, as d2i_PrivateKey_ex and friends do.
+  PkeyPtr decode_der(const std::string& path) {
+    std::string der = read_file(path);
+    EVP_PKEY* key = nullptr;
+    OSSL_DECODER_CTX* dctx =
+        OSSL_DECODER_CTX_new_for_pkey(&key, "DER", nullptr, nullptr, EVP_PKEY_KEYPAIR, lib_, nullptr);
+    const unsigned char* p = reinterpret_cast<const unsigned char*>(der.data());
+    size_t len = der.size();
+    if (dctx) OSSL_DECODER_from_data(dctx, &p, &len);
+    OSSL_DECODER_CTX_free(dctx);
+    return PkeyPtr(key, EVP_PKEY_free);
+  }
+
+  // OSSL_STORE with a password callback (the route `openssl -inkey PATH` takes).
+  PkeyPtr store_load(const std::string& uri, PasswordSource* pw) {
+    UI_METHOD* ui = UI_UTIL_wrap_read_pem_callback(&PasswordSource::cb, 0);
+    OSSL_STORE_CTX* s = OSSL_STORE_open_ex(uri.c_str(), lib_, nullptr, ui, pw, nullptr, nullptr, nullptr);
+    EVP_PKEY* key = nullptr;
+    if (s) {
+      OSSL_STORE_expect(s, OSSL_STORE_INFO_PKEY);
+      while (!key && !OSSL_STORE_eof(s)) {
+        OSSL_STORE_INFO* info = OSSL_STORE_load(s);
+        if (!info) break;
+        if (OSSL_STORE_INFO_get_type(info) == OSSL_STORE_INFO_PKEY) key = OSSL_STORE_INFO_get1_PKEY(info);
+        OSSL_STORE_INFO_free(info);
+      }
+      OSSL_STORE_close(s);
+    }
+    UI_destroy_method(ui);
+    return PkeyPtr(key, EVP_PKEY_free);
+  }
+
+  // The key came from tpmkey, is the key `pub` is the public half of, signs (hash in software,
+  // digest in the TPM), and the default provider alone verifies the signature.
+  void expect_tpm_key_signs(EVP_PKEY* key, EVP_PKEY* pub) {
+    ASSERT_TRUE(key) << drain_errors();
+    EXPECT_STREQ(OSSL_PROVIDER_get0_name(EVP_PKEY_get0_provider(key)), "tpmkey");
+    EXPECT_EQ(spki(key), spki(pub));
+    SignOpts o{"SHA256", EVP_PKEY_is_a(key, "RSA") ? RSA_PKCS1_PSS_PADDING : 0};
+    auto sig = digest_sign(lib_, key, "by path", o);
+    ASSERT_FALSE(sig.empty()) << drain_errors();
+    EXPECT_TRUE(digest_verify(pub, "by path", sig, o)) << drain_errors();
+  }
+
+  static std::string spki(EVP_PKEY* key) {
+    unsigned char* der = nullptr;
+    int n = i2d_PUBKEY(key, &der);
+    std::string out = n > 0 ? std::string(reinterpret_cast<char*>(der), size_t(n)) : "";
+    OPENSSL_free(der);
+    return out;
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(Order, KeyFileTest, ::testing::Bool(), order_name);
+
+TEST_P(KeyFileTest, PemDerAndStoreLoadTheTpmKey) {
+  for (const Alg& a : {kAlgs[0], kAlgs[3]}) {
+    SCOPED_TRACE(a.name);
+    // Generated in another library context, as if by another process.
+    PkeyPtr pub(nullptr, EVP_PKEY_free);
+    std::string pem, der;
+    {
+      OSSL_LIB_CTX* gen = new_configured_libctx(cnf_);
+      std::swap(gen, lib_);
+      PkeyPtr original = generate(a);
+      ASSERT_TRUE(original) << drain_errors();
+      pub = public_copy(original.get());
+      std::tie(pem, der) = write_key_files(original.get(), a.name);
+      original.reset();
+      std::swap(gen, lib_);
+      OSSL_LIB_CTX_free(gen);
+    }
+    uint64_t before = tpm_commands(lib_);
+    PkeyPtr from_pem = read_pem(pem), from_der = decode_der(der), from_store = store_load("file:" + pem, nullptr),
+            from_store_der = store_load(der, nullptr);
+    EXPECT_EQ(tpm_commands(lib_), before) << "loading a key file must not touch the TPM";
+    expect_tpm_key_signs(from_pem.get(), pub.get());
+    expect_tpm_key_signs(from_der.get(), pub.get());
+    expect_tpm_key_signs(from_store.get(), pub.get());
+    expect_tpm_key_signs(from_store_der.get(), pub.get());
+
+    // SubjectPublicKeyInfo PEM, as the default provider reads it back.
+    BIO* mem = BIO_new(BIO_s_mem());
+    ASSERT_EQ(PEM_write_bio_PUBKEY(mem, from_pem.get()), 1) << drain_errors();
+    EVP_PKEY* back = PEM_read_bio_PUBKEY_ex(mem, nullptr, nullptr, nullptr, default_only(), nullptr);
+    BIO_free(mem);
+    ASSERT_TRUE(back);
+    EXPECT_EQ(spki(back), spki(pub.get()));
+    EVP_PKEY_free(back);
+  }
+}
+
+TEST_P(KeyFileTest, SoftwareKeyFilesAreUnaffected) {
+  EVP_PKEY* soft = EVP_PKEY_Q_keygen(default_only(), nullptr, "EC", "P-256");
+  ASSERT_TRUE(soft);
+  PkeyPtr owned(soft, EVP_PKEY_free);
+  std::string path = dir_ + "/soft.pem", enc = dir_ + "/soft-enc.pem";
+  BIO* b = BIO_new_file(path.c_str(), "w");
+  ASSERT_EQ(PEM_write_bio_PrivateKey(b, soft, nullptr, nullptr, 0, nullptr, nullptr), 1);
+  BIO_free(b);
+  b = BIO_new_file(enc.c_str(), "w");
+  ASSERT_EQ(PEM_write_bio_PrivateKey(b, soft, EVP_aes_256_cbc(), nullptr, 0, nullptr, const_cast<char*>("soft pw")), 1);
+  BIO_free(b);
+  PasswordSource pw{"soft pw"};
+  std::vector<PkeyPtr> keys;
+  keys.push_back(read_pem(path));
+  keys.push_back(read_pem(enc, &pw));
+  keys.push_back(store_load(path, nullptr));
+  keys.push_back(store_load(enc, &pw));
+  for (const PkeyPtr& k : keys) {
+    ASSERT_TRUE(k) << drain_errors();
+    EXPECT_STREQ(OSSL_PROVIDER_get0_name(EVP_PKEY_get0_provider(k.get())), "default");
+    EXPECT_FALSE(digest_sign(lib_, k.get(), "soft", {}).empty());
+  }
+  EXPECT_EQ(tpm_commands(lib_), 0u);
+}
+
+TEST_P(KeyFileTest, PasswordComesFromTheCallback) {
+  // Both generated first: TPM2_Create needs a free object slot (see the report on tpm.cc).
+  PkeyPtr original = generate(kAlgs[0], "file pw"), plain = generate(kAlgs[0]);
+  ASSERT_TRUE(original && plain) << drain_errors();
+  auto [pem, der] = write_key_files(original.get(), "pw");
+
+  PkeyPtr pub = public_copy(original.get());
+  PasswordSource right{"file pw"};
+  PkeyPtr key = read_pem(pem, &right);
+  EXPECT_EQ(right.calls, 1);
+  expect_tpm_key_signs(key.get(), pub.get());
+  PasswordSource right_store{"file pw"};
+  PkeyPtr stored = store_load(der, &right_store);
+  EXPECT_EQ(right_store.calls, 1);
+  expect_tpm_key_signs(stored.get(), pub.get());
+
+  // A wrong password reaches the TPM, fails there, and never appears in the message.
+  PasswordSource wrong{"not-the-pw"};
+  PkeyPtr bad = read_pem(pem, &wrong);
+  ASSERT_TRUE(bad) << drain_errors();
+  EXPECT_TRUE(digest_sign(lib_, bad.get(), "x", {}).empty());
+  std::string err = drain_errors();
+  EXPECT_NE(err.find("sign(TSS2 key file): TPM2_Sign: authorization failed"), std::string::npos) << err;
+  EXPECT_EQ(err.find("not-the-pw"), std::string::npos) << "the password leaked: " << err;
+
+  // No password to be had: the public half still loads, signing says what is missing.
+  PasswordSource none{nullptr};
+  PkeyPtr no_pw = read_pem(pem, &none);
+  ASSERT_TRUE(no_pw) << drain_errors();
+  EXPECT_EQ(spki(no_pw.get()), spki(pub.get()));
+  EXPECT_TRUE(digest_sign(lib_, no_pw.get(), "x", {}).empty());
+  err = drain_errors();
+  EXPECT_NE(err.find("sign(TSS2 key file): authorization failed: the key needs a password and none was given"),
+            std::string::npos)
+      << err;
+
+  // A key without a password never asks.
+  auto [plain_pem, plain_der] = write_key_files(plain.get(), "plain");
+  PasswordSource unused{"x"};
+  EXPECT_TRUE(read_pem(plain_pem, &unused));
+  EXPECT_EQ(unused.calls, 0);
+}
+
+TEST_P(KeyFileTest, DamagedFilesFailWithTheReason) {
+  PkeyPtr original = generate(kAlgs[0]);
+  ASSERT_TRUE(original);
+  auto [pem, der_path] = write_key_files(original.get(), "k");
+  uint64_t commands = tpm_commands(lib_);
+  std::string der = read_file(der_path), text = read_file(pem);
+  auto pem_of = [](const std::string& d) {
+    BIO* b = BIO_new(BIO_s_mem());
+    PEM_write_bio(b, "TSS2 PRIVATE KEY", "", reinterpret_cast<const unsigned char*>(d.data()), long(d.size()));
+    char* p = nullptr;
+    long n = BIO_get_mem_data(b, &p);
+    std::string out(p, size_t(n));
+    BIO_free(b);
+    return out;
+  };
+  std::string sealed = der;
+  sealed[der.find(std::string("\x67\x81\x05\x0a\x01\x03", 6)) + 5] = 0x05;  // the sealedData OID
+  struct Case {
+    std::string name, contents, says;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"trunc.der", der.substr(0, der.size() / 2), "malformed or unusable key file: truncated TSS2 PRIVATE KEY"},
+           {"trunc.pem", pem_of(der.substr(0, 40)), "malformed or unusable key file: truncated TSS2 PRIVATE KEY"},
+           {"cut.pem", text.substr(0, text.size() / 2), "unreadable PEM (truncated or damaged)"},
+           {"trailing.der", der + "xx", "data after the TSS2 PRIVATE KEY structure"},
+           {"sealed.pem", pem_of(sealed), "the file holds sealed data, not a key"},
+           {"empty-seq.pem", pem_of(std::string("\x30\x03\x02\x01\x00", 5)), ""}}) {
+    SCOPED_TRACE(c.name);
+    std::string path = dir_ + "/" + c.name;
+    write_file(path, c.contents);
+    for (bool via_store : {false, true}) {
+      SCOPED_TRACE(via_store ? "OSSL_STORE" : "PEM_read / decoder");
+      PkeyPtr k = via_store ? store_load(path, nullptr)
+                            : (c.name.ends_with(".der") ? decode_der(path) : read_pem(path));
+      EXPECT_FALSE(k);
+      std::string err = drain_errors();
+      if (!c.says.empty()) {
+        EXPECT_NE(err.find("open(TSS2 key file): "), std::string::npos) << err;
+        EXPECT_NE(err.find(c.says), std::string::npos) << err;
+      }
+    }
+  }
+  // Every truncation of the DER, through both routes: no crash, no key, no TPM command.
+  for (size_t n = 0; n < der.size(); n += 7) {
+    write_file(dir_ + "/t.der", der.substr(0, n));
+    EXPECT_FALSE(decode_der(dir_ + "/t.der")) << n;
+    EXPECT_FALSE(store_load(dir_ + "/t.der", nullptr)) << n;
+    ERR_clear_error();
+  }
+  EXPECT_EQ(tpm_commands(lib_), commands) << "damaged files must not reach the TPM";
+}
+
+TEST_P(KeyFileTest, TextShowsPublicPartsParentAndPassword) {
+  auto print = [](EVP_PKEY* k, bool priv) {
+    BIO* b = BIO_new(BIO_s_mem());
+    int ok = priv ? EVP_PKEY_print_private(b, k, 0, nullptr) : EVP_PKEY_print_public(b, k, 0, nullptr);
+    char* p = nullptr;
+    long n = BIO_get_mem_data(b, &p);
+    std::string out = ok == 1 ? std::string(p, size_t(n)) : "print failed: " + drain_errors();
+    BIO_free(b);
+    return out;
+  };
+  auto body = [](const std::string& text) { return text.substr(text.find('\n') + 1); };
+
+  PkeyPtr ec = generate(kAlgs[0], "text pw"), rsa = generate(kAlgs[3]);
+  ASSERT_TRUE(ec && rsa);
+  uint64_t commands = tpm_commands(lib_);
+  std::string t = print(ec.get(), true);
+  EXPECT_EQ(t.rfind("Private-Key: (256 bit, in the TPM)\npub:\n    04:", 0), 0u) << t;
+  std::string pub_text = print(public_copy(ec.get()).get(), false);
+  EXPECT_NE(t.find(body(pub_text)), std::string::npos) << t << "\nvs\n" << pub_text;  // the same public parts
+  EXPECT_NE(t.find("ASN1 OID: prime256v1\nNIST CURVE: P-256\n"), std::string::npos) << t;
+  EXPECT_NE(t.find("TPM algorithm: ec-p256\n"), std::string::npos) << t;
+  EXPECT_NE(t.find("TPM parent: 0x40000001 (owner hierarchy"), std::string::npos) << t;
+  EXPECT_NE(t.find("TPM password: needed\n"), std::string::npos) << t;
+  EXPECT_EQ(t.find("priv:"), std::string::npos) << t;
+  EXPECT_EQ(t.find("text pw"), std::string::npos) << t;
+  std::string tp = print(ec.get(), false);
+  EXPECT_EQ(tp.rfind("Public-Key: (256 bit)\npub:\n", 0), 0u) << tp;
+
+  t = print(rsa.get(), true);
+  EXPECT_EQ(t.rfind("Private-Key: (2048 bit, in the TPM)\nModulus:\n    00:", 0), 0u) << t;
+  EXPECT_NE(t.find("Exponent: 65537 (0x10001)\nTPM algorithm: rsa2048\n"), std::string::npos) << t;
+  EXPECT_NE(t.find("TPM password: not needed\n"), std::string::npos) << t;
+  for (const char* secret : {"privateExponent", "prime1", "coefficient"}) EXPECT_EQ(t.find(secret), std::string::npos);
+
+  // A description from the file is printed, with control characters escaped.
+  store(rsa.get(), "described");
+  std::string path = keystore_ + "/described.pem", text = read_file(path);
+  auto kf = parse_keyfile(reinterpret_cast<const uint8_t*>(text.data()), text.size());
+  ASSERT_TRUE(kf);
+  kf->description = "build box \x1b[31mred\\";
+  write_file(path, keyfile_pem(*kf));
+  PkeyPtr described = read_pem(path);
+  ASSERT_TRUE(described) << drain_errors();
+  t = print(described.get(), true);
+  EXPECT_NE(t.find("Description: build box \\x1b[31mred\\x5c\n"), std::string::npos) << t;
+  EXPECT_EQ(tpm_commands(lib_), commands) << "printing must not touch the TPM";
 }
 
 TEST(ProviderUnreachable, LoadsThenFailsCleanly) {

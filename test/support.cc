@@ -64,6 +64,21 @@ bool can_connect(int port) {
   return ok;
 }
 
+// Lets tests try wrong passwords: the simulator's default dictionary-attack settings lock it
+// out after a handful of authorization failures, and every test of a binary shares one swtpm.
+void relax_dictionary_attack(const std::string& tcti) {
+  TSS2_TCTI_CONTEXT* t = nullptr;
+  ESYS_CONTEXT* esys = nullptr;
+  if (Tss2_TctiLdr_Initialize(tcti.c_str(), &t) != TSS2_RC_SUCCESS || Esys_Initialize(&esys, t, nullptr) != TSS2_RC_SUCCESS)
+    throw std::runtime_error("cannot connect to the new swtpm");
+  constexpr UINT32 kMaxTries = 1000, kRecoverySeconds = 1, kLockoutRecoverySeconds = 1;
+  TSS2_RC rc = Esys_DictionaryAttackParameters(esys, ESYS_TR_RH_LOCKOUT, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                                               kMaxTries, kRecoverySeconds, kLockoutRecoverySeconds);
+  Esys_Finalize(&esys);
+  Tss2_TctiLdr_Finalize(&t);
+  if (rc != TSS2_RC_SUCCESS) throw std::runtime_error("cannot set the swtpm's dictionary-attack parameters");
+}
+
 }  // namespace
 
 Swtpm::Swtpm() {
@@ -92,7 +107,10 @@ void Swtpm::start() {
     _exit(127);
   }
   for (int i = 0; i < 500; ++i) {
-    if (can_connect(port_)) return;
+    if (can_connect(port_)) {
+      relax_dictionary_attack(tcti());
+      return;
+    }
     int status;
     if (waitpid(pid_, &status, WNOHANG) == pid_) {
       pid_ = -1;
