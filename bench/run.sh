@@ -31,6 +31,10 @@ echo "== creating keys" >&2
 keystore="$work/keystore"
 # Runs a command quietly; shows its output only if it fails.
 quiet() { "$@" >"$work/step.log" 2>&1 || { cat "$work/step.log" >&2; echo "failed: $*" >&2; exit 1; }; }
+# The recommended set-up: the SRK persistent at 0x81000001 and pinned (tpmkey init), so a process
+# opens a salted session to it instead of creating a primary key. tpm2-openssl keys use parent
+# 0x40000001, for which tpm2-openssl creates the primary in each process.
+quiet "$build/bin/tpmkey" --tcti "$tcti" --keystore "$keystore" init
 for k in ec:ec-p256 rsa:rsa2048; do
   quiet "$build/bin/tpmkey" --tcti "$tcti" --keystore "$keystore" create "bench-${k%%:*}" --algorithm "${k#*:}"
   "$build/bin/tpmkey" --keystore "$keystore" pubkey "bench-${k%%:*}" >"$work/bench-${k%%:*}.pub"
