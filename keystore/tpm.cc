@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <set>
 
 #include <tss2/tss2_tctildr.h>
@@ -83,7 +84,10 @@ struct LiveConnections {
   std::set<Tpm*> set;
 };
 LiveConnections& live() {
-  static auto* l = new LiveConnections;
+  // In static storage, not on the heap: the module may be loaded and unloaded many times, and a
+  // heap object per load would be a leak.
+  alignas(LiveConnections) static unsigned char storage[sizeof(LiveConnections)];
+  static auto* l = new (storage) LiveConnections;
   return *l;
 }
 

@@ -267,6 +267,43 @@ TEST_F(SessionTest, ForkedChildUsesItsOwnSession) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
+// Behind tpm2-abrmd: two connections at once, more keys than the TPM has slots, every signature
+// verifies and a warm signature is still one command.
+TEST_F(SessionTest, WorksBehindTpm2Abrmd) {
+  {
+    OSSL_LIB_CTX* l = lib(tcti_);
+    for (int i = 0; i < 4; ++i) make_key(l, "k" + std::to_string(i));
+    release(l);
+  }
+  Abrmd rm(tcti_);
+  OSSL_LIB_CTX* a = lib(rm.tcti());
+  OSSL_LIB_CTX* b = lib(rm.tcti());
+  std::atomic<int> bad{0};
+  auto worker = [&](OSSL_LIB_CTX* l) {
+    std::vector<PkeyPtr> keys;
+    for (int i = 0; i < 4; ++i) keys.push_back(load_key(l, "tpm2:k" + std::to_string(i)));
+    for (int round = 0; round < 5; ++round)
+      for (auto& k : keys) {
+        std::string msg = "round " + std::to_string(round);
+        auto sig = k ? digest_sign(l, k.get(), msg, {}) : std::vector<unsigned char>{};
+        if (sig.empty() || !digest_verify(public_copy(k.get()).get(), msg, sig, {})) ++bad;
+      }
+  };
+  std::thread ta(worker, a), tb(worker, b);
+  ta.join();
+  tb.join();
+  EXPECT_EQ(bad.load(), 0) << drain_errors();
+  PkeyPtr k = load_key(a, "tpm2:k0");
+  ASSERT_TRUE(k);
+  ASSERT_FALSE(digest_sign(a, k.get(), "warm", {}).empty());
+  const uint64_t before = tpm_commands(a);
+  ASSERT_FALSE(digest_sign(a, k.get(), "warm", {}).empty());
+  EXPECT_EQ(tpm_commands(a), before + 1);
+  k.reset();
+  release(a);
+  release(b);
+}
+
 // Other programs hold object slots on a bare TPM (tpm2-tools leave their objects loaded):
 // tpmkey works in what is left, and says clearly when nothing is left.
 TEST_F(SessionTest, SharesTheTpmWithOtherPrograms) {

@@ -344,6 +344,87 @@ int BusProxy::corrupted() const {
   return impl_->corrupted;
 }
 
+namespace {
+
+pid_t spawn(const std::vector<std::string>& argv, const std::string& log, int extra_fd_target = -1,
+            const std::string& extra_fd_file = "") {
+  pid_t pid = fork();
+  if (pid == 0) {
+    int devnull = open("/dev/null", O_RDWR);
+    int out = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    dup2(devnull, 0);
+    dup2(out, 1);
+    dup2(out, 2);
+    if (extra_fd_target >= 0) dup2(open(extra_fd_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600), extra_fd_target);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execvp(args[0], args.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+void stop_child(pid_t& pid) {
+  if (pid <= 0) return;
+  kill(pid, SIGTERM);
+  for (int i = 0; i < 100; ++i) {
+    int status;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      pid = -1;
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  pid = -1;
+}
+
+}  // namespace
+
+Abrmd::Abrmd(const std::string& backend_tcti) {
+  dir_ = make_temp_dir("tpmkey-abrmd");
+  name_ = "com.intel.tss2.Tabrmd.tpmkey" + std::to_string(getpid()) + "x" + std::to_string(std::random_device{}() % 100000);
+  dbus_ = spawn({"dbus-daemon", "--session", "--nofork", "--nopidfile", "--nosyslog", "--address=unix:path=" + dir_ + "/bus",
+                 "--print-address=3"},
+                dir_ + "/dbus.log", 3, dir_ + "/addr");
+  std::string addr;
+  for (int i = 0; i < 200 && addr.empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    addr = read_file(dir_ + "/addr");
+  }
+  if (addr.empty()) throw std::runtime_error("dbus-daemon did not start (is dbus-daemon installed?)");
+  addr = addr.substr(0, addr.find('\n'));
+  setenv("DBUS_SESSION_BUS_ADDRESS", addr.c_str(), 1);
+  abrmd_ = spawn({"tpm2-abrmd", "--session", "--dbus-name=" + name_, "--tcti=" + backend_tcti, "--allow-root"},
+                 dir_ + "/abrmd.log");
+  // Ready once a client can connect (abrmd claims its bus name after probing the TPM).
+  for (int i = 0; i < 200; ++i) {
+    TSS2_TCTI_CONTEXT* t = nullptr;
+    if (Tss2_TctiLdr_Initialize(tcti().c_str(), &t) == TSS2_RC_SUCCESS) {
+      Tss2_TctiLdr_Finalize(&t);
+      return;
+    }
+    int status;
+    if (waitpid(abrmd_, &status, WNOHANG) == abrmd_) {
+      abrmd_ = -1;
+      throw std::runtime_error("tpm2-abrmd exited at start: " + read_file(dir_ + "/abrmd.log"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  throw std::runtime_error("tpm2-abrmd did not become ready");
+}
+
+Abrmd::~Abrmd() {
+  stop_child(abrmd_);  // flushes what its clients left, while the bus is still up
+  stop_child(dbus_);
+  unsetenv("DBUS_SESSION_BUS_ADDRESS");
+  remove_tree(dir_);
+}
+
+std::string Abrmd::tcti() const { return "tabrmd:bus_type=session,bus_name=" + name_; }
+
 std::string Swtpm::tcti() const { return "swtpm:host=127.0.0.1,port=" + std::to_string(port_); }
 
 Swtpm& shared_swtpm() {
@@ -440,7 +521,9 @@ CommandResult run(const std::vector<std::string>& argv, const std::vector<std::s
     for (const auto& e : env) putenv(strdup(e.c_str()));
     // Sanitizer builds: uninstrumented programs (openssl) that load our instrumented provider
     // need the sanitizer runtime first; their own exit-time leaks are not ours to judge.
-    if (const char* rt = std::getenv("TPMKEY_SUBPROCESS_PRELOAD"); rt && *rt) {
+    // Only openssl loads the provider; other tools (tpm2-tools) can deadlock with it preloaded.
+    const bool loads_provider = std::filesystem::path(argv[0]).filename() == "openssl";
+    if (const char* rt = std::getenv("TPMKEY_SUBPROCESS_PRELOAD"); rt && *rt && loads_provider) {
       setenv("LD_PRELOAD", rt, 1);
       setenv("ASAN_OPTIONS", "detect_leaks=0", 1);
     }
