@@ -23,6 +23,9 @@ echo "TPM:      $TPMKEY_TCTI"
 echo "keystore: $TPMKEY_KEYSTORE"
 provider=(-provider-path "$root/build/lib" -provider tpmkey -provider default)
 
+say "Pinning the TPM's storage root key (salted sessions go only to it) and making it persistent"
+"$tpmkey" init
+
 say "Creating keys inside the TPM"
 "$tpmkey" create demo-ec --algorithm ec-p256
 "$tpmkey" create demo-rsa --algorithm rsa2048
