@@ -15,6 +15,11 @@ Result<std::shared_ptr<Key>> Key::from_file(Context& ctx, KeyFile kf, std::strin
   if (!spec) return spec.take_error().context("open(" + label + ")");
   if (!(kf.pub.publicArea.objectAttributes & TPMA_OBJECT_SIGN_ENCRYPT))
     return make_error(Reason::kUnsupported, "the key is not a signing key").context("open(" + label + ")");
+  if (kf.pub.publicArea.objectAttributes & TPMA_OBJECT_RESTRICTED)
+    return make_error(Reason::kUnsupported,
+                      "restricted signing keys (attestation keys) are not supported yet: the TPM signs only "
+                      "data it hashed itself")
+        .context("open(" + label + ")");
   auto crypto = ctx.crypto();
   if (!crypto) return crypto.take_error();
   auto pub = tpmkey::public_pkey(kf.pub.publicArea, (*crypto)->libctx());
@@ -42,6 +47,25 @@ Result<std::shared_ptr<Key>> Key::generate(Context& ctx, const KeyOptions& opts,
   return key;
 }
 
+namespace {
+
+// A key that lives at a persistent handle: its public area comes from the TPM. Whether it needs a
+// password cannot be read from the TPM; it is used with the URI's pin if there is one.
+Result<KeyFile> open_persistent(Context& ctx, uint32_t handle, bool with_pin) {
+  auto tpm = ctx.tpm();
+  if (!tpm) return tpm.take_error();
+  auto pub = (*tpm)->public_of(handle);
+  if (!pub) return pub.take_error();
+  KeyFile kf;
+  kf.pub = *pub;
+  kf.parent = 0;
+  kf.persistent = handle;
+  kf.empty_auth = !with_pin;
+  return kf;
+}
+
+}  // namespace
+
 Result<std::shared_ptr<Key>> Key::open(Context& ctx, const TpmUri& uri) {
   const std::string label = display_uri(uri);
   Result<KeyFile> kf = make_error(Reason::kInternal, "");
@@ -50,7 +74,7 @@ Result<std::shared_ptr<Key>> Key::open(Context& ctx, const TpmUri& uri) {
   } else if (uri.file) {
     kf = read_keyfile(*uri.file);
   } else if (uri.handle) {
-    kf = make_error(Reason::kUnsupported, "persistent keys (handle=) are not supported yet");
+    kf = open_persistent(ctx, *uri.handle, uri.pin_value || uri.pin_source);
   } else {
     kf = make_error(Reason::kInvalidArgument, "the URI names the whole keystore, not a key");
   }

@@ -21,6 +21,9 @@ struct KeyFile {
   std::string description;
   TPM2B_PUBLIC pub{};
   TPM2B_PRIVATE priv{};
+  // A persistent handle (0x81xxxxxx) where the key also lives, or 0. Not part of the TSS2 file:
+  // tpm2:handle= keys (no blob, priv empty) and keystore entries made with --persistent.
+  uint32_t persistent = 0;
 };
 
 // Accepts PEM ("-----BEGIN TSS2 PRIVATE KEY-----") or DER.

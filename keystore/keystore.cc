@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include <openssl/rand.h>
@@ -134,18 +135,37 @@ Result<KeyFile> Keystore::read(const std::string& name) const {
   TPMKEY_TRY(validate_name(name));
   if (!exists(name))
     return make_error(Reason::kKeyNotFound, "no key named \"" + name + "\" in the keystore " + dir_);
-  return read_keyfile(path_of(name));
+  auto kf = read_keyfile(path_of(name));
+  if (!kf) return kf;
+  std::string handle;
+  if (int fd = open(handle_path_of(name).c_str(), O_RDONLY | O_CLOEXEC); fd >= 0) {
+    char buf[32] = {};
+    ssize_t n = ::read(fd, buf, sizeof buf - 1);
+    close(fd);
+    unsigned long h = 0;
+    if (n <= 0 || std::sscanf(buf, "0x%lx", &h) != 1 || (h >> 24) != 0x81)
+      return make_error(Reason::kMalformedKey, "bad persistent handle").context(handle_path_of(name));
+    kf->persistent = uint32_t(h);
+  }
+  return kf;
 }
 
 Status Keystore::add(const std::string& name, const KeyFile& kf) const {
   TPMKEY_TRY(validate_name(name));
   if (exists(name))
     return make_error(Reason::kInvalidArgument, "a key named \"" + name + "\" already exists in " + dir_);
+  unlink(handle_path_of(name).c_str());  // a leftover of an interrupted add, without its key
+  if (kf.persistent) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "0x%08x\n", kf.persistent);
+    TPMKEY_TRY(write_file_exclusive(handle_path_of(name), buf));
+  }
   return write_file_exclusive(path_of(name), keyfile_pem(kf));
 }
 
 Status Keystore::remove(const std::string& name) const {
   TPMKEY_TRY(validate_name(name));
+  unlink(handle_path_of(name).c_str());
   if (unlink(path_of(name).c_str()) != 0) {
     if (errno == ENOENT)
       return make_error(Reason::kKeyNotFound, "no key named \"" + name + "\" in the keystore " + dir_);

@@ -23,12 +23,15 @@ class Keystore {
   explicit Keystore(std::string dir) : dir_(std::move(dir)) {}
   const std::string& dir() const { return dir_; }
   std::string path_of(const std::string& name) const { return dir_ + "/" + name + ".pem"; }
+  // Where the persistent handle of a `tpmkey create --persistent` key is recorded.
+  std::string handle_path_of(const std::string& name) const { return dir_ + "/" + name + ".handle"; }
 
   // Key names, sorted. A keystore directory that does not exist yet is empty.
   Result<std::vector<std::string>> list() const;
   Result<KeyFile> read(const std::string& name) const;
   bool exists(const std::string& name) const;
-  // Creates NAME.pem (0600) atomically; refuses to replace an existing key.
+  // Creates NAME.pem (0600) atomically, and NAME.handle when kf.persistent is set; refuses to
+  // replace an existing key. read() fills kf.persistent from NAME.handle.
   Status add(const std::string& name, const KeyFile& kf) const;
   Status remove(const std::string& name) const;
 

@@ -478,6 +478,21 @@ Result<Tpm::Entry*> Tpm::load(ObjectId id, const KeyFile& kf) {
     if (!n) return n.take_error();
     e.name = std::move(*n);
   }
+  if (kf.persistent) {
+    // Used in place when the handle holds this very key (same name); otherwise the blob, if any,
+    // is loaded as usual.
+    Bytes name;
+    auto pub = read_public(kf.persistent, &name);
+    if (pub && name == e.name) {
+      e.handle = kf.persistent;
+      e.persistent = true;
+      return &e;
+    }
+    if (kf.priv.size == 0) {
+      if (pub) return make_error(Reason::kKeyNotFound, hex_handle(kf.persistent) + " now holds a different key");
+      return pub.take_error();
+    }
+  }
   auto s = session();
   if (!s) return s.take_error();
   auto p = parent(kf.parent);
@@ -626,6 +641,73 @@ bool Tpm::recover(TSS2_RC rc, bool empty_auth) {
     if (!listed || session_numbered) session_.end();  // not flushed: it is gone or not ours to trust
   }
   return true;
+}
+
+Result<TPM2B_PUBLIC> Tpm::public_of(uint32_t handle) {
+  std::lock_guard lock(mu_);
+  if (!is_persistent(handle))
+    return make_error(Reason::kInvalidArgument, hex_handle(handle) + " is not a persistent handle (0x81000000-0x81ffffff)");
+  Bytes name;
+  auto pub = read_public(handle, &name);
+  if (!pub) {
+    Error e = pub.take_error();
+    if (e.reason == Reason::kKeyNotFound) e.detail = "no persistent object at " + hex_handle(handle) + ": " + e.detail;
+    return e;
+  }
+  TPM2B_PUBLIC out{};
+  out.publicArea = *pub;
+  return out;
+}
+
+Status Tpm::make_persistent(const KeyFile& kf, uint32_t handle) {
+  std::lock_guard lock(mu_);
+  const std::string what = "make the key persistent at " + hex_handle(handle);
+  if (!is_persistent(handle))
+    return make_error(Reason::kInvalidArgument, hex_handle(handle) + " is not a persistent handle (0x81000000-0x81ffffff)");
+  Bytes existing;
+  if (read_public(handle, &existing))
+    return make_error(Reason::kInvalidArgument, hex_handle(handle) + " is already in use").context(what);
+  const ObjectId id = new_object_id();
+  KeyFile transient = kf;
+  transient.persistent = 0;
+  auto e = load(id, transient);
+  if (!e) {
+    objects_.erase(id);
+    return e.take_error().context(what);
+  }
+  auto s = session();
+  if (!s) return s.take_error().context(what);
+  Entry* key = *e;
+  TSS2_RC rc = run(
+      *s, TPM2_CC_EvictControl, {&owner_name(), &key->name}, no_auth(), {},
+      [&] { return Tss2_Sys_EvictControl_Prepare(sys_, TPM2_RH_OWNER, key->handle, handle); },
+      [&] { return Tss2_Sys_EvictControl_Complete(sys_); });
+  flush(*key);
+  objects_.erase(id);
+  if (rc != TSS2_RC_SUCCESS) return tss_error(what, rc);
+  return Status::Ok();
+}
+
+Status Tpm::evict_persistent(const KeyFile& kf, uint32_t handle) {
+  std::lock_guard lock(mu_);
+  const std::string what = "remove the persistent key at " + hex_handle(handle);
+  auto expected = object_name(crypto_, kf.pub.publicArea);
+  if (!expected) return expected.take_error().context(what);
+  Bytes name;
+  auto pub = read_public(handle, &name);
+  if (!pub) return pub.take_error().context(what);
+  if (name != *expected)
+    return make_error(Reason::kInvalidArgument, "it holds a different key; left alone").context(what);
+  auto s = session();
+  if (!s) return s.take_error().context(what);
+  TSS2_RC rc = run(
+      *s, TPM2_CC_EvictControl, {&owner_name(), &name}, no_auth(), {},
+      [&] { return Tss2_Sys_EvictControl_Prepare(sys_, TPM2_RH_OWNER, handle, handle); },
+      [&] { return Tss2_Sys_EvictControl_Complete(sys_); });
+  if (rc != TSS2_RC_SUCCESS) return tss_error(what, rc);
+  for (auto& [id, e] : objects_)
+    if (e.handle == handle) e.handle = 0;
+  return Status::Ok();
 }
 
 bool Tpm::test_parms(const KeyOptions& opts) {

@@ -70,6 +70,12 @@ class Tpm {
   // Signs with the key, loading it (once) if needed: one TPM command when it is already loaded.
   // Recovers once, transparently, from a lost session or object (TPM restart, flushed context).
   Result<TPMT_SIGNATURE> sign(ObjectId id, const KeyFile& kf, const SecretBytes& auth, const SignRequest& req);
+  // The public area of the object at a persistent handle (TPM2_ReadPublic).
+  Result<TPM2B_PUBLIC> public_of(uint32_t handle);
+  // Makes a key file's key persistent at `handle` (TPM2_EvictControl, owner authorization).
+  Status make_persistent(const KeyFile& kf, uint32_t handle);
+  // Removes the persistent key at `handle` if its name is `kf`'s (TPM2_EvictControl).
+  Status evict_persistent(const KeyFile& kf, uint32_t handle);
   // Whether the TPM supports keys of this algorithm (TPM2_TestParms).
   Status supports(const AlgorithmSpec& spec);
 

@@ -428,7 +428,14 @@ std::string Abrmd::tcti() const { return "tabrmd:bus_type=session,bus_name=" + n
 std::string Swtpm::tcti() const { return "swtpm:host=127.0.0.1,port=" + std::to_string(port_); }
 
 Swtpm& shared_swtpm() {
-  static Swtpm* s = new Swtpm;  // lives until exit; killed by the atexit below
+  static Swtpm* s = [] {
+    auto* t = new Swtpm;  // lives until exit; killed by the atexit below
+    // tpmkey pins the first SRK it sees in the keystore it uses. A command run without a
+    // keystore of its own uses the default one under $XDG_DATA_HOME: keep that in this
+    // binary's swtpm state directory, never in the user's home.
+    setenv("XDG_DATA_HOME", (t->state_dir() + "/xdg").c_str(), 1);
+    return t;
+  }();
   static bool registered = [] {
     std::atexit([] { delete s; });
     return true;

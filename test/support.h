@@ -20,6 +20,7 @@ class Swtpm {
   ~Swtpm();  // kills it and removes its state
   std::string tcti() const;  // "swtpm:host=127.0.0.1,port=N"
   int port() const { return port_; }
+  const std::string& state_dir() const { return dir_; }
   // Kills and starts it again on the same ports and state: a TPM restart (transient objects and
   // sessions are gone, the seeds and persistent objects stay). Open connections break.
   void restart();

@@ -46,7 +46,7 @@ See docs/uri.md and docs/configuration.md.
 )";
 
 const char* kCreateHelp = R"(Usage: tpmkey create NAME [--algorithm ALG] [--password | --password-file FILE]
-                    [--description TEXT]
+                    [--description TEXT] [--persistent HANDLE]
 
 Generates a key inside the TPM and stores its TPM-wrapped blob in the keystore as
 NAME.pem (a standard TSS2 PRIVATE KEY file, mode 0600). The private key never
@@ -59,6 +59,11 @@ overwritten.
   --password          protect the key with a password, asked for on the terminal
   --password-file F   protect the key with the password in the first line of F
   --description TEXT  a note stored in the key file
+  --persistent HANDLE also make the key persistent in the TPM at HANDLE
+                      (0x81000000-0x81ffffff; needs the owner hierarchy, with an empty
+                      owner password). tpm2:NAME then uses it in place, without a
+                      TPM2_Load; the key file is kept too, and "tpmkey delete" evicts it.
+                      The same key is also usable as tpm2:handle=HANDLE.
 
 Example:
   tpmkey create ssh --algorithm ec-p256
@@ -105,8 +110,9 @@ Does not use the TPM.
 
 const char* kDeleteHelp = R"(Usage: tpmkey delete NAME [--yes]
 
-Deletes NAME from the keystore. The key cannot be recovered: anything signed
-with it stays valid, but no new signature can be made. Asks for confirmation on
+Deletes NAME from the keystore, and evicts it from the TPM if it was created with
+--persistent (only if the handle still holds this very key). The key cannot be
+recovered: anything signed with it stays valid, but no new signature can be made. Asks for confirmation on
 the terminal; --yes skips the question (needed when there is no terminal).
 )";
 
@@ -133,7 +139,7 @@ struct Args {
 };
 
 const std::vector<std::string> kValueOptions = {"--tcti", "--keystore", "--algorithm", "--password-file",
-                                                "--description", "--format", "--comment"};
+                                                "--description", "--format", "--comment", "--persistent"};
 const std::vector<std::string> kFlagOptions = {"--help",     "-h",      "--version",  "--password",
                                                "--yes",      "-y",      "--repin",    "--transient"};
 
@@ -219,17 +225,33 @@ int cmd_create(const Args& a) {
     if (pw->empty()) return fail(make_error(Reason::kInvalidArgument, "the password is empty").context(what));
     auth = std::move(*pw);
   }
+  uint32_t persistent = 0;
+  if (auto h = a.option("--persistent")) {
+    auto uri = parse_uri("tpm2:handle=" + *h);
+    if (!uri || !uri->handle) return usage_error("--persistent needs a handle 0x81000000-0x81ffffff, not \"" + *h + "\"");
+    persistent = *uri->handle;
+  }
   KeyOptions opts;
   opts.spec = spec;
   opts.with_auth = !auth.empty();
   auto tpm = ctx.tpm();
   if (!tpm) return fail(tpm.take_error().context(what));
+  if (persistent && (*tpm)->public_of(persistent))
+    return fail(make_error(Reason::kInvalidArgument, "the persistent handle is already in use").context(what));
   auto kf = (*tpm)->create_key(opts, auth, kOwnerParent);
   if (!kf) return fail(kf.take_error().context(what));
   kf->description = a.option("--description").value_or("");
-  if (Status st = ctx.keystore().add(*name, *kf); !st) return fail(st.take_error().context(what));
+  if (persistent) {
+    if (Status st = (*tpm)->make_persistent(*kf, persistent); !st) return fail(st.take_error().context(what));
+    kf->persistent = persistent;
+  }
+  if (Status st = ctx.keystore().add(*name, *kf); !st) {
+    if (persistent) (void)(*tpm)->evict_persistent(*kf, persistent);  // do not leave an orphan in the TPM
+    return fail(st.take_error().context(what));
+  }
   std::printf("created tpm2:%s (%s%s) in %s\n", name->c_str(), spec->name, auth.empty() ? "" : ", password",
               ctx.keystore().path_of(*name).c_str());
+  if (persistent) std::printf("persistent at 0x%08x (also tpm2:handle=0x%08x)\n", persistent, persistent);
   return kExitOk;
 }
 
@@ -298,8 +320,10 @@ int cmd_list(const Args& a) {
     auto spec = spec_of(kf->pub.publicArea);
     char parent[16];
     std::snprintf(parent, sizeof parent, "0x%08x", kf->parent);
-    std::printf("%-24s %-10s %-6d %-9s %s%s\n", n.c_str(), spec ? (*spec)->name : "unknown", spec ? (*spec)->bits : 0,
-                kf->empty_auth ? "no" : "yes", parent, kf->parent == kOwnerParent ? " (owner SRK)" : "");
+    char where[40] = "";
+    if (kf->persistent) std::snprintf(where, sizeof where, ", persistent 0x%08x", kf->persistent);
+    std::printf("%-24s %-10s %-6d %-9s %s%s%s\n", n.c_str(), spec ? (*spec)->name : "unknown", spec ? (*spec)->bits : 0,
+                kf->empty_auth ? "no" : "yes", parent, kf->parent == kOwnerParent ? " (owner SRK)" : "", where);
   }
   return rc;
 }
@@ -343,6 +367,14 @@ int cmd_delete(const Args& a) {
       return fail(make_error(Reason::kInvalidArgument, "refusing to delete without confirmation: add --yes").context(what));
     if (!confirm_on_tty("Delete tpm2:" + *name + "? The key cannot be recovered."))
       return fail(make_error(Reason::kInvalidArgument, "not confirmed; nothing deleted").context(what));
+  }
+  if (auto kf = ctx.keystore().read(*name); kf && kf->persistent) {
+    auto tpm = ctx.tpm();
+    if (!tpm) return fail(tpm.take_error().context(what));
+    Status st = (*tpm)->evict_persistent(*kf, kf->persistent);
+    if (!st && st.error().reason != Reason::kKeyNotFound) return fail(st.take_error().context(what));
+    if (st) std::printf("evicted 0x%08x from the TPM\n", kf->persistent);
+    else std::printf("0x%08x was no longer in the TPM\n", kf->persistent);
   }
   if (Status st = ctx.keystore().remove(*name); !st) return fail(st.take_error().context(what));
   std::printf("deleted tpm2:%s\n", name->c_str());

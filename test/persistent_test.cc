@@ -1,0 +1,127 @@
+// Persistent keys against a real swtpm: `tpmkey create --persistent` and `delete`, tpm2:handle=
+// for keys made persistent by tpm2-tools, and restricted (attestation) keys refused clearly.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include <openssl/err.h>
+
+#include "test/support.h"
+
+namespace tpmkey::test {
+namespace {
+
+class PersistentTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    tcti_ = shared_swtpm().tcti();
+    dir_ = make_temp_dir("tpmkey-persistent-test");
+    keystore_ = dir_ + "/keystore";
+    std::filesystem::create_directories(dir_ + "/cnf");
+    lib_ = new_configured_libctx(write_openssl_cnf(dir_ + "/cnf", true, tcti_, keystore_));
+  }
+  void TearDown() override {
+    OSSL_LIB_CTX_free(lib_);
+    TpmHandles h = tpm_handles(tcti_);
+    EXPECT_TRUE(h.clean()) << "left in the TPM: " << h.describe();
+    EXPECT_EQ(persistent_handles().find("0x810000"), std::string::npos) << "persistent keys left behind";
+    remove_tree(dir_);
+    ERR_clear_error();
+  }
+  CommandResult tpmkey(std::vector<std::string> args) {
+    args.insert(args.begin(), {tpmkey_bin(), "--tcti", tcti_, "--keystore", keystore_});
+    return run(args, {"TSS2_LOG=all+none"});
+  }
+  CommandResult tools(std::vector<std::string> args) {
+    args.insert(args.begin() + 1, {"-T", tcti_});
+    return run(args, {"TSS2_LOG=all+none"});
+  }
+  std::string persistent_handles() { return tools({"tpm2_getcap", "handles-persistent"}).out; }
+  bool sign_and_verify(const std::string& uri) {
+    PkeyPtr k = load_key(lib_, uri);
+    if (!k) return false;
+    auto sig = digest_sign(lib_, k.get(), "persistent", {});
+    return !sig.empty() && digest_verify(public_copy(k.get()).get(), "persistent", sig, {});
+  }
+  // A signing key made by tpm2-tools (a primary key under the owner hierarchy) and made
+  // persistent at `handle` with tpm2_evictcontrol.
+  void tools_persistent_key(const std::string& alg, const std::string& attrs, const std::string& handle) {
+    const std::string k = dir_ + "/k.ctx";
+    auto r = tools({"tpm2_createprimary", "-C", "o", "-G", alg, "-a", attrs, "-c", k});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    r = tools({"tpm2_evictcontrol", "-C", "o", "-c", k, handle});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    tools({"tpm2_flushcontext", "-t"});
+  }
+  void evict(const std::string& handle) { tools({"tpm2_evictcontrol", "-C", "o", "-c", handle}); }
+
+  std::string tcti_, dir_, keystore_;
+  OSSL_LIB_CTX* lib_ = nullptr;
+};
+
+TEST_F(PersistentTest, CreatePersistentSignsInPlaceAndDeleteEvicts) {
+  auto r = tpmkey({"create", "pk", "--persistent", "0x81000010"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("persistent at 0x81000010"), std::string::npos) << r.out;
+  EXPECT_NE(persistent_handles().find("0x81000010"), std::string::npos);
+  EXPECT_NE(tpmkey({"list"}).out.find("persistent 0x81000010"), std::string::npos);
+  {
+    PkeyPtr k = load_key(lib_, "tpm2:pk");
+    ASSERT_TRUE(k);
+    auto sig = digest_sign(lib_, k.get(), "m", {});
+    ASSERT_FALSE(sig.empty()) << drain_errors();
+    EXPECT_TRUE(digest_verify(public_copy(k.get()).get(), "m", sig, {}));
+    // GetCapability, ReadPublic(0x81000010) (its name matches the key file: used in place, no
+    // TPM2_Load), StartAuthSession, CreatePrimary, FlushContext (the SRK), StartAuthSession, Sign.
+    EXPECT_EQ(tpm_commands(lib_), 7u);
+  }
+  EXPECT_TRUE(sign_and_verify("tpm2:handle=0x81000010")) << drain_errors();
+  // A handle in use is refused before anything is created; a non-persistent handle is a usage error.
+  r = tpmkey({"create", "other", "--persistent", "0x81000010"});
+  EXPECT_NE(r.err.find("the persistent handle is already in use"), std::string::npos) << r.err;
+  EXPECT_EQ(tpmkey({"create", "other", "--persistent", "0x40000001"}).exit_code, 2);
+  r = tpmkey({"delete", "pk", "--yes"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("evicted 0x81000010"), std::string::npos) << r.out;
+  EXPECT_EQ(persistent_handles().find("0x81000010"), std::string::npos);
+  EXPECT_FALSE(load_key(lib_, "tpm2:handle=0x81000010"));
+  EXPECT_NE(drain_errors().find("no persistent object at 0x81000010"), std::string::npos);
+}
+
+TEST_F(PersistentTest, KeysMadePersistentByTpm2Tools) {
+  for (const char* alg : {"ecc256:null", "rsa2048:null"}) {
+    SCOPED_TRACE(alg);
+    tools_persistent_key(alg, "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign", "0x81000020");
+    EXPECT_TRUE(sign_and_verify("tpm2:handle=0x81000020")) << drain_errors();
+    // The command line too, verified by the default provider alone.
+    const std::string msg = dir_ + "/msg", sig = dir_ + "/sig", pub = dir_ + "/pub.pem";
+    write_file(msg, "signed by a persistent key");
+    std::vector<std::string> prov = {"-provider-path", provider_dir(), "-provider", "tpmkey", "-provider", "default"};
+    auto with = [&](std::vector<std::string> a) {
+      a.insert(a.begin() + 2, prov.begin(), prov.end());
+      return run(a, {"TPMKEY_TCTI=" + tcti_, "TSS2_LOG=all+none", "OPENSSL_CONF=/dev/null"});
+    };
+    auto r = with({"openssl", "pkeyutl", "-sign", "-inkey", "tpm2:handle=0x81000020", "-rawin", "-digest", "sha256",
+                   "-in", msg, "-out", sig});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    r = with({"openssl", "pkey", "-in", "tpm2:handle=0x81000020", "-pubout", "-out", pub});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    r = run({"openssl", "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-rawin", "-digest", "sha256", "-in", msg,
+             "-sigfile", sig},
+            {"OPENSSL_CONF=/dev/null"});
+    EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+    evict("0x81000020");
+  }
+}
+
+TEST_F(PersistentTest, RestrictedKeysAreRefusedClearly) {
+  tools_persistent_key("ecc256:ecdsa-sha256:null", "restricted|sign|fixedtpm|fixedparent|sensitivedataorigin|userwithauth",
+                       "0x81000030");
+  EXPECT_FALSE(load_key(lib_, "tpm2:handle=0x81000030"));
+  std::string err = drain_errors();
+  EXPECT_NE(err.find("restricted signing keys (attestation keys) are not supported yet"), std::string::npos) << err;
+  evict("0x81000030");
+}
+
+}  // namespace
+}  // namespace tpmkey::test
