@@ -174,8 +174,6 @@ Status Keystore::remove(const std::string& name) const {
   return fsync_dir(dir_);
 }
 
-namespace {
-
 std::string to_hex(const Bytes& b) {
   static const char* kDigits = "0123456789abcdef";
   std::string s;
@@ -185,6 +183,8 @@ std::string to_hex(const Bytes& b) {
   }
   return s;
 }
+
+namespace {
 
 std::optional<Bytes> from_hex(std::string_view s) {
   auto nibble = [](char c) -> int {

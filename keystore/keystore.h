@@ -45,6 +45,9 @@ class Keystore {
   std::string dir_;
 };
 
+// Lower-case hex, as names are shown and pinned ("000b31ad...").
+std::string to_hex(const Bytes& b);
+
 // Reads a key file from any path (PEM or DER), with errors that name the path.
 Result<KeyFile> read_keyfile(const std::string& path);
 // Writes `data` to `path` atomically with mode 0600: a temporary file in the same directory,

@@ -44,16 +44,6 @@ std::string hex_handle(uint32_t h) {
   return buf;
 }
 
-std::string hex(const Bytes& b) {
-  std::string s;
-  char buf[3];
-  for (uint8_t c : b) {
-    std::snprintf(buf, sizeof buf, "%02x", c);
-    s += buf;
-  }
-  return s;
-}
-
 const Bytes& owner_name() {
   static const Bytes n = handle_name(TPM2_RH_OWNER);
   return n;
@@ -306,8 +296,8 @@ Status Tpm::check_pin(const Bytes& name, uint32_t handle) {
   if (opts_.pin) {
     if (name == opts_.pin->name) return Status::Ok();
     return make_error(Reason::kUntrustedTpm,
-                      "the storage root key's name is " + hex(name) + " but the keystore pinned " +
-                          hex(opts_.pin->name) +
+                      "the storage root key's name is " + to_hex(name) + " but the keystore pinned " +
+                          to_hex(opts_.pin->name) +
                           ": the TPM was cleared or replaced, or something is impersonating it; nothing was sent "
                           "to it. If the TPM was cleared on purpose, run `tpmkey init --repin`");
   }

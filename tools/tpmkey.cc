@@ -255,16 +255,6 @@ int cmd_create(const Args& a) {
   return kExitOk;
 }
 
-std::string hex_name(const Bytes& b) {
-  std::string s;
-  char buf[3];
-  for (uint8_t c : b) {
-    std::snprintf(buf, sizeof buf, "%02x", c);
-    s += buf;
-  }
-  return s;
-}
-
 int cmd_init(const Args& a) {
   if (!a.positional.empty()) return usage_error("init takes no arguments");
   Context ctx = make_context(a);
@@ -276,10 +266,10 @@ int cmd_init(const Args& a) {
   Tpm::Provisioned how{};
   auto pin = (*tpm)->provision_srk(!a.has_flag("--transient"), &how);
   if (!pin) return fail(pin.take_error().context(what));
-  const std::string name = hex_name(pin->name);
+  const std::string name = to_hex(pin->name);
   if (*old_pin && (*old_pin)->name != pin->name && !a.has_flag("--repin"))
     return fail(make_error(Reason::kUntrustedTpm, "this TPM's storage root key is " + name + " but the keystore pinned " +
-                                                      hex_name((*old_pin)->name) +
+                                                      to_hex((*old_pin)->name) +
                                                       ". If the TPM was cleared on purpose, run again with --repin")
                     .context(what));
   bool same = *old_pin && (*old_pin)->name == pin->name && (*old_pin)->handle == pin->handle;
