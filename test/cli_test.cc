@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <functional>
 
 #include "keystore/keyfile.h"
 #include "test/support.h"
@@ -12,6 +13,7 @@ namespace tpmkey::test {
 namespace {
 
 #define EXPECT_OK(r) EXPECT_EQ((r).exit_code, 0) << (r).out << (r).err
+#define ASSERT_OK(r) ASSERT_EQ((r).exit_code, 0) << (r).out << (r).err
 #define EXPECT_FAILS_WITH(r, text)                                                  \
   do {                                                                              \
     auto&& res_ = (r);                                                              \
@@ -436,6 +438,260 @@ TEST_F(CliTest, ErrorsSayWhatWhichAndWhy) {
   EXPECT_FAILS_WITH(run({tpmkey_bin(), "create", "k2"}, dead_env), "TPM unreachable");
   EXPECT_OK(run({"openssl", "list", "-provider-path", provider_dir(), "-provider", "tpmkey", "-signature-algorithms"},
                 dead_env));
+}
+
+
+// Keys made by tpm2-tools (tpm2_createprimary, tpm2_create, tpm2_encodeobject), and
+// `tpmkey import-file`. tpm2-tools leave their transient objects and (tpm2_encodeobject) a
+// session loaded on a TPM without a resource manager: every tool run is followed by flushing them,
+// so tpmkey has the TPM's slots and the TPM check in TearDown holds.
+class Tpm2ToolsTest : public CliTest {
+ protected:
+  static constexpr const char* kSrkAttributes =
+      "restricted|decrypt|fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda";
+
+  CommandResult tool(std::vector<std::string> args, const std::string& tcti = "") {
+    std::vector<std::string> env = env_;
+    env.push_back("TPM2TOOLS_TCTI=" + (tcti.empty() ? tcti_ : tcti));
+    auto r = run(args, env);
+    for (const char* what : {"-t", "-l"}) run({"tpm2_flushcontext", what}, env);
+    return r;
+  }
+  // The owner primary made from tpmkey's SRK template (srk_template(): ECC P-256, AES-128-CFB,
+  // empty unique), saved as a context file.
+  void create_primary(const std::string& ctx, const std::string& tcti = "") {
+    ASSERT_EQ(tool({"tpm2_createprimary", "-C", "o", "-G", "ecc256:aes128cfb", "-g", "sha256", "-a", kSrkAttributes,
+                    "-c", ctx},
+                   tcti)
+                  .exit_code,
+              0);
+  }
+  // tpm2_create + tpm2_encodeobject: a signing key under `parent` (a context file or a
+  // persistent handle), written as a TSS2 key file at `out`. tpm2-tools 5.4 (Debian 12) writes
+  // emptyAuth inverted (tpm2-tools issue #3458: "-p" gives emptyAuth TRUE); whichever way the
+  // installed version does it, the file must say what the key is.
+  void create_key(const std::string& parent, const std::string& alg, const std::string& out,
+                  const std::string& password = "", const std::string& tcti = "") {
+    std::vector<std::string> create = {"tpm2_create", "-C", parent, "-G", alg, "-u", out + ".pub", "-r", out + ".priv"};
+    if (!password.empty()) create.insert(create.end(), {"-p", password});
+    auto c = tool(create, tcti);
+    ASSERT_EQ(c.exit_code, 0) << c.err;
+    for (bool flag : {false, true}) {
+      std::vector<std::string> encode = {"tpm2_encodeobject", "-C", parent, "-u", out + ".pub", "-r", out + ".priv",
+                                         "-o", out};
+      if (flag) encode.push_back("-p");
+      auto e = tool(encode, tcti);
+      ASSERT_EQ(e.exit_code, 0) << e.err;
+      if (file_says_password(out) == !password.empty()) return;
+    }
+    FAIL() << "tpm2_encodeobject cannot record whether the key has a password";
+  }
+  bool file_says_password(const std::string& path) {
+    std::string pem = read_file(path);
+    auto kf = parse_keyfile(reinterpret_cast<const uint8_t*>(pem.data()), pem.size());
+    EXPECT_TRUE(kf) << kf.error().text();
+    return kf && !kf->empty_auth;
+  }
+  uint32_t parent_of(const std::string& path) {
+    std::string pem = read_file(path);
+    auto kf = parse_keyfile(reinterpret_cast<const uint8_t*>(pem.data()), pem.size());
+    return kf ? kf->parent : 0;
+  }
+  // The public key as tpm2-tools print it from the TPM2B_PUBLIC (no tpmkey involved).
+  std::string tools_pubkey(const std::string& key) {
+    std::string pub = key + ".spki.pem";
+    auto r = run({"tpm2_print", "-t", "TPM2B_PUBLIC", "-f", "pem", key + ".pub"}, env_);
+    EXPECT_OK(r);
+    write_file(pub, r.out);
+    return pub;
+  }
+  // Signs msg with `key` (a URI or a path) through tpmkey on the command line; verifies with the
+  // default provider alone.
+  void expect_signs_uri(const std::string& key, const std::string& pub, std::vector<std::string> extra = {}) {
+    std::vector<std::string> sign = {"-sign", "-inkey", key, "-rawin", "-digest", "sha256", "-in", dir_ + "/msg",
+                                     "-out", dir_ + "/sig"};
+    sign.insert(sign.end(), extra.begin(), extra.end());
+    EXPECT_OK(openssl("pkeyutl", sign));
+    auto v = plain_openssl({"pkeyutl", "-verify", "-pubin", "-inkey", pub, "-rawin", "-digest", "sha256", "-in",
+                            dir_ + "/msg", "-sigfile", dir_ + "/sig"});
+    EXPECT_OK(v);
+    EXPECT_NE(v.out.find("Signature Verified Successfully"), std::string::npos) << v.out;
+  }
+};
+
+// Evicts a persistent handle at the end of a test, also when it fails: the swtpm is shared.
+struct EvictAtExit {
+  std::function<void()> evict;
+  ~EvictAtExit() { evict(); }
+};
+
+TEST_F(Tpm2ToolsTest, KeysUnderTheOwnerParent) {
+  create_primary(dir_ + "/p.ctx");
+  create_key(dir_ + "/p.ctx", "ecc256", dir_ + "/ec.pem");
+  create_key(dir_ + "/p.ctx", "rsa2048", dir_ + "/rsa.pem");
+  create_key(dir_ + "/p.ctx", "ecc256", dir_ + "/pw.pem", "tools secret");
+  // A transient parent is recorded as 0x40000001: the primary from the standard template.
+  EXPECT_EQ(parent_of(dir_ + "/ec.pem"), 0x40000001u);
+  for (const std::string name : {"ec", "rsa"}) {
+    SCOPED_TRACE(name);
+    std::string key = dir_ + "/" + name + ".pem", pub = tools_pubkey(key);
+    expect_signs_uri("tpm2:file=" + key, pub);
+    expect_signs_uri(key, pub);
+    for (bool first : {true, false}) expect_signs(key, pub, first);
+  }
+  write_file(dir_ + "/pw", "tools secret\n");
+  std::string pw = dir_ + "/pw.pem", pw_pub = tools_pubkey(pw);
+  expect_signs_uri("tpm2:file=" + pw + "?pin-source=" + dir_ + "/pw", pw_pub);
+  expect_signs_uri(pw, pw_pub, {"-passin", "file:" + dir_ + "/pw"});
+}
+
+TEST_F(Tpm2ToolsTest, KeysUnderAPersistentParent) {
+  constexpr const char* kParent = "0x81000002";
+  create_primary(dir_ + "/p.ctx");
+  ASSERT_OK(tool({"tpm2_evictcontrol", "-C", "o", "-c", dir_ + "/p.ctx", kParent}));
+  EvictAtExit evict{[&] { tool({"tpm2_evictcontrol", "-C", "o", "-c", kParent}); }};
+  create_key(kParent, "ecc256", dir_ + "/ec.pem");
+  create_key(kParent, "rsa2048", dir_ + "/rsa.pem", "persistent secret");
+  EXPECT_EQ(parent_of(dir_ + "/ec.pem"), 0x81000002u);
+  EXPECT_EQ(parent_of(dir_ + "/rsa.pem"), 0x81000002u);
+  std::string ec = dir_ + "/ec.pem", ec_pub = tools_pubkey(ec);
+  expect_signs_uri("tpm2:file=" + ec, ec_pub);
+  for (bool first : {true, false}) expect_signs(ec, ec_pub, first);
+  write_file(dir_ + "/pw", "persistent secret\n");
+  std::string rsa = dir_ + "/rsa.pem", rsa_pub = tools_pubkey(rsa);
+  expect_signs_uri("tpm2:file=" + rsa + "?pin-source=" + dir_ + "/pw", rsa_pub);
+  expect_signs_uri(rsa, rsa_pub, {"-passin", "file:" + dir_ + "/pw"});
+  auto text = openssl("pkey", {"-in", ec, "-text", "-noout"});
+  EXPECT_NE(text.out.find("TPM parent: 0x81000002"), std::string::npos) << text.out;
+  // import-file takes it too, and the keystore copy signs.
+  auto imp = tpmkey({"import-file", "persistent", ec});
+  EXPECT_OK(imp);
+  EXPECT_NE(imp.out.find("loaded it under persistent parent 0x81000002"), std::string::npos) << imp.out;
+  expect_signs_uri("tpm2:persistent", ec_pub);
+}
+
+TEST_F(Tpm2ToolsTest, ImportFile) {
+  std::vector<std::string> env = env_;
+  env.push_back("TPM2OPENSSL_TCTI=" + tcti_);
+  // A tpm2-openssl key, EC, PEM.
+  std::string theirs = dir_ + "/theirs.pem";
+  ASSERT_OK(run({"openssl", "genpkey", "-provider", "tpm2", "-provider", "default", "-algorithm", "EC", "-pkeyopt",
+                 "group:P-256", "-out", theirs},
+                env));
+  auto imp = tpmkey({"import-file", "theirs", theirs, "--description", "from tpm2-openssl"});
+  EXPECT_OK(imp);
+  EXPECT_NE(imp.out.find("imported tpm2:theirs (ec-p256) from " + theirs + " into " + keystore_ + "/theirs.pem"),
+            std::string::npos)
+      << imp.out;
+  EXPECT_NE(imp.out.find("checked: this TPM loaded it under 0x40000001 (owner SRK), and its self-test signature "
+                         "verified"),
+            std::string::npos)
+      << imp.out;
+  struct stat st{};
+  ASSERT_EQ(stat((keystore_ + "/theirs.pem").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  write_file(dir_ + "/theirs.pub", tpmkey({"pubkey", "theirs"}).out);
+  EXPECT_OK(openssl("pkey", {"-in", theirs, "-pubout", "-out", dir_ + "/theirs.file.pub"}));
+  EXPECT_EQ(read_file(dir_ + "/theirs.pub"), read_file(dir_ + "/theirs.file.pub"));
+  expect_signs_uri("tpm2:theirs", dir_ + "/theirs.pub");
+  auto text = openssl("pkey", {"-in", "tpm2:theirs", "-text", "-noout"});
+  EXPECT_NE(text.out.find("Description: from tpm2-openssl"), std::string::npos) << text.out;
+
+  // A tpm2-openssl RSA key with a password, as DER: the password comes from --password-file.
+  std::string rsa = dir_ + "/theirs-rsa.der";
+  ASSERT_OK(run({"openssl", "genpkey", "-provider", "tpm2", "-provider", "default", "-algorithm", "RSA", "-pkeyopt",
+                 "bits:2048", "-pkeyopt", "user-auth:their secret", "-outform", "DER", "-out", rsa},
+                env));
+  write_file(dir_ + "/pw", "their secret\n");
+  EXPECT_FAILS_WITH(tpmkey({"import-file", "rsa", rsa}),
+                    "says the key has a password, which the check needs: give it with --password-file");
+  EXPECT_OK(tpmkey({"import-file", "rsa", rsa, "--password-file", dir_ + "/pw"}));
+  write_file(dir_ + "/rsa.pub", tpmkey({"pubkey", "rsa"}).out);
+  expect_signs_uri("tpm2:rsa?pin-source=" + dir_ + "/pw", dir_ + "/rsa.pub");
+  EXPECT_NE(tpmkey({"list"}).out.find("rsa                      rsa2048    2048   yes       0x40000001"),
+            std::string::npos);
+
+  // A tpm2-tools key under the owner parent.
+  create_primary(dir_ + "/p.ctx");
+  create_key(dir_ + "/p.ctx", "rsa2048", dir_ + "/tools.pem");
+  EXPECT_OK(tpmkey({"import-file", "tools", dir_ + "/tools.pem"}));
+  expect_signs_uri("tpm2:tools", tools_pubkey(dir_ + "/tools.pem"));
+
+  // A file that says the key has a password although it has none (what tpm2-tools 5.4's
+  // tpm2_encodeobject writes without -p): an empty password passes the check, and the keystore
+  // copy is corrected.
+  std::string pem = read_file(dir_ + "/tools.pem");
+  auto kf = parse_keyfile(reinterpret_cast<const uint8_t*>(pem.data()), pem.size());
+  ASSERT_TRUE(kf);
+  kf->empty_auth = false;
+  write_file(dir_ + "/claims-password.pem", keyfile_pem(*kf));
+  write_file(dir_ + "/empty", "");
+  auto fixed = tpmkey({"import-file", "fixed", dir_ + "/claims-password.pem", "--password-file", dir_ + "/empty"});
+  EXPECT_OK(fixed);
+  EXPECT_NE(fixed.err.find("the TPM accepted an empty one: stored as a key without a password"), std::string::npos)
+      << fixed.err;
+  EXPECT_FALSE(file_says_password(keystore_ + "/fixed.pem"));
+  expect_signs_uri("tpm2:fixed", tools_pubkey(dir_ + "/tools.pem"));
+}
+
+TEST_F(Tpm2ToolsTest, ImportFileRefuses) {
+  EXPECT_OK(tpmkey({"create", "taken"}));
+  std::string before = read_file(keystore_ + "/taken.pem");
+  std::vector<std::string> env = env_;
+  env.push_back("TPM2OPENSSL_TCTI=" + tcti_);
+  std::string good = dir_ + "/good.pem";
+  ASSERT_OK(run({"openssl", "genpkey", "-provider", "tpm2", "-provider", "default", "-algorithm", "EC", "-out", good,
+                 "-pkeyopt", "group:P-256"},
+                env));
+  write_file(dir_ + "/garbage.pem", "this is not a key\n");
+  write_file(dir_ + "/cert.pem", "-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n");
+
+  EXPECT_FAILS_WITH(tpmkey({"import-file", "taken", good}),
+                    "import-file(tpm2:taken): invalid argument: a key named \"taken\" already exists in " + keystore_);
+  EXPECT_EQ(read_file(keystore_ + "/taken.pem"), before);
+  EXPECT_FAILS_WITH(tpmkey({"import-file", "g", dir_ + "/garbage.pem"}),
+                    "import-file(tpm2:g): read(" + dir_ + "/garbage.pem): malformed or unusable key file: not a TSS2 "
+                    "PRIVATE KEY structure");
+  EXPECT_FAILS_WITH(tpmkey({"import-file", "c", dir_ + "/cert.pem"}),
+                    "read(" + dir_ + "/cert.pem): malformed or unusable key file: PEM label is \"CERTIFICATE\"");
+  EXPECT_FAILS_WITH(tpmkey({"import-file", "n", dir_ + "/nonexistent.pem"}), "read(" + dir_ + "/nonexistent.pem): ");
+  EXPECT_FAILS_WITH(tpmkey({"import-file", "../x", good}), "key name \"../x\"");
+  EXPECT_EQ(tpmkey({"import-file", "onlyname"}).exit_code, 2);
+
+  // Made on another TPM: the test data file, and a key from a second swtpm started here.
+  std::string other = std::string(TPMKEY_TEST_DATA) + "/tpm2-openssl-ec-p256.pem";
+  EXPECT_FAILS_WITH(tpmkey({"import-file", "other", other}),
+                    "the key was not made by this TPM under parent 0x40000001: tpm:parameter(1):integrity check failed");
+  {
+    Swtpm second;
+    std::vector<std::string> env2 = {"TPMKEY_TCTI=" + second.tcti(), "TPMKEY_KEYSTORE=" + dir_ + "/second-keystore",
+                                     "OPENSSL_CONF=/dev/null", "TSS2_LOG=all+none"};
+    ASSERT_OK(run({tpmkey_bin(), "create", "k", "--algorithm", "rsa2048"}, env2));
+    EXPECT_FAILS_WITH(tpmkey({"import-file", "second", dir_ + "/second-keystore/k.pem"}),
+                      "the key was not made by this TPM under parent 0x40000001");
+    EXPECT_TRUE(tpm_handles(second.tcti()).clean());
+  }
+  // Under a persistent parent this TPM does not have (any more).
+  create_primary(dir_ + "/p.ctx");
+  ASSERT_OK(tool({"tpm2_evictcontrol", "-C", "o", "-c", dir_ + "/p.ctx", "0x81000002"}));
+  {
+    EvictAtExit evict{[&] { tool({"tpm2_evictcontrol", "-C", "o", "-c", "0x81000002"}); }};
+    create_key("0x81000002", "ecc256", dir_ + "/orphan.pem");
+  }
+  EXPECT_FAILS_WITH(tpmkey({"import-file", "orphan", dir_ + "/orphan.pem"}),
+                    "this TPM has no persistent parent 0x81000002 (the key file comes from another TPM, or its parent "
+                    "was evicted)");
+  // A wrong password fails in the TPM and is not echoed.
+  create_key(dir_ + "/p.ctx", "ecc256", dir_ + "/pw.pem", "right one");
+  write_file(dir_ + "/wrong", "wrong guess\n");
+  auto wrong = tpmkey({"import-file", "pw", dir_ + "/pw.pem", "--password-file", dir_ + "/wrong"});
+  EXPECT_FAILS_WITH(wrong, "import-file(tpm2:pw): sign(" + dir_ + "/pw.pem): TPM2_Sign: authorization failed");
+  EXPECT_EQ(wrong.err.find("wrong guess"), std::string::npos) << wrong.err;
+  // Nothing was written by any refusal.
+  auto names = run({tpmkey_bin(), "list"}, env_);
+  EXPECT_EQ(names.out.find("\ng"), std::string::npos) << names.out;
+  for (const char* n : {"g", "c", "n", "other", "second", "orphan", "pw"})
+    EXPECT_FALSE(std::filesystem::exists(keystore_ + "/" + n + ".pem")) << n;
 }
 
 }  // namespace

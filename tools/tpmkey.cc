@@ -9,6 +9,10 @@
 #include <string>
 #include <vector>
 
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+
 #include "keystore/context.h"
 #include "keystore/key.h"
 #include "keystore/public_key.h"
@@ -29,6 +33,9 @@ Commands:
   list             list the keys in the keystore
   pubkey NAME      print a key's public key (PEM or OpenSSH)
   delete NAME      delete a key from the keystore
+  import-file NAME PATH
+                   add an existing TSS2 key file (tpm2-openssl, tpm2-tools, ...)
+                   to the keystore as NAME, after checking that this TPM loads it
   algorithms       show which key algorithms this TPM supports
 
 Options (for every command):
@@ -119,6 +126,43 @@ the terminal; --yes skips the question (needed when there is no terminal).
 const char* kAlgorithmsHelp = R"(Usage: tpmkey algorithms
 
 Asks the TPM (TPM2_TestParms) which of tpmkey's key algorithms it supports.
+)";
+
+const char* kImportFileHelp = R"(Usage: tpmkey import-file NAME PATH [--password-file FILE] [--description TEXT]
+
+Adds an existing TPM key file to the keystore as NAME.pem (mode 0600, written
+atomically; an existing key is never overwritten). PATH is a TSS2 PRIVATE KEY
+file, PEM or DER, as made by tpm2-openssl ("openssl genpkey -provider tpm2"),
+openssl_tpm2_engine, "tpm2_encodeobject" (tpm2-tools) or tpmkey itself. The key
+never leaves the TPM: the file holds only its TPM-wrapped blob, and PATH is left
+as it is.
+
+Before anything is written, import-file checks that the key works on this TPM:
+the TPM loads it under the parent the file names (TPM2_Load under 0x40000001, the
+standard owner storage key, or under a persistent parent 0x81xxxxxx), signs a
+fixed self-test digest with it (TPM2_Sign), and the signature is verified in
+software with the public key from the file. Refused, with the reason:
+
+  - a file that is not a usable TSS2 key file (damaged, sealed data, importable or
+    policy keys, an RSA parent, a key that cannot sign, an unsupported algorithm);
+  - a NAME that is already in the keystore;
+  - a key that this TPM cannot load: made on another TPM, under another parent,
+    or a persistent parent that is not there (the file is probably from another
+    machine, or the TPM was cleared since).
+
+When the file says the key has a password, the check needs it: it is read from
+--password-file, else asked for on the terminal. It is used for the self-test
+only and is not stored. A key without a password is imported without asking.
+
+  NAME                letters, digits, "-", "_" and "." (not first); at most 128
+  PATH                the key file to import
+  --password-file F   the key's password is the first line of F
+  --description TEXT  a note stored in the imported copy (default: the file's own)
+
+Examples:
+  openssl genpkey -provider tpm2 -algorithm EC -pkeyopt group:P-256 -out k.pem
+  tpmkey import-file web k.pem --description "from tpm2-openssl"
+  tpmkey import-file tools-key key.pem      # made by tpm2_create + tpm2_encodeobject
 )";
 
 struct Args {
@@ -383,6 +427,128 @@ int cmd_algorithms(const Args& a) {
   return kExitOk;
 }
 
+// import-file's check that the key works on this TPM. Key and Tpm have no "load only" call, so
+// this takes the path every later signature takes: the TPM loads the key under the parent the
+// file names (TPM2_Load; a key from another TPM or parent fails here), signs a fixed self-test
+// digest (TPM2_Sign), and the signature must verify in software with the file's public key.
+Status self_test(Key& key, const Crypto& crypto) {
+  static constexpr char kSelfTest[] = "tpmkey import-file self-test";
+  const TPMT_PUBLIC& p = key.file().pub.publicArea;
+  const bool rsa = key.spec().kind == KeyKind::kRsa;
+  // A key bound to a scheme signs only with it; a NULL scheme lets the command choose.
+  const TPMI_ALG_SIG_SCHEME bound = rsa ? p.parameters.rsaDetail.scheme.scheme : p.parameters.eccDetail.scheme.scheme;
+  TPMT_SIG_SCHEME scheme{};
+  scheme.details.any.hashAlg = TPM2_ALG_SHA256;
+  if (bound == TPM2_ALG_NULL) {
+    scheme.scheme = rsa ? TPM2_ALG_RSASSA : TPM2_ALG_ECDSA;
+  } else if (bound == (rsa ? TPM2_ALG_RSASSA : TPM2_ALG_ECDSA) || (rsa && bound == TPM2_ALG_RSAPSS)) {
+    scheme.scheme = bound;
+    scheme.details.any.hashAlg = rsa ? p.parameters.rsaDetail.scheme.details.anySig.hashAlg
+                                     : p.parameters.eccDetail.scheme.details.anySig.hashAlg;
+  } else {
+    char alg[16];
+    std::snprintf(alg, sizeof alg, "0x%04x", bound);
+    return make_error(Reason::kUnsupported,
+                      std::string("the key is bound to TPM scheme ") + alg + ", which is not a signature scheme tpmkey uses");
+  }
+  const EVP_MD* md = crypto.md(scheme.details.any.hashAlg);
+  if (!md) return make_error(Reason::kUnsupported, "the key is bound to a hash tpmkey does not sign with");
+  uint8_t digest[EVP_MAX_MD_SIZE];
+  unsigned int digest_len = 0;
+  if (EVP_Digest(kSelfTest, sizeof kSelfTest - 1, digest, &digest_len, md, nullptr) != 1)
+    return make_error(Reason::kInternal, "cannot hash the self-test message");
+  auto sig = key.sign(scheme, digest, digest_len);
+  if (!sig) return sig.take_error();
+  EvpPkeyCtxPtr v(EVP_PKEY_CTX_new_from_pkey(crypto.libctx(), key.public_pkey(), "provider=default"));
+  bool ok = v && EVP_PKEY_verify_init(v.get()) == 1 && EVP_PKEY_CTX_set_signature_md(v.get(), md) == 1;
+  if (ok && rsa) {
+    const bool pss = scheme.scheme == TPM2_ALG_RSAPSS;
+    ok = EVP_PKEY_CTX_set_rsa_padding(v.get(), pss ? RSA_PKCS1_PSS_PADDING : RSA_PKCS1_PADDING) == 1 &&
+         (!pss || EVP_PKEY_CTX_set_rsa_pss_saltlen(v.get(), RSA_PSS_SALTLEN_AUTO) == 1);
+  }
+  ok = ok && EVP_PKEY_verify(v.get(), sig->data(), sig->size(), digest, digest_len) == 1;
+  ERR_clear_error();
+  if (!ok)
+    return make_error(Reason::kMalformedKey,
+                      "the TPM's self-test signature does not verify with the public key in the file (the public and "
+                      "private blobs do not belong together)");
+  return {};
+}
+
+int cmd_import_file(const Args& a) {
+  if (a.positional.size() != 2) return usage_error("import-file needs a key NAME and the PATH of a key file");
+  const std::string& name = a.positional[0];
+  const std::string& path = a.positional[1];
+  if (Status st = validate_name(name); !st) return fail(st.error());
+  Context ctx = make_context(a);
+  const std::string what = "import-file(tpm2:" + name + ")";
+  if (ctx.keystore().exists(name))
+    return fail(make_error(Reason::kInvalidArgument, "a key named \"" + name + "\" already exists in " +
+                                                         ctx.keystore().dir() + "; nothing was changed")
+                    .context(what));
+  auto kf = read_keyfile(path);  // its errors name the path
+  if (!kf) return fail(kf.take_error().context(what));
+  KeyFile stored = *kf;
+  auto key = Key::from_file(ctx, std::move(*kf), path);
+  if (!key) return fail(key.take_error().context(what));
+  bool empty_password = false;
+  if ((*key)->needs_auth()) {
+    Result<SecretBytes> pw = SecretBytes();
+    if (auto file = a.option("--password-file")) {
+      pw = read_pin_source(*file);
+    } else if (have_tty()) {
+      pw = prompt_password("Password of the key in " + path + ": ", false);
+    } else {
+      pw = make_error(Reason::kAuthFailed, "the key file " + path +
+                                               " says the key has a password, which the check needs: give it with "
+                                               "--password-file (there is no terminal to ask on)");
+    }
+    if (!pw) return fail(pw.take_error().context(what));
+    empty_password = pw->empty();
+    (*key)->set_auth(std::move(*pw));
+  } else if (a.option("--password-file")) {
+    std::fprintf(stderr, "tpmkey: %s: the key needs no password; --password-file is not used\n", path.c_str());
+  }
+  auto crypto = ctx.crypto();
+  if (!crypto) return fail(crypto.take_error().context(what));
+  if (Status st = self_test(**key, **crypto); !st) {
+    Error e = st.take_error();
+    if (e.reason == Reason::kKeyNotFound && stored.parent != kOwnerParent) {
+      char h[16];
+      std::snprintf(h, sizeof h, "0x%08x", stored.parent);
+      e.detail = std::string("this TPM has no persistent parent ") + h +
+                 " (the key file comes from another TPM, or its parent was evicted): " + e.detail;
+    } else if (e.reason == Reason::kMalformedKey && stored.parent == kOwnerParent &&
+               e.detail.find("integrity check failed") != std::string::npos) {
+      e.detail += " (made on another TPM, or under an owner primary that is not the standard ECC P-256 storage "
+                  "key, for example tpm2_createprimary's default template: see docs/keys.md)";
+    }
+    return fail(e.context(what));
+  }
+  if (empty_password) {
+    // The TPM accepted an empty password, so the key has none: the file's missing emptyAuth was
+    // wrong (tpm2-tools 5.4's tpm2_encodeobject writes it inverted). The copy says so correctly.
+    stored.empty_auth = true;
+    std::fprintf(stderr,
+                 "tpmkey: %s: the file says the key has a password, but the TPM accepted an empty one: "
+                 "stored as a key without a password\n",
+                 path.c_str());
+  }
+  if (auto d = a.option("--description")) stored.description = *d;
+  const std::string alg = (*key)->spec().name;
+  key->reset();  // done with the TPM: flush the key's handle before writing
+  if (Status st = ctx.keystore().add(name, stored); !st) return fail(st.take_error().context(what));
+  char parent[64];
+  if (stored.parent == kOwnerParent)
+    std::snprintf(parent, sizeof parent, "0x%08x (owner SRK)", stored.parent);
+  else
+    std::snprintf(parent, sizeof parent, "persistent parent 0x%08x", stored.parent);
+  std::printf("imported tpm2:%s (%s%s) from %s into %s\n", name.c_str(), alg.c_str(),
+              stored.empty_auth ? "" : ", password", path.c_str(), ctx.keystore().path_of(name).c_str());
+  std::printf("checked: this TPM loaded it under %s, and its self-test signature verified\n", parent);
+  return kExitOk;
+}
+
 struct Command {
   const char* name;
   int (*run)(const Args&);
@@ -392,6 +558,7 @@ const Command kCommands[] = {
     {"init", cmd_init, kInitHelp},         {"create", cmd_create, kCreateHelp},
     {"list", cmd_list, kListHelp},
     {"pubkey", cmd_pubkey, kPubkeyHelp},   {"delete", cmd_delete, kDeleteHelp},
+    {"import-file", cmd_import_file, kImportFileHelp},
     {"algorithms", cmd_algorithms, kAlgorithmsHelp},
 };
 
