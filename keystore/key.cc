@@ -15,11 +15,6 @@ Result<std::shared_ptr<Key>> Key::from_file(Context& ctx, KeyFile kf, std::strin
   if (!spec) return spec.take_error().context("open(" + label + ")");
   if (!(kf.pub.publicArea.objectAttributes & TPMA_OBJECT_SIGN_ENCRYPT))
     return make_error(Reason::kUnsupported, "the key is not a signing key").context("open(" + label + ")");
-  if (kf.pub.publicArea.objectAttributes & TPMA_OBJECT_RESTRICTED)
-    return make_error(Reason::kUnsupported,
-                      "restricted signing keys (attestation keys) are not supported yet: the TPM signs only "
-                      "data it hashed itself")
-        .context("open(" + label + ")");
   auto crypto = ctx.crypto();
   if (!crypto) return crypto.take_error();
   auto pub = tpmkey::public_pkey(kf.pub.publicArea, (*crypto)->libctx());
@@ -107,14 +102,33 @@ Result<Bytes> Key::sign(const TPMT_SIG_SCHEME& scheme, const uint8_t* digest, si
   SignRequest req;
   req.scheme = scheme;
   req.digest.assign(digest, digest + len);
+  if (restricted())
+    return make_error(Reason::kUnsupported,
+                      "a restricted (attestation) key signs only whole messages that the TPM hashes itself, not a "
+                      "digest: use EVP_DigestSign (openssl pkeyutl -rawin)")
+        .context(what);
   auto sig = (*tpm)->sign(id_, kf_, auth_, req);
   if (!sig) return sig.take_error().context(what);
+  return encode(*sig, what);
+}
 
+Result<Bytes> Key::sign_message(const TPMT_SIG_SCHEME& scheme, const Bytes& message) {
+  const std::string what = "sign(" + label_ + ")";
+  if (needs_auth() && !has_auth_)
+    return make_error(Reason::kAuthFailed, "the key needs a password and none was given").context(what);
+  auto tpm = ctx_.tpm();
+  if (!tpm) return tpm.take_error().context(what);
+  auto sig = (*tpm)->sign_message(id_, kf_, auth_, scheme, message);
+  if (!sig) return sig.take_error().context(what);
+  return encode(*sig, what);
+}
+
+Result<Bytes> Key::encode(const TPMT_SIGNATURE& sig, const std::string& what) const {
   if (spec_->kind == KeyKind::kRsa) {
-    const TPM2B_PUBLIC_KEY_RSA& s = sig->signature.rsassa.sig;  // rsapss has the same layout
+    const TPM2B_PUBLIC_KEY_RSA& s = sig.signature.rsassa.sig;  // rsapss has the same layout
     return Bytes(s.buffer, s.buffer + s.size);
   }
-  const TPMS_SIGNATURE_ECDSA& e = sig->signature.ecdsa;
+  const TPMS_SIGNATURE_ECDSA& e = sig.signature.ecdsa;
   EcdsaSigPtr es(ECDSA_SIG_new());
   BIGNUM* r = BN_bin2bn(e.signatureR.buffer, e.signatureR.size, nullptr);
   BIGNUM* s = BN_bin2bn(e.signatureS.buffer, e.signatureS.size, nullptr);

@@ -32,13 +32,18 @@ class Key {
     auth_ = std::move(auth);
     has_auth_ = true;
   }
+  // A restricted (attestation) key: the TPM signs only what it hashed itself (sign_message).
+  bool restricted() const { return kf_.pub.publicArea.objectAttributes & TPMA_OBJECT_RESTRICTED; }
   // ECDSA: DER ECDSA-Sig-Value; RSA: the signature octets. `digest` is already hashed.
   Result<Bytes> sign(const TPMT_SIG_SCHEME& scheme, const uint8_t* digest, size_t len);
+  // The same for a whole message, hashed by the TPM: how restricted keys sign.
+  Result<Bytes> sign_message(const TPMT_SIG_SCHEME& scheme, const Bytes& message);
   // Largest signature sign() returns.
   size_t max_signature_size() const;
 
  private:
   Key(Context& ctx) : ctx_(ctx) {}
+  Result<Bytes> encode(const TPMT_SIGNATURE& sig, const std::string& what) const;
   Context& ctx_;
   KeyFile kf_;
   const AlgorithmSpec* spec_ = nullptr;

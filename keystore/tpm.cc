@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -573,13 +574,86 @@ Result<TPMT_SIGNATURE> Tpm::sign_once(ObjectId id, const KeyFile& kf, const Secr
   validation.tag = TPM2_ST_HASHCHECK;
   validation.hierarchy = TPM2_RH_NULL;
   TPMT_SIGNATURE sig{};
-  TSS2_RC rc = run(
-      *s, TPM2_CC_Sign, {&key->name}, auth, {.encrypt_command = true},
-      [&] { return Tss2_Sys_Sign_Prepare(sys_, key->handle, &digest, &req.scheme, &validation); },
-      [&] { return Tss2_Sys_Sign_Complete(sys_, &sig); });
+  TSS2_RC rc = sign_digest(*s, *key, auth, req.scheme, digest, validation, &sig);
   last_rc_ = rc;
   if (rc != TSS2_RC_SUCCESS) return tss_error("TPM2_Sign", rc);
   return sig;
+}
+
+TSS2_RC Tpm::sign_digest(Session* s, const Entry& key, const SecretBytes& auth, const TPMT_SIG_SCHEME& scheme,
+                         const TPM2B_DIGEST& digest, const TPMT_TK_HASHCHECK& ticket, TPMT_SIGNATURE* sig) {
+  return run(
+      s, TPM2_CC_Sign, {&key.name}, auth, {.encrypt_command = true},
+      [&] { return Tss2_Sys_Sign_Prepare(sys_, key.handle, &digest, &scheme, &ticket); },
+      [&] { return Tss2_Sys_Sign_Complete(sys_, sig); });
+}
+
+TSS2_RC Tpm::tpm_hash(Session* s, TPM2_ALG_ID hash, const Bytes& message, TPMI_RH_HIERARCHY hierarchy,
+                      TPM2B_DIGEST* digest, TPMT_TK_HASHCHECK* ticket) {
+  constexpr size_t kChunk = TPM2_MAX_DIGEST_BUFFER;
+  auto chunk = [&](size_t off) {
+    TPM2B_MAX_BUFFER b{};
+    b.size = uint16_t(std::min(kChunk, message.size() - off));
+    std::memcpy(b.buffer, message.data() + off, b.size);
+    return b;
+  };
+  if (message.size() <= kChunk) {
+    TPM2B_MAX_BUFFER data = chunk(0);
+    // No authorization: the session only encrypts the message on its way to the TPM.
+    return run(
+        s, TPM2_CC_Hash, {}, no_auth(), {.encrypt_command = true},
+        [&] { return Tss2_Sys_Hash_Prepare(sys_, &data, hash, hierarchy); },
+        [&] { return Tss2_Sys_Hash_Complete(sys_, digest, ticket); });
+  }
+  // A hash sequence (an object with an empty password) takes a slot until it completes.
+  TPM2B_AUTH empty{};
+  TPMI_DH_OBJECT seq = 0;
+  TSS2_RC rc = with_slot(0, 0, [&] {
+    return resend([&] { return Tss2_Sys_HashSequenceStart(sys_, nullptr, &empty, hash, &seq, nullptr); });
+  });
+  if (rc != TSS2_RC_SUCCESS) return rc;
+  const Bytes seq_name;  // a sequence object has no public area: its Name is empty
+  size_t off = 0;
+  for (; rc == TSS2_RC_SUCCESS && message.size() - off > kChunk; off += kChunk) {
+    TPM2B_MAX_BUFFER data = chunk(off);
+    rc = run(
+        s, TPM2_CC_SequenceUpdate, {&seq_name}, no_auth(), {.encrypt_command = true},
+        [&] { return Tss2_Sys_SequenceUpdate_Prepare(sys_, seq, &data); },
+        [&] { return Tss2_Sys_SequenceUpdate_Complete(sys_); });
+  }
+  if (rc == TSS2_RC_SUCCESS) {
+    TPM2B_MAX_BUFFER data = chunk(off);
+    rc = run(
+        s, TPM2_CC_SequenceComplete, {&seq_name}, no_auth(), {.encrypt_command = true},
+        [&] { return Tss2_Sys_SequenceComplete_Prepare(sys_, seq, &data, hierarchy); },
+        [&] { return Tss2_Sys_SequenceComplete_Complete(sys_, digest, ticket); });
+  }
+  if (rc != TSS2_RC_SUCCESS) Tss2_Sys_FlushContext(sys_, seq);  // completion flushes it otherwise
+  return rc;
+}
+
+Result<TPMT_SIGNATURE> Tpm::sign_message(ObjectId id, const KeyFile& kf, const SecretBytes& auth,
+                                         const TPMT_SIG_SCHEME& scheme, const Bytes& message) {
+  std::lock_guard lock(mu_);
+  auto e = load(id, kf);
+  if (!e) return e.take_error();
+  auto s = session();
+  if (!s) return s.take_error();
+  Entry* key = *e;
+  // The ticket must come from the key's hierarchy: owner for keys under the SRK, endorsement
+  // for attestation keys made under the EK.
+  TSS2_RC rc = TSS2_RC_SUCCESS;
+  for (TPMI_RH_HIERARCHY h : {TPM2_RH_OWNER, TPM2_RH_ENDORSEMENT}) {
+    TPM2B_DIGEST digest{};
+    TPMT_TK_HASHCHECK ticket{};
+    rc = tpm_hash(*s, scheme.details.any.hashAlg, message, h, &digest, &ticket);
+    if (rc != TSS2_RC_SUCCESS) return tss_error("hash in the TPM", rc);
+    TPMT_SIGNATURE sig{};
+    rc = sign_digest(*s, *key, auth, scheme, digest, ticket, &sig);
+    if (rc == TSS2_RC_SUCCESS) return sig;
+    if (tpm_code(rc) != TPM2_RC_TICKET) break;
+  }
+  return tss_error("TPM2_Sign", rc);
 }
 
 Result<TPMT_SIGNATURE> Tpm::sign(ObjectId id, const KeyFile& kf, const SecretBytes& auth, const SignRequest& req) {

@@ -76,6 +76,10 @@ class Tpm {
   Status make_persistent(const KeyFile& kf, uint32_t handle);
   // Removes the persistent key at `handle` if its name is `kf`'s (TPM2_EvictControl).
   Status evict_persistent(const KeyFile& kf, uint32_t handle);
+  // Signs `message` with a restricted key: the TPM hashes it (TPM2_Hash, or a hash sequence for
+  // more than 1024 bytes) to get the ticket a restricted key needs, then signs (TPM2_Sign).
+  Result<TPMT_SIGNATURE> sign_message(ObjectId id, const KeyFile& kf, const SecretBytes& auth,
+                                      const TPMT_SIG_SCHEME& scheme, const Bytes& message);
   // Whether the TPM supports keys of this algorithm (TPM2_TestParms).
   Status supports(const AlgorithmSpec& spec);
 
@@ -127,6 +131,12 @@ class Tpm {
   Status check_pin(const Bytes& name, uint32_t handle);
   Result<Entry*> load(ObjectId id, const KeyFile& kf);
   Result<TPMT_SIGNATURE> sign_once(ObjectId id, const KeyFile& kf, const SecretBytes& auth, const SignRequest& req);
+  // TPM2_Sign of a digest with its hash-check ticket (a NULL ticket for unrestricted keys).
+  TSS2_RC sign_digest(Session* s, const Entry& key, const SecretBytes& auth, const TPMT_SIG_SCHEME& scheme,
+                      const TPM2B_DIGEST& digest, const TPMT_TK_HASHCHECK& ticket, TPMT_SIGNATURE* sig);
+  // The TPM's digest of `message` and its ticket, in `hierarchy`.
+  TSS2_RC tpm_hash(Session* s, TPM2_ALG_ID hash, const Bytes& message, TPMI_RH_HIERARCHY hierarchy,
+                   TPM2B_DIGEST* digest, TPMT_TK_HASHCHECK* ticket);
   // After a failure: if it means our session or objects are gone, forget them (never flushing
   // handles that may now belong to someone else) and say whether retrying makes sense.
   bool recover(TSS2_RC rc, bool empty_auth);

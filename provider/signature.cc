@@ -22,7 +22,12 @@ struct SigCtx {
   int saltlen = RSA_PSS_SALTLEN_DIGEST;
   TPM2_ALG_ID mgf1 = TPM2_ALG_NULL;  // NULL: same as the digest
   EvpMdCtxPtr md_ctx;                // DigestSign only
+  bool buffer_message = false;       // DigestSign with a restricted key: the TPM hashes the message
+  Bytes message;
 };
+
+// A restricted key's message is kept whole for the TPM to hash; this bounds the memory it takes.
+constexpr size_t kMaxRestrictedMessage = 16 * 1024 * 1024;
 
 // --- AlgorithmIdentifier DER, built from OIDs (the TPM's PSS salt length is the digest length) ---
 
@@ -107,6 +112,13 @@ void* dupctx(void* vc) noexcept {
   d->padding = c->padding;
   d->saltlen = c->saltlen;
   d->mgf1 = c->mgf1;
+  d->buffer_message = c->buffer_message;
+  try {
+    d->message = c->message;
+  } catch (...) {
+    delete d;
+    return nullptr;
+  }
   if (c->md_ctx) {
     d->md_ctx.reset(EVP_MD_CTX_new());
     if (!d->md_ctx || !EVP_MD_CTX_copy_ex(d->md_ctx.get(), c->md_ctx.get())) {
@@ -230,6 +242,8 @@ Status init(SigCtx& c, void* vkd, const OSSL_PARAM params[]) {
     return make_error(Reason::kInvalidArgument, "not a tpmkey private key");
   c.key = kd->key;
   c.md_ctx.reset();
+  c.buffer_message = false;
+  c.message.clear();
   for (const OSSL_PARAM* p = params; p && p->key; ++p) TPMKEY_TRY(set_param(c, *p));
   return Status::Ok();
 }
@@ -239,11 +253,12 @@ int sign_init(void* vc, void* vkd, const OSSL_PARAM params[]) noexcept {
   return guard(c->prov, "sign_init", [&] { return init(*c, vkd, params); });
 }
 
+// `tbs` is a digest, or with `message` set the whole message for the TPM to hash.
 Status tpm_sign(SigCtx& c, unsigned char* sig, size_t* siglen, size_t sigsize, const unsigned char* tbs,
-                size_t tbslen) {
+                size_t tbslen, bool message = false) {
   const std::string what = "sign(" + c.key->label() + ")";
   TPM2_ALG_ID hash = c.hash != TPM2_ALG_NULL ? c.hash : hash_for_digest_size(tbslen);
-  if (hash == TPM2_ALG_ERROR || hash_size(hash) != tbslen)
+  if (!message && (hash == TPM2_ALG_ERROR || hash_size(hash) != tbslen))
     return make_error(Reason::kInvalidArgument, "input is " + std::to_string(tbslen) +
                                                     " bytes, not a SHA-1/256/384/512 digest" +
                                                     (c.hash != TPM2_ALG_NULL ? std::string(" of ") + hash_name(c.hash) : ""))
@@ -264,7 +279,7 @@ Status tpm_sign(SigCtx& c, unsigned char* sig, size_t* siglen, size_t sigsize, c
       return make_error(Reason::kUnsupported, "the TPM uses the signature digest for MGF1").context(what);
   }
   scheme.details.any.hashAlg = hash;
-  auto out = c.key->sign(scheme, tbs, tbslen);
+  auto out = message ? c.key->sign_message(scheme, Bytes(tbs, tbs + tbslen)) : c.key->sign(scheme, tbs, tbslen);
   if (!out) return out.take_error();
   if (out->size() > sigsize)
     return make_error(Reason::kInvalidArgument, "signature buffer too small").context(what);
@@ -304,12 +319,21 @@ int digest_sign_init(void* vc, const char* mdname, void* vkd, const OSSL_PARAM p
     c->md_ctx.reset(EVP_MD_CTX_new());
     if (!c->md_ctx || !EVP_DigestInit_ex(c->md_ctx.get(), md, nullptr))
       return make_error(Reason::kInternal, "cannot start the digest");
+    c->buffer_message = c->key->restricted();
     return Status::Ok();
   });
 }
 
 int digest_sign_update(void* vc, const unsigned char* data, size_t len) noexcept {
   auto* c = static_cast<SigCtx*>(vc);
+  if (c->buffer_message) {
+    return guard(c->prov, "digest_sign_update", [&]() -> Status {
+      if (c->message.size() + len > kMaxRestrictedMessage)
+        return make_error(Reason::kInvalidArgument, "a restricted key signs messages of at most 16 MiB");
+      c->message.insert(c->message.end(), data, data + len);
+      return Status::Ok();
+    });
+  }
   return c->md_ctx && EVP_DigestUpdate(c->md_ctx.get(), data, len) == 1;
 }
 
@@ -321,6 +345,7 @@ int digest_sign_final(void* vc, unsigned char* sig, size_t* siglen, size_t sigsi
       *siglen = c->key->max_signature_size();
       return Status::Ok();
     }
+    if (c->buffer_message) return tpm_sign(*c, sig, siglen, sigsize, c->message.data(), c->message.size(), true);
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned int dlen = 0;
     if (!EVP_DigestFinal_ex(c->md_ctx.get(), digest, &dlen)) return make_error(Reason::kInternal, "digest failed");

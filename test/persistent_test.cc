@@ -114,13 +114,39 @@ TEST_F(PersistentTest, KeysMadePersistentByTpm2Tools) {
   }
 }
 
-TEST_F(PersistentTest, RestrictedKeysAreRefusedClearly) {
-  tools_persistent_key("ecc256:ecdsa-sha256:null", "restricted|sign|fixedtpm|fixedparent|sensitivedataorigin|userwithauth",
-                       "0x81000030");
-  EXPECT_FALSE(load_key(lib_, "tpm2:handle=0x81000030"));
-  std::string err = drain_errors();
-  EXPECT_NE(err.find("restricted signing keys (attestation keys) are not supported yet"), std::string::npos) << err;
-  evict("0x81000030");
+// Restricted (attestation) keys sign only messages the TPM hashed itself: EVP_DigestSign hands
+// the whole message to the TPM (TPM2_Hash, or a hash sequence beyond 1024 bytes) for the ticket.
+TEST_F(PersistentTest, RestrictedKeysSignWholeMessages) {
+  struct Case {
+    const char* alg;
+    SignOpts opts;
+  };
+  for (const Case& c : {Case{"ecc256:ecdsa-sha256:null", {}}, Case{"rsa2048:rsassa-sha256:null", {"SHA256", 1}}}) {
+    SCOPED_TRACE(c.alg);
+    tools_persistent_key(c.alg, "restricted|sign|fixedtpm|fixedparent|sensitivedataorigin|userwithauth", "0x81000030");
+    PkeyPtr k = load_key(lib_, "tpm2:handle=0x81000030");
+    ASSERT_TRUE(k) << drain_errors();
+    PkeyPtr pub = public_copy(k.get());
+    for (size_t len : {size_t(10), size_t(1024), size_t(5000)}) {
+      std::string msg(len, 'a');
+      msg[0] = 'x';
+      auto sig = digest_sign(lib_, k.get(), msg, c.opts);
+      ASSERT_FALSE(sig.empty()) << len << ": " << drain_errors();
+      EXPECT_TRUE(digest_verify(pub.get(), msg, sig, c.opts)) << len;
+    }
+    // A bare digest cannot be signed by a restricted key: clearly refused.
+    EVP_PKEY_CTX* pctx = EVP_PKEY_CTX_new_from_pkey(lib_, k.get(), nullptr);
+    auto d = sha("SHA256", "m");
+    unsigned char out[512];
+    size_t outlen = sizeof out;
+    EXPECT_TRUE(pctx && EVP_PKEY_sign_init(pctx) == 1);
+    EXPECT_NE(EVP_PKEY_sign(pctx, out, &outlen, d.data(), d.size()), 1);
+    EVP_PKEY_CTX_free(pctx);
+    std::string err = drain_errors();
+    EXPECT_NE(err.find("a restricted (attestation) key signs only whole messages"), std::string::npos) << err;
+    k.reset();
+    evict("0x81000030");
+  }
 }
 
 }  // namespace
