@@ -78,7 +78,7 @@ Result<const AlgorithmSpec*> spec_of(const TPMT_PUBLIC& pub) {
 TPM2B_PUBLIC key_template(const KeyOptions& opts) {
   TPM2B_PUBLIC t{};
   TPMT_PUBLIC& p = t.publicArea;
-  p.nameAlg = TPM2_ALG_SHA256;
+  p.nameAlg = opts.name_alg;
   p.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
                        TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_SIGN_ENCRYPT;
   if (!opts.with_auth) p.objectAttributes |= TPMA_OBJECT_NODA;

@@ -35,6 +35,8 @@ struct KeyOptions {
   const AlgorithmSpec* spec = nullptr;
   uint32_t rsa_exponent = 0;  // 0 = 65537
   bool with_auth = false;     // the key needs a password
+  TPM2_ALG_ID name_alg = TPM2_ALG_SHA256;  // the key's name algorithm (SHA-256/384/512)
+  uint32_t parent = TPM2_RH_OWNER;         // 0x40000001 (the SRK) or a persistent storage key
 };
 
 // Public template for a signing key: fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth, sign;

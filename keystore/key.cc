@@ -35,7 +35,7 @@ Result<std::shared_ptr<Key>> Key::generate(Context& ctx, const KeyOptions& opts,
   if (!tpm) return tpm.take_error().context(what);
   KeyOptions with_auth = opts;
   with_auth.with_auth = !auth.empty();
-  auto kf = (*tpm)->create_key(with_auth, auth, kOwnerParent);
+  auto kf = (*tpm)->create_key(with_auth, auth, opts.parent);
   if (!kf) return kf.take_error().context(what);
   auto key = from_file(ctx, std::move(*kf), std::move(label));
   if (key && !auth.empty()) (*key)->set_auth(std::move(auth));

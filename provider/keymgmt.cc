@@ -171,6 +171,18 @@ Status set_gen_param(GenCtx& g, const OSSL_PARAM& p) {
     size_t primes = 0;
     if (!OSSL_PARAM_get_size_t(&p, &primes) || primes != 2)
       return make_error(Reason::kUnsupported, "TPM RSA keys have exactly 2 primes");
+  } else if (key == "digest") {  // the name algorithm, as tpm2-openssl calls it
+    const char* name = nullptr;
+    if (!OSSL_PARAM_get_utf8_string_ptr(&p, &name)) return make_error(Reason::kInvalidArgument, "digest must be a string");
+    TPM2_ALG_ID h = hash_from_name(name);
+    if (h != TPM2_ALG_SHA256 && h != TPM2_ALG_SHA384 && h != TPM2_ALG_SHA512)
+      return make_error(Reason::kUnsupported, std::string("digest ") + name + " (use sha256, sha384 or sha512)");
+    g.opts.name_alg = h;
+  } else if (key == "parent") {
+    uint32_t h = 0;
+    if (!OSSL_PARAM_get_uint32(&p, &h) || (h != kOwnerParent && (h >> 24) != TPM2_HT_PERSISTENT))
+      return make_error(Reason::kInvalidArgument, "parent must be 0x40000001 or a persistent handle 0x81xxxxxx");
+    g.opts.parent = h;
   } else if (key == "user-auth") {
     const char* pw = nullptr;
     if (!OSSL_PARAM_get_utf8_string_ptr(&p, &pw)) return make_error(Reason::kInvalidArgument, "user-auth must be a string");
@@ -189,11 +201,15 @@ int gen_set_params(void* vgen, const OSSL_PARAM params[]) noexcept {
 
 const OSSL_PARAM kEcGenSettable[] = {OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, nullptr, 0),
                                      OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_EC_ENCODING, nullptr, 0),
-                                     OSSL_PARAM_utf8_string("user-auth", nullptr, 0), OSSL_PARAM_END};
+                                     OSSL_PARAM_utf8_string("user-auth", nullptr, 0),
+                                     OSSL_PARAM_utf8_string("digest", nullptr, 0),
+                                     OSSL_PARAM_uint32("parent", nullptr), OSSL_PARAM_END};
 const OSSL_PARAM kRsaGenSettable[] = {OSSL_PARAM_size_t(OSSL_PKEY_PARAM_RSA_BITS, nullptr),
                                       OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_E, nullptr, 0),
                                       OSSL_PARAM_size_t(OSSL_PKEY_PARAM_RSA_PRIMES, nullptr),
-                                      OSSL_PARAM_utf8_string("user-auth", nullptr, 0), OSSL_PARAM_END};
+                                      OSSL_PARAM_utf8_string("user-auth", nullptr, 0),
+                                      OSSL_PARAM_utf8_string("digest", nullptr, 0),
+                                      OSSL_PARAM_uint32("parent", nullptr), OSSL_PARAM_END};
 const OSSL_PARAM* ec_gen_settable(void*, void*) noexcept { return kEcGenSettable; }
 const OSSL_PARAM* rsa_gen_settable(void*, void*) noexcept { return kRsaGenSettable; }
 

@@ -149,5 +149,34 @@ TEST_F(PersistentTest, RestrictedKeysSignWholeMessages) {
   }
 }
 
+// Key generation takes the option names tpm2-openssl users know: parent (here the persistent SRK
+// that `tpmkey init` made) and digest (the key's name algorithm).
+TEST_F(PersistentTest, GenerateUnderAPersistentParentWithADigest) {
+  ASSERT_EQ(tpmkey({"init"}).exit_code, 0);
+  const std::string key = dir_ + "/k.pem", pub = dir_ + "/k.pub", msg = dir_ + "/msg", sig = dir_ + "/sig";
+  write_file(msg, "under a persistent parent");
+  std::vector<std::string> prov = {"-provider-path", provider_dir(), "-provider", "tpmkey", "-provider", "default"};
+  auto openssl = [&](std::vector<std::string> a) {
+    a.insert(a.begin() + 2, prov.begin(), prov.end());
+    return run(a, {"TPMKEY_TCTI=" + tcti_, "TPMKEY_KEYSTORE=" + keystore_, "TSS2_LOG=all+none", "OPENSSL_CONF=/dev/null"});
+  };
+  auto r = openssl({"openssl", "genpkey", "-propquery", "provider=tpmkey", "-algorithm", "EC", "-pkeyopt", "group:P-384",
+                    "-pkeyopt", "parent:0x81000001", "-pkeyopt", "digest:sha384", "-out", key});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = openssl({"openssl", "pkey", "-in", key, "-text", "-noout"});
+  EXPECT_NE(r.out.find("TPM parent: 0x81000001"), std::string::npos) << r.out;
+  EXPECT_EQ(openssl({"openssl", "pkeyutl", "-sign", "-inkey", key, "-rawin", "-digest", "sha384", "-in", msg, "-out", sig})
+                .exit_code,
+            0);
+  EXPECT_EQ(openssl({"openssl", "pkey", "-in", key, "-pubout", "-out", pub}).exit_code, 0);
+  r = run({"openssl", "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-rawin", "-digest", "sha384", "-in", msg, "-sigfile",
+           sig},
+          {"OPENSSL_CONF=/dev/null"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  r = openssl({"openssl", "genpkey", "-propquery", "provider=tpmkey", "-algorithm", "EC", "-pkeyopt", "digest:md5", "-out", key});
+  EXPECT_NE(r.err.find("digest md5 (use sha256, sha384 or sha512)"), std::string::npos) << r.err;
+  evict("0x81000001");
+}
+
 }  // namespace
 }  // namespace tpmkey::test
