@@ -151,15 +151,19 @@ Result<std::unique_ptr<Tpm>> Tpm::connect(TpmOptions opts, const Crypto& crypto)
 
   TPMS_CAPABILITY_DATA cap{};
   TPMI_YES_NO more = 0;
-  TSS2_RC rc = Tss2_Sys_GetCapability(t->sys_, nullptr, TPM2_CAP_TPM_PROPERTIES, TPM2_PT_HR_TRANSIENT_MIN, 1, &more,
+  // TRANSIENT_MIN, PERSISTENT_MIN and LOADED_MIN are consecutive: one command reads the limits.
+  TSS2_RC rc = Tss2_Sys_GetCapability(t->sys_, nullptr, TPM2_CAP_TPM_PROPERTIES, TPM2_PT_HR_TRANSIENT_MIN, 3, &more,
                                       &cap, nullptr);
   if (rc != TSS2_RC_SUCCESS) {
     Error e = tss_error(what, rc);
     if ((rc & TSS2_RC_LAYER_MASK) != TSS2_TPM_RC_LAYER) e.reason = Reason::kTpmUnreachable;
     return e;
   }
-  if (cap.data.tpmProperties.count == 1 && cap.data.tpmProperties.tpmProperty[0].property == TPM2_PT_HR_TRANSIENT_MIN)
-    t->transient_limit_ = cap.data.tpmProperties.tpmProperty[0].value;
+  for (uint32_t i = 0; i < cap.data.tpmProperties.count; ++i) {
+    const TPMS_TAGGED_PROPERTY& p = cap.data.tpmProperties.tpmProperty[i];
+    if (p.property == TPM2_PT_HR_TRANSIENT_MIN) t->transient_limit_ = p.value;
+    if (p.property == TPM2_PT_HR_LOADED_MIN) t->session_limit_ = p.value;
+  }
   register_live(t.get());
   return t;
 }
@@ -257,7 +261,7 @@ Status Tpm::start_session(Session& s, const Entry* salt_key) {
   if (rc != TSS2_RC_SUCCESS) {
     Error e = tss_error(salt_key ? "start a salted session" : "start a session", rc);
     if (tpm_code(rc) == TPM2_RC_SESSION_MEMORY || tpm_code(rc) == TPM2_RC_SESSION_HANDLES)
-      e.detail = "every session slot of the TPM is held by other programs: " + e.detail;
+      e.detail = "the TPM's session slots (" + std::to_string(session_limit_) + ") are held by other programs: " + e.detail;
     return e;
   }
   s.begin(crypto_, handle, salt, nonce_tpm);

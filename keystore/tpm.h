@@ -162,7 +162,8 @@ class Tpm {
   TSS2_TCTI_CONTEXT* tcti_ = nullptr;
   TSS2_SYS_CONTEXT* sys_ = nullptr;
   pid_t pid_ = 0;
-  uint32_t transient_limit_ = 3;
+  uint32_t transient_limit_ = 3;  // TPM2_PT_HR_TRANSIENT_MIN
+  uint32_t session_limit_ = 3;    // TPM2_PT_HR_LOADED_MIN (tpmkey keeps one session loaded)
   uint64_t clock_ = 0;
   bool srk_probed_ = false;  // looked for a persistent SRK at kSrkHandle
   TSS2_RC last_test_parms_rc_ = TSS2_RC_SUCCESS;

@@ -3,6 +3,14 @@
 // nothing but the default provider checks every one of them.
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <filesystem>
 
 #include <openssl/bio.h>
@@ -495,6 +503,71 @@ TEST_F(CertTest, PasswordKeys) {
   // No password and no terminal.
   EXPECT_FAILS_WITH(openssl("req", {"-new", "-key", "tpm2:pw", "-subj", "/CN=x", "-out", path("x.csr")}),
                     "open(tpm2:pw): authorization failed: no password given");
+}
+
+// TLS client authentication with a TPM key file: openssl s_client and curl (which loads the key
+// with SSL_CTX_use_PrivateKey_file) against an s_server on loopback that requires a client
+// certificate. The server runs with the default provider alone.
+TEST_F(CertTest, TlsClientAuthenticationWithAKeyFile) {
+  const std::string client_crt = path("client.crt"), srv_key = path("srv.key"), srv_crt = path("srv.crt");
+  self_signed(key_file("ec256"), "client", client_crt);
+  EXPECT_OK(plain({"req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", srv_key,
+                   "-subj", "/CN=localhost", "-days", "1", "-out", srv_crt}));
+  int port = 0;
+  {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+    port = ntohs(a.sin_port);
+    close(fd);
+  }
+  const std::string accept = "127.0.0.1:" + std::to_string(port);
+  pid_t server = fork();
+  if (server == 0) {
+    int devnull = open("/dev/null", O_RDWR);
+    dup2(devnull, 0);
+    dup2(devnull, 1);
+    dup2(devnull, 2);
+    setenv("OPENSSL_CONF", "/dev/null", 1);
+    execlp("openssl", "openssl", "s_server", "-accept", accept.c_str(), "-cert", srv_crt.c_str(), "-key", srv_key.c_str(),
+           "-Verify", "1", "-CAfile", client_crt.c_str(), "-www", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  for (int i = 0; i < 200; ++i) {  // until it listens
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(uint16_t(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bool up = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    close(fd);
+    if (up) break;
+    usleep(20000);
+  }
+  for (bool tpmkey_first : {true, false}) {
+    SCOPED_TRACE(tpmkey_first ? "tpmkey first" : "default first");
+    std::vector<std::string> env = env_;
+    env[2] = "OPENSSL_CONF=" + write_openssl_cnf(dir_, tpmkey_first, tcti_, keystore_);
+    auto r = run({"openssl", "s_client", "-connect", accept, "-cert", client_crt, "-key", key_file("ec256"), "-CAfile",
+                  srv_crt, "-verify_return_error", "-ign_eof"},
+                 env, "GET / HTTP/1.0\r\n\r\n");
+    EXPECT_NE(r.out.find("Verification: OK"), std::string::npos) << r.out << r.err;
+    EXPECT_NE(r.out.find("HTTP/1.0 200 ok"), std::string::npos) << r.out << r.err;
+    r = run({"curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", srv_crt, "--cert", client_crt, "--key",
+             key_file("ec256"), "--resolve", "localhost:" + std::to_string(port) + ":127.0.0.1",
+             "https://localhost:" + std::to_string(port) + "/"},
+            env);
+    EXPECT_EQ(r.out, "200") << r.err;
+  }
+  // Without the client key the server refuses the handshake: the check above is real.
+  auto r = run({"openssl", "s_client", "-connect", accept, "-CAfile", srv_crt, "-ign_eof"}, env_, "GET / HTTP/1.0\r\n\r\n");
+  EXPECT_EQ(r.out.find("HTTP/1.0 200 ok"), std::string::npos) << r.out;
+  kill(server, SIGTERM);
+  waitpid(server, nullptr, 0);
 }
 
 }  // namespace
