@@ -22,15 +22,6 @@
 namespace tpmkey::test {
 namespace {
 
-#define EXPECT_OK(r) EXPECT_EQ((r).exit_code, 0) << (r).out << (r).err
-#define EXPECT_FAILS_WITH(r, text)                                               \
-  do {                                                                           \
-    auto&& res_ = (r);                                                           \
-    EXPECT_NE(res_.exit_code, 0) << res_.out;                                    \
-    EXPECT_LT(res_.exit_code, 128) << "crashed: " << res_.err;                   \
-    EXPECT_NE(res_.err.find(text), std::string::npos) << "stderr: " << res_.err; \
-  } while (0)
-
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 constexpr const char* kPassword = "cert secret";

@@ -12,16 +12,6 @@
 namespace tpmkey::test {
 namespace {
 
-#define EXPECT_OK(r) EXPECT_EQ((r).exit_code, 0) << (r).out << (r).err
-#define ASSERT_OK(r) ASSERT_EQ((r).exit_code, 0) << (r).out << (r).err
-#define EXPECT_FAILS_WITH(r, text)                                                  \
-  do {                                                                              \
-    auto&& res_ = (r);                                                              \
-    EXPECT_NE(res_.exit_code, 0) << res_.out;                                       \
-    EXPECT_LT(res_.exit_code, 128) << "crashed: " << res_.err;                      \
-    EXPECT_NE(res_.err.find(text), std::string::npos) << "stderr: " << res_.err;    \
-  } while (0)
-
 class CliTest : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -11,6 +11,17 @@
 #include <openssl/evp.h>
 #include <openssl/types.h>
 
+// A command's result: it succeeded, or it failed cleanly (no crash) saying `text` on stderr.
+#define EXPECT_OK(r) EXPECT_EQ((r).exit_code, 0) << (r).out << (r).err
+#define ASSERT_OK(r) ASSERT_EQ((r).exit_code, 0) << (r).out << (r).err
+#define EXPECT_FAILS_WITH(r, text)                                               \
+  do {                                                                           \
+    auto&& res_ = (r);                                                           \
+    EXPECT_NE(res_.exit_code, 0) << res_.out;                                    \
+    EXPECT_LT(res_.exit_code, 128) << "crashed: " << res_.err;                   \
+    EXPECT_NE(res_.err.find(text), std::string::npos) << "stderr: " << res_.err; \
+  } while (0)
+
 namespace tpmkey::test {
 
 // A swtpm process on free loopback ports with a fresh state directory.
