@@ -548,11 +548,13 @@ TEST_F(CertTest, TlsClientAuthenticationWithAKeyFile) {
                  env, "GET / HTTP/1.0\r\n\r\n");
     EXPECT_NE(r.out.find("Verification: OK"), std::string::npos) << r.out << r.err;
     EXPECT_NE(r.out.find("HTTP/1.0 200 ok"), std::string::npos) << r.out << r.err;
+#ifndef TPMKEY_SANITIZED  // curl deadlocks at start with the sanitizer runtime preloaded
     r = run({"curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", srv_crt, "--cert", client_crt, "--key",
              key_file("ec256"), "--resolve", "localhost:" + std::to_string(port) + ":127.0.0.1",
              "https://localhost:" + std::to_string(port) + "/"},
             env);
     EXPECT_EQ(r.out, "200") << r.err;
+#endif
   }
   // Without the client key the server refuses the handshake: the check above is real.
   auto r = run({"openssl", "s_client", "-connect", accept, "-CAfile", srv_crt, "-ign_eof"}, env_, "GET / HTTP/1.0\r\n\r\n");

@@ -528,7 +528,7 @@ CommandResult run(const std::vector<std::string>& argv, const std::vector<std::s
     for (const auto& e : env) putenv(strdup(e.c_str()));
     // Sanitizer builds: uninstrumented programs (openssl) that load our instrumented provider
     // need the sanitizer runtime first; their own exit-time leaks are not ours to judge.
-    // Only openssl loads the provider; other tools (tpm2-tools) can deadlock with it preloaded.
+    // Only openssl gets it: other programs (tpm2-tools, curl) deadlock at start with it preloaded.
     const bool loads_provider = std::filesystem::path(argv[0]).filename() == "openssl";
     if (const char* rt = std::getenv("TPMKEY_SUBPROCESS_PRELOAD"); rt && *rt && loads_provider) {
       setenv("LD_PRELOAD", rt, 1);
