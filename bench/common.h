@@ -15,18 +15,15 @@
 #include <openssl/store.h>
 #include <tss2/tss2_esys.h>
 
+#include "keystore/ossl.h"
+
 namespace tpmkey::bench {
 
-template <typename T, void (*Free)(T*)>
-struct Deleter {
-  void operator()(T* p) const { Free(p); }
-};
-template <typename T, void (*Free)(T*)>
-using Ptr = std::unique_ptr<T, Deleter<T, Free>>;
-using LibCtxPtr = Ptr<OSSL_LIB_CTX, OSSL_LIB_CTX_free>;
-using PkeyPtr = Ptr<EVP_PKEY, EVP_PKEY_free>;
-using PkeyCtxPtr = Ptr<EVP_PKEY_CTX, EVP_PKEY_CTX_free>;
-using MdCtxPtr = Ptr<EVP_MD_CTX, EVP_MD_CTX_free>;
+// The core's unique_ptr aliases (keystore/ossl.h), under the names the benchmarks use.
+using tpmkey::LibCtxPtr;
+using PkeyPtr = tpmkey::EvpPkeyPtr;
+using PkeyCtxPtr = tpmkey::EvpPkeyCtxPtr;
+using MdCtxPtr = tpmkey::EvpMdCtxPtr;
 
 struct Options {
   std::string tcti;          // the swtpm, e.g. swtpm:host=127.0.0.1,port=N

@@ -16,6 +16,7 @@
 #include <benchmark/benchmark.h>
 
 #include "bench/common.h"
+#include "keystore/algorithm.h"
 
 namespace tpmkey::bench {
 namespace {
@@ -34,42 +35,12 @@ void check(TSS2_RC rc, const char* what) {
   }
 }
 
-TPM2B_PUBLIC primary_template() {
-  TPM2B_PUBLIC t{};
-  TPMT_PUBLIC& p = t.publicArea;
-  p.type = TPM2_ALG_ECC;
-  p.nameAlg = TPM2_ALG_SHA256;
-  p.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
-                       TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA | TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT;
-  p.parameters.eccDetail.symmetric.algorithm = TPM2_ALG_AES;
-  p.parameters.eccDetail.symmetric.keyBits.aes = 128;
-  p.parameters.eccDetail.symmetric.mode.aes = TPM2_ALG_CFB;
-  p.parameters.eccDetail.scheme.scheme = TPM2_ALG_NULL;
-  p.parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
-  p.parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
-  return t;
-}
-
-// An unrestricted signing key (scheme chosen per TPM2_Sign), like the ones tpmkey creates.
+// The same templates tpmkey itself uses: the standard storage primary and an unrestricted
+// signing key without a password (scheme chosen per TPM2_Sign).
 TPM2B_PUBLIC key_template(bool rsa) {
-  TPM2B_PUBLIC t{};
-  TPMT_PUBLIC& p = t.publicArea;
-  p.nameAlg = TPM2_ALG_SHA256;
-  p.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
-                       TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_SIGN_ENCRYPT | TPMA_OBJECT_NODA;
-  if (rsa) {
-    p.type = TPM2_ALG_RSA;
-    p.parameters.rsaDetail.symmetric.algorithm = TPM2_ALG_NULL;
-    p.parameters.rsaDetail.scheme.scheme = TPM2_ALG_NULL;
-    p.parameters.rsaDetail.keyBits = 2048;
-  } else {
-    p.type = TPM2_ALG_ECC;
-    p.parameters.eccDetail.symmetric.algorithm = TPM2_ALG_NULL;
-    p.parameters.eccDetail.scheme.scheme = TPM2_ALG_NULL;
-    p.parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
-    p.parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
-  }
-  return t;
+  KeyOptions opts;
+  opts.spec = find_algorithm(rsa ? "rsa2048" : "ec-p256");
+  return tpmkey::key_template(opts);
 }
 
 TPMT_SIG_SCHEME scheme_for(Alg a) {
@@ -85,7 +56,7 @@ class Loaded {
   Loaded(Esys& esys, Alg a, bool with_session) : esys_(esys) {
     ESYS_CONTEXT* ctx = esys.get();
     TPM2B_SENSITIVE_CREATE sensitive{};
-    TPM2B_PUBLIC tmpl = primary_template();
+    TPM2B_PUBLIC tmpl = srk_template();
     TPM2B_DATA outside{};
     TPML_PCR_SELECTION pcrs{};
     check(Esys_CreatePrimary(ctx, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive, &tmpl,
