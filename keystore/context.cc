@@ -43,7 +43,7 @@ Result<Crypto*> Context::crypto() {
 
 Result<Crypto*> Context::crypto_locked() {
   if (!crypto_) {
-    auto c = Crypto::create();
+    auto c = Crypto::create(crypto_where_);
     if (!c) return c.take_error();
     crypto_ = std::move(*c);
   }

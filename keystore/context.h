@@ -14,7 +14,10 @@ namespace tpmkey {
 
 class Context {
  public:
-  explicit Context(Settings s) : settings_(std::move(s)), keystore_(settings_.keystore) {}
+  // `crypto_where`: see Crypto (the provider passes kGlobalIfDefault when OpenSSL loaded it into
+  // the global library context).
+  explicit Context(Settings s, Crypto::Where crypto_where = Crypto::Where::kPrivate)
+      : settings_(std::move(s)), keystore_(settings_.keystore), crypto_where_(crypto_where) {}
   const Settings& settings() const { return settings_; }
   const Keystore& keystore() const { return keystore_; }
 
@@ -30,6 +33,7 @@ class Context {
 
   Settings settings_;
   Keystore keystore_;
+  Crypto::Where crypto_where_;
   std::mutex mu_;
   std::unique_ptr<Crypto> crypto_;  // declared first: the Tpm uses it until it is destroyed
   std::unique_ptr<Tpm> tpm_;

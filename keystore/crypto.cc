@@ -6,11 +6,19 @@
 
 namespace tpmkey {
 
-Result<std::unique_ptr<Crypto>> Crypto::create() {
+Result<std::unique_ptr<Crypto>> Crypto::create(Where where) {
   std::unique_ptr<Crypto> c(new Crypto);
-  c->libctx_.reset(OSSL_LIB_CTX_new());
-  if (c->libctx_) c->default_ = OSSL_PROVIDER_load(c->libctx_.get(), "default");
-  if (!c->default_) return make_error(Reason::kInternal, "cannot load OpenSSL's default provider");
+  if (where == Where::kGlobalIfDefault) {
+    ERR_set_mark();
+    EvpMdPtr probe(EVP_MD_fetch(nullptr, "SHA256", "provider=default"));
+    ERR_pop_to_mark();
+    if (!probe) where = Where::kPrivate;
+  }
+  if (where == Where::kPrivate) {
+    c->libctx_.reset(OSSL_LIB_CTX_new());
+    if (c->libctx_) c->default_ = OSSL_PROVIDER_load(c->libctx_.get(), "default");
+    if (!c->default_) return make_error(Reason::kInternal, "cannot load OpenSSL's default provider");
+  }
   auto fetch = [&](const char* name) {
     return EvpMdPtr(EVP_MD_fetch(c->libctx_.get(), name, "provider=default"));
   };

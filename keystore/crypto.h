@@ -1,5 +1,10 @@
-// Internal software crypto in a private OSSL_LIB_CTX that holds only the default provider,
-// so nothing tpmkey computes itself can recurse into tpmkey (design.md §2.5).
+// Internal software crypto, always fetched from OpenSSL's default provider by explicit property
+// ("provider=default"), so nothing tpmkey computes itself can recurse into tpmkey (design.md §2.5).
+// It lives in the process's global library context when tpmkey itself was loaded there and the
+// default provider is available in it: the algorithm tables OpenSSL builds on first fetch are then
+// built once per process instead of twice (docs/performance.md, one-shot processes). Otherwise
+// (tpmkey loaded into an application's own library context, a FIPS-only global context, the CLI)
+// it lives in a private library context that loads only the default provider.
 #pragma once
 
 #include <memory>
@@ -13,7 +18,9 @@ namespace tpmkey {
 
 class Crypto {
  public:
-  static Result<std::unique_ptr<Crypto>> create();
+  enum class Where { kPrivate, kGlobalIfDefault };
+  static Result<std::unique_ptr<Crypto>> create(Where where = Where::kPrivate);
+  // The library context to fetch from (with "provider=default"); nullptr is the global one.
   OSSL_LIB_CTX* libctx() const { return libctx_.get(); }
   // Digests are fetched once; nullptr for an algorithm tpmkey does not hash with.
   const EVP_MD* md(TPM2_ALG_ID alg) const;

@@ -144,28 +144,29 @@ void Tpm::close_transport() {
 }
 
 Result<std::unique_ptr<Tpm>> Tpm::connect(TpmOptions opts, const Crypto& crypto) {
-  const std::string what = "connect(" + (opts.tcti.empty() ? std::string("default TCTI") : opts.tcti) + ")";
   std::unique_ptr<Tpm> t(new Tpm(std::move(opts), crypto));
   TPMKEY_TRY(t->open_transport());
   t->pid_ = getpid();
+  register_live(t.get());
+  return t;
+}
 
+void Tpm::read_limits() {
+  if (limits_read_) return;
+  limits_read_ = true;
   TPMS_CAPABILITY_DATA cap{};
   TPMI_YES_NO more = 0;
   // TRANSIENT_MIN, PERSISTENT_MIN and LOADED_MIN are consecutive: one command reads the limits.
-  TSS2_RC rc = Tss2_Sys_GetCapability(t->sys_, nullptr, TPM2_CAP_TPM_PROPERTIES, TPM2_PT_HR_TRANSIENT_MIN, 3, &more,
-                                      &cap, nullptr);
-  if (rc != TSS2_RC_SUCCESS) {
-    Error e = tss_error(what, rc);
-    if ((rc & TSS2_RC_LAYER_MASK) != TSS2_TPM_RC_LAYER) e.reason = Reason::kTpmUnreachable;
-    return e;
-  }
+  TSS2_RC rc = resend([&] {
+    return Tss2_Sys_GetCapability(sys_, nullptr, TPM2_CAP_TPM_PROPERTIES, TPM2_PT_HR_TRANSIENT_MIN, 3, &more, &cap,
+                                  nullptr);
+  });
+  if (rc != TSS2_RC_SUCCESS) return;  // keep the defaults; the command that needs a slot reports
   for (uint32_t i = 0; i < cap.data.tpmProperties.count; ++i) {
     const TPMS_TAGGED_PROPERTY& p = cap.data.tpmProperties.tpmProperty[i];
-    if (p.property == TPM2_PT_HR_TRANSIENT_MIN) t->transient_limit_ = p.value;
-    if (p.property == TPM2_PT_HR_LOADED_MIN) t->session_limit_ = p.value;
+    if (p.property == TPM2_PT_HR_TRANSIENT_MIN) transient_limit_ = p.value;
+    if (p.property == TPM2_PT_HR_LOADED_MIN) session_limit_ = p.value;
   }
-  register_live(t.get());
-  return t;
 }
 
 Tpm::~Tpm() {
@@ -260,8 +261,10 @@ Status Tpm::start_session(Session& s, const Entry* salt_key) {
   });
   if (rc != TSS2_RC_SUCCESS) {
     Error e = tss_error(salt_key ? "start a salted session" : "start a session", rc);
-    if (tpm_code(rc) == TPM2_RC_SESSION_MEMORY || tpm_code(rc) == TPM2_RC_SESSION_HANDLES)
+    if (tpm_code(rc) == TPM2_RC_SESSION_MEMORY || tpm_code(rc) == TPM2_RC_SESSION_HANDLES) {
+      read_limits();
       e.detail = "the TPM's session slots (" + std::to_string(session_limit_) + ") are held by other programs: " + e.detail;
+    }
     return e;
   }
   s.begin(crypto_, handle, salt, nonce_tpm);
@@ -404,11 +407,13 @@ Result<Tpm::Entry*> Tpm::parent(uint32_t handle) {
   return &e;
 }
 
-Error Tpm::slot_error(const std::string& what, TSS2_RC rc) const {
+Error Tpm::slot_error(const std::string& what, TSS2_RC rc) {
   Error e = tss_error(what, rc);
   // with_slot already evicted everything of ours it could.
-  if (is_object_memory(rc))
+  if (is_object_memory(rc)) {
+    read_limits();
     e.detail = "the TPM's object slots (" + std::to_string(transient_limit_) + ") are held by other programs: " + e.detail;
+  }
   return e;
 }
 
@@ -446,6 +451,9 @@ bool Tpm::evict_one(ObjectId pinned_a, ObjectId pinned_b) {
 
 template <typename Fn>
 TSS2_RC Tpm::with_slot(ObjectId pinned_a, ObjectId pinned_b, Fn&& fn) {
+  // The limits only matter once there is something of ours to evict: a process that holds one
+  // key never asks.
+  if (loaded_transients() > 0) read_limits();
   while (loaded_transients() >= transient_limit_ && evict_one(pinned_a, pinned_b)) {
   }
   for (;;) {
@@ -674,6 +682,7 @@ bool Tpm::recover(TSS2_RC rc, bool empty_auth) {
     // The connection broke (TPM or simulator restarted): whatever we had there is gone.
     objects_.clear();
     session_.end();
+    srk_probed_ = false;  // look for the persistent SRK again
     close_transport();
     return open_transport().ok();
   }

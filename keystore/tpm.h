@@ -48,7 +48,7 @@ struct TpmOptions {
 
 class Tpm {
  public:
-  // Connects and reads the TPM's slot limits. `crypto` must outlive the Tpm.
+  // Connects (no TPM command is sent yet). `crypto` must outlive the Tpm.
   static Result<std::unique_ptr<Tpm>> connect(TpmOptions opts, const Crypto& crypto);
   ~Tpm();
   Tpm(const Tpm&) = delete;
@@ -152,7 +152,9 @@ class Tpm {
   bool test_parms(const KeyOptions& opts);
   size_t loaded_transients() const;
   // The error for a failed command that needed an object slot.
-  Error slot_error(const std::string& what, TSS2_RC rc) const;
+  Error slot_error(const std::string& what, TSS2_RC rc);
+  // Reads TRANSIENT_MIN and LOADED_MIN once, when first needed (keeps the defaults on failure).
+  void read_limits();
   void flush(Entry& e);
 
   TpmOptions opts_;
@@ -164,6 +166,7 @@ class Tpm {
   pid_t pid_ = 0;
   uint32_t transient_limit_ = 3;  // TPM2_PT_HR_TRANSIENT_MIN
   uint32_t session_limit_ = 3;    // TPM2_PT_HR_LOADED_MIN (tpmkey keeps one session loaded)
+  bool limits_read_ = false;
   uint64_t clock_ = 0;
   bool srk_probed_ = false;  // looked for a persistent SRK at kSrkHandle
   TSS2_RC last_test_parms_rc_ = TSS2_RC_SUCCESS;

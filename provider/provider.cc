@@ -154,9 +154,11 @@ extern "C" __attribute__((visibility("default"))) int OSSL_provider_init(const O
     auto ctx = std::make_unique<ProviderCtx>();
     ctx->handle = handle;
     OSSL_FUNC_core_get_params_fn* get_params = nullptr;
+    OSSL_FUNC_core_get_libctx_fn* get_libctx = nullptr;
     for (; in->function_id != 0; ++in) {
       switch (in->function_id) {
         case OSSL_FUNC_CORE_GET_PARAMS: get_params = OSSL_FUNC_core_get_params(in); break;
+        case OSSL_FUNC_CORE_GET_LIBCTX: get_libctx = OSSL_FUNC_core_get_libctx(in); break;
         case OSSL_FUNC_CORE_NEW_ERROR: ctx->new_error = OSSL_FUNC_core_new_error(in); break;
         case OSSL_FUNC_CORE_SET_ERROR_DEBUG: ctx->set_error_debug = OSSL_FUNC_core_set_error_debug(in); break;
         case OSSL_FUNC_CORE_VSET_ERROR: ctx->vset_error = OSSL_FUNC_core_vset_error(in); break;
@@ -169,7 +171,12 @@ extern "C" __attribute__((visibility("default"))) int OSSL_provider_init(const O
     auto settings = tpmkey::resolve_settings(config_value(get_params, handle, "tcti"),
                                              config_value(get_params, handle, "keystore"),
                                              config_value(get_params, handle, "authorization"));
-    ctx->core = std::make_unique<tpmkey::Context>(std::move(settings));
+    // Only compared, never used as a library context (its type is opaque to providers); OpenSSL
+    // may also record the global context as nullptr.
+    const void* core_ctx = get_libctx ? static_cast<const void*>(get_libctx(handle)) : &kProviderDispatch;
+    const bool in_global = core_ctx == nullptr || core_ctx == OSSL_LIB_CTX_get0_global_default();
+    ctx->core = std::make_unique<tpmkey::Context>(
+        std::move(settings), in_global ? tpmkey::Crypto::Where::kGlobalIfDefault : tpmkey::Crypto::Where::kPrivate);
     *out = kProviderDispatch;
     *provctx = ctx.release();
     return 1;

@@ -188,6 +188,44 @@ TEST_F(CliTest, OpensslPkeyutlSignsWithEveryAlgorithmInBothOrders) {
   }
 }
 
+// One openssl process, one signature: what a script pays. With the SRK persistent (`tpmkey init`)
+// the process sends ReadPublic (the SRK's name against the pin), StartAuthSession (salted to it),
+// Load and Sign, and at exit flushes the key and the session: nothing else, not even the slot
+// limits (nothing of its own to evict).
+TEST_F(CliTest, OneShotProcessSendsTheFewestCommands) {
+  EXPECT_OK(tpmkey({"init"}));
+  EXPECT_OK(tpmkey({"create", "k"}));
+  write_file(dir_ + "/k.pub", tpmkey({"pubkey", "k"}).out);
+  {
+    BusProxy bus(shared_swtpm().port());
+    std::vector<std::string> env = env_;
+    env[2] = "OPENSSL_CONF=" + write_openssl_cnf(dir_, true, bus.tcti(), keystore_);
+    EXPECT_OK(run({"openssl", "pkeyutl", "-sign", "-inkey", "tpm2:k", "-rawin", "-digest", "sha256", "-in",
+                   dir_ + "/msg", "-out", dir_ + "/sig"},
+                  env));
+    const std::vector<uint32_t> expected = {TPM2_CC_ReadPublic, TPM2_CC_StartAuthSession, TPM2_CC_Load,
+                                            TPM2_CC_Sign,       TPM2_CC_FlushContext,     TPM2_CC_FlushContext};
+    EXPECT_EQ(bus.command_codes(), expected);
+  }
+  auto v = plain_openssl({"pkeyutl", "-verify", "-pubin", "-inkey", dir_ + "/k.pub", "-rawin", "-digest", "sha256",
+                          "-in", dir_ + "/msg", "-sigfile", dir_ + "/sig"});
+  EXPECT_NE(v.out.find("Signature Verified Successfully"), std::string::npos) << v.out << v.err;
+  EXPECT_OK(run({"tpm2_evictcontrol", "-T", tcti_, "-C", "o", "-c", "0x81000001"}, {"TSS2_LOG=all+none"}));
+}
+
+#ifndef TPMKEY_SANITIZED
+// Every program that activates tpmkey loads the module, TPM key or not: it must not bring a shared
+// libstdc++, whose binding alone costs the dynamic loader ~2 ms per process (docs/architecture.md).
+// (The sanitizer build links it dynamically.)
+TEST_F(CliTest, ModuleDoesNotLoadASharedLibstdcxx) {
+  auto r = run({"readelf", "-d", provider_dir() + "/tpmkey.so"});
+  EXPECT_OK(r);
+  EXPECT_NE(r.out.find("[libcrypto.so.3]"), std::string::npos) << r.out;  // the dependencies are listed
+  EXPECT_EQ(r.out.find("libstdc++"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("libgcc_s"), std::string::npos) << r.out;
+}
+#endif
+
 TEST_F(CliTest, OpensslConfigFileAndPrehashedSign) {
   EXPECT_OK(tpmkey({"create", "k"}));
   std::string cnf = write_openssl_cnf(dir_, false, tcti_, keystore_);

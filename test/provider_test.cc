@@ -184,9 +184,9 @@ TEST_P(ProviderTest, ParentIsCreatedOncePerProcess) {
   ASSERT_TRUE(a && b);
   EXPECT_EQ(tpm_commands(lib_), 0u);  // loading from the store does not touch the TPM
   ASSERT_FALSE(digest_sign(lib_, a.get(), "x", {}).empty());
-  // GetCapability; StartAuthSession (unsalted), CreatePrimary, FlushContext (the SRK, no persistent
-  // one was provisioned: its name matches the pin recorded on first use); StartAuthSession (salted
-  // to the SRK); Load; Sign.
+  // StartAuthSession (unsalted), CreatePrimary, FlushContext (the SRK, no persistent one was
+  // provisioned: its name matches the pin recorded on first use); StartAuthSession (salted to the
+  // SRK); GetCapability (the slot limits, read once tpmkey holds an object: here the SRK); Load; Sign.
   EXPECT_EQ(tpm_commands(lib_), 7u);
   ASSERT_FALSE(digest_sign(lib_, b.get(), "x", {}).empty());
   EXPECT_EQ(tpm_commands(lib_), 9u);  // Load, Sign: the parent and the session are reused

@@ -329,6 +329,24 @@ std::string BusProxy::sent() const {
   return impl_->sent;
 }
 
+std::vector<uint32_t> BusProxy::command_codes() const {
+  const std::string s = sent();
+  auto be32 = [&](size_t at) {
+    uint32_t v = 0;
+    for (size_t i = 0; i < 4; ++i) v = v << 8 | uint8_t(s[at + i]);
+    return v;
+  };
+  std::vector<uint32_t> codes;
+  // Each command: tag (2 bytes), size (4, the whole command), command code (4), ...
+  for (size_t at = 0; at + 10 <= s.size();) {
+    const uint32_t size = be32(at + 2);
+    if (size < 10) break;
+    codes.push_back(be32(at + 6));
+    at += size;
+  }
+  return codes;
+}
+
 void BusProxy::clear() {
   std::lock_guard l(impl_->mu);
   impl_->sent.clear();

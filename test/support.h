@@ -58,6 +58,8 @@ class BusProxy {
   // Every command byte the TPM was sent so far, and whether `needle` is among them.
   std::string sent() const;
   bool saw(const std::string& needle) const { return sent().find(needle) != std::string::npos; }
+  // The command codes of those commands, in order.
+  std::vector<uint32_t> command_codes() const;
   void clear();
   // Flips one byte in the parameters of the next response to a command with this code.
   void corrupt_next_response(uint32_t command_code);
