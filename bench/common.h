@@ -31,9 +31,10 @@ struct Options {
   std::string keystore;      // tpmkey keystore (holds bench-ec.pem, bench-rsa.pem)
   std::string provider_dir;  // directory of tpmkey.so
   std::string counting_tcti_module;  // libtpmkey-bench-tcti.so
+  std::string tss_floor;             // the tpmkey_tss_floor program
   double min_time = 0.3;     // seconds per repetition of an in-process benchmark
   int cold_iterations = 15;  // per repetition
-  int process_iterations = 10;
+  int process_iterations = 20;
   int repetitions = 5;       // the summary reports the median
 };
 const Options& options();

@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   Options o;
   o.provider_dir = TPMKEY_BENCH_PROVIDER_DIR;
   o.counting_tcti_module = TPMKEY_BENCH_COUNTING_TCTI;
+  o.tss_floor = TPMKEY_BENCH_TSS_FLOOR;
   std::string table_out, v;
   // Repetitions of different benchmarks run interleaved in random order, so a burst of load from
   // elsewhere on the machine spreads over all rows instead of skewing one ratio. Overridable.

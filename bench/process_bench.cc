@@ -1,15 +1,18 @@
-// One-shot whole-process signing: `openssl pkeyutl -sign -rawin -digest sha256` (fork/exec and
-// wait, per iteration) with a software key, a tpmkey key and a tpm2-openssl key. This is what a
-// script or a short-lived tool pays: process start, provider load, TPM connection, parent, key
-// load, one signature, teardown.
-//   pkeyutl-software/ALG, pkeyutl-tpmkey/ALG, pkeyutl-tpm2-openssl/ALG   (ALG: ecdsa-p256, rsa2048-pkcs1)
-// The timed runs use the plain swtpm TCTI. One more run after the timed loop goes through the
-// counting TCTI (commands per process, written by the module at exit) and its signature is verified.
+// One-shot whole-process signing: `openssl pkeyutl -sign -rawin -digest sha256` (posix_spawn and
+// wait) with a software key, a tpmkey key and a tpm2-openssl key, side by side in each iteration.
+// This is what a script or a short-lived tool pays: process start, provider load, TPM connection,
+// parent, key load, one signature, teardown.
+//   pkeyutl/ALG (ALG: ecdsa-p256, rsa2048-pkcs1), counters <kind>_ms and <kind>_cmds
+//   tss-floor   what tpm2-tss and the transport alone cost a process (tss_floor.cc)
+// The timed runs use the plain swtpm TCTI. One more run per kind after the timed loop goes through
+// the counting TCTI (commands per process, written by the module at exit); its signature is verified.
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -137,31 +140,13 @@ PkeyPtr public_key(Kind k, Alg a) {
   return key;
 }
 
-void process_sign(benchmark::State& state, Kind k, Alg a) {
-  const std::string name = std::string("pkeyutl-") + kind_name(k) + "/" + alg_name(a);
+// One kind's untimed check after the timed loop: a run through the counting TCTI (TPM commands
+// per process, written by the module at exit) whose signature is verified. Returns the count
+// (0 for the software key), or -1 after recording a problem.
+double counted_run(Kind k, Alg a) {
   const std::string tag = std::string(kind_name(k)) + "-" + alg_name(a);
   const std::string log = options().workdir + "/pkeyutl-" + tag + ".log";
   const std::string sig_file = options().workdir + "/pkeyutl-" + tag + ".sig";
-  const Command timed = pkeyutl(k, a, options().tcti, "/dev/null");
-  int64_t failures = 0;
-  for (auto _ : state) {
-    int status = run(timed, log);
-    if (status != 0) {
-      ++failures;
-      std::string msg = name + ": exit status " + std::to_string(status) + ": " + read_all(log);
-      record_problem(msg);
-      state.SkipWithError(msg.c_str());
-      break;
-    }
-  }
-  state.SetItemsProcessed(state.iterations());
-  state.counters["failures"] = double(failures);
-  if (failures) {
-    check_tpm_clean(name);
-    return;
-  }
-
-  // Untimed: one counted run whose signature is verified.
   const std::string count_file = options().workdir + "/pkeyutl-" + tag + ".count";
   std::remove(count_file.c_str());
   Command counted = pkeyutl(k, a, counting_tcti(), sig_file);
@@ -171,32 +156,111 @@ void process_sign(benchmark::State& state, Kind k, Alg a) {
   const std::vector<unsigned char> sig(s.begin(), s.end());
   PkeyPtr pub = public_key(k, a);
   if (status != 0 || !pub || !verify(pub.get(), a, sig)) {
-    record_problem(name + ": the counted run's signature " + (status ? "failed: " + read_all(log) : "does not verify"));
-    state.counters["failures"] = 1;
+    record_problem("pkeyutl-" + tag + ": the counted run's signature " +
+                   (status ? "failed: " + read_all(log) : "does not verify"));
+    return -1;
   }
-  if (k != Kind::kSoftware) {
-    uint64_t total = 0;
-    std::istringstream in(read_all(count_file));
-    for (uint64_t n; in >> n;) total += n;
-    state.counters["tpm_cmds/op"] = double(total);
-  } else {
-    state.counters["tpm_cmds/op"] = 0;
+  uint64_t total = 0;
+  std::istringstream in(read_all(count_file));
+  for (uint64_t n; in >> n;) total += n;
+  return double(total);
+}
+
+// An iteration runs the software key, tpmkey and tpm2-openssl processes back to back, in an order
+// that rotates, so the three see the same machine: on a shared machine the speed of everything
+// drifts by 10-30% within minutes, and only times taken side by side give steady ratios. The
+// iteration time is the sum; each kind's mean time per process is a counter (<kind>_ms), as are
+// its TPM commands per process (<kind>_cmds).
+void process_sign(benchmark::State& state, Alg a) {
+  constexpr Kind kKinds[] = {Kind::kSoftware, Kind::kTpmkey, Kind::kTpm2Openssl};
+  constexpr int kN = 3;
+  Command timed[kN];
+  std::string logs[kN];
+  double total_ms[kN] = {};
+  for (int i = 0; i < kN; ++i) {
+    timed[i] = pkeyutl(kKinds[i], a, options().tcti, "/dev/null");
+    logs[i] = options().workdir + "/pkeyutl-" + kind_name(kKinds[i]) + "-" + alg_name(a) + ".log";
   }
-  check_tpm_clean(name);
+  int64_t failures = 0, n = 0;
+  for (auto _ : state) {
+    double iteration_ms = 0;
+    for (int j = 0; j < kN && !failures; ++j) {
+      const int i = int((n + j) % kN);
+      const auto t0 = std::chrono::steady_clock::now();
+      const int status = run(timed[i], logs[i]);
+      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      if (status != 0) {
+        ++failures;
+        std::string msg = std::string("pkeyutl-") + kind_name(kKinds[i]) + "/" + alg_name(a) + ": exit status " +
+                          std::to_string(status) + ": " + read_all(logs[i]);
+        record_problem(msg);
+        state.SkipWithError(msg.c_str());
+      }
+      total_ms[i] += ms;
+      iteration_ms += ms;
+    }
+    if (failures) break;
+    ++n;
+    state.SetIterationTime(iteration_ms / 1000.0);
+  }
+  state.SetItemsProcessed(state.iterations());
+  for (int i = 0; i < kN; ++i) state.counters[std::string(kind_name(kKinds[i])) + "_ms"] = n ? total_ms[i] / double(n) : 0;
+  if (!failures) {
+    for (Kind k : kKinds) {
+      const double cmds = counted_run(k, a);
+      if (cmds < 0) ++failures;
+      state.counters[std::string(kind_name(k)) + "_cmds"] = cmds;
+    }
+  }
+  state.counters["failures"] = double(failures);
+  check_tpm_clean(std::string("pkeyutl/") + alg_name(a));
+}
+
+// The floor under any one-shot TPM process here (bench/tss_floor.cc): the tss2 libraries, the
+// TCTI and the round trips of the 6 commands a tpmkey process sends, without OpenSSL, without a
+// provider and without TPM crypto. The iteration time is that sum; the steps are counters.
+void tss_floor(benchmark::State& state) {
+  const std::string log = options().workdir + "/tss-floor.log";
+  Command c;
+  c.argv = {options().tss_floor, options().tcti};
+  double libraries = 0, tcti = 0, command = 0;
+  for (auto _ : state) {
+    double l = 0, t = 0, r = 0;
+    int status = run(c, log);
+    if (status != 0 || std::sscanf(read_all(log).c_str(), "%lf %lf %lf", &l, &t, &r) != 3) {
+      std::string msg = "tss-floor: exit status " + std::to_string(status) + ": " + read_all(log);
+      record_problem(msg);
+      state.SkipWithError(msg.c_str());
+      break;
+    }
+    libraries += l;
+    tcti += t;
+    command += r;
+    state.SetIterationTime((l + t + 6 * r) / 1000.0);
+  }
+  const double n = double(std::max<int64_t>(state.iterations(), 1));
+  state.SetItemsProcessed(state.iterations());
+  state.counters["libraries_ms"] = libraries / n;
+  state.counters["tcti_ms"] = tcti / n;
+  state.counters["command_ms"] = command / n;
+  check_tpm_clean("tss-floor");
 }
 
 }  // namespace
 
 void register_processes() {
+  benchmark::RegisterBenchmark("tss-floor", tss_floor)
+      ->UseManualTime()
+      ->Iterations(options().process_iterations)
+      ->Repetitions(options().repetitions)
+      ->Unit(benchmark::kMillisecond);
   for (Alg a : {Alg::kEcdsaP256, Alg::kRsaPkcs1}) {
-    for (Kind k : {Kind::kSoftware, Kind::kTpmkey, Kind::kTpm2Openssl}) {
-      std::string name = std::string("pkeyutl-") + kind_name(k) + "/" + alg_name(a);
-      benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) { process_sign(s, k, a); })
-          ->UseRealTime()
-          ->Iterations(options().process_iterations)
-          ->Repetitions(options().repetitions)
-          ->Unit(benchmark::kMillisecond);
-    }
+    std::string name = std::string("pkeyutl/") + alg_name(a);
+    benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) { process_sign(s, a); })
+        ->UseManualTime()
+        ->Iterations(options().process_iterations)
+        ->Repetitions(options().repetitions)
+        ->Unit(benchmark::kMillisecond);
   }
 }
 

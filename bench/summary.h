@@ -18,6 +18,8 @@ struct RunResult {
   double tpm_cmds = -1;     // per signature / per process; -1: not measured
   double failures = 0;       // summed over repetitions (and threads)
   double cv = -1;            // coefficient of variation of per_second over the repetitions; -1: none
+  std::map<std::string, double> counters;     // every counter of the median (e.g. pkeyutl's <kind>_ms)
+  std::map<std::string, double> counter_cvs;  // and its coefficient of variation over the repetitions
   int64_t iterations = 0;
   bool error = false;
   std::string error_message;
