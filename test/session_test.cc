@@ -163,15 +163,22 @@ TEST_F(SessionTest, InitMakesTheSrkPersistent) {
   EXPECT_EQ((*pin)->handle, 0x81000001u);
   OSSL_LIB_CTX* l = lib(tcti_);
   make_key(l, "k");
+  make_key(l, "k2");
   release(l);
   OSSL_LIB_CTX* cold = lib(tcti_);
-  PkeyPtr k = load_key(cold, "tpm2:k");
-  ASSERT_TRUE(k);
+  PkeyPtr k = load_key(cold, "tpm2:k"), k2 = load_key(cold, "tpm2:k2");
+  ASSERT_TRUE(k && k2);
   ASSERT_FALSE(digest_sign(cold, k.get(), "m", {}).empty()) << drain_errors();
   // ReadPublic(0x81000001) (its name is compared with the pin), StartAuthSession (salted to it),
   // Load, Sign. The slot limits are not read: a process holding one key has nothing to evict.
   EXPECT_EQ(tpm_commands(cold), 4u);
+  // A second key: now there is something to evict, so GetCapability (once), Load, Sign.
+  ASSERT_FALSE(digest_sign(cold, k2.get(), "m", {}).empty()) << drain_errors();
+  EXPECT_EQ(tpm_commands(cold), 7u);
+  ASSERT_FALSE(digest_sign(cold, k.get(), "m", {}).empty()) << drain_errors();
+  EXPECT_EQ(tpm_commands(cold), 8u);
   k.reset();
+  k2.reset();
   release(cold);
   evict_persistent_srk();
 }
