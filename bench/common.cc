@@ -17,6 +17,8 @@
 #include <tss2/tss2_sys.h>
 #include <tss2/tss2_tctildr.h>
 
+#include "provider/tpm_commands.h"
+
 namespace tpmkey::bench {
 namespace {
 
@@ -148,12 +150,8 @@ LibCtxPtr tpm2_openssl_libctx() {
 }
 
 uint64_t tpmkey_commands(OSSL_LIB_CTX* libctx) {
-  OSSL_PROVIDER* prov = OSSL_PROVIDER_load(libctx, "tpmkey");
   uint64_t n = 0;
-  OSSL_PARAM params[] = {OSSL_PARAM_uint64("tpmkey-tpm-commands", &n), OSSL_PARAM_END};
-  bool ok = prov && OSSL_PROVIDER_get_params(prov, params);
-  if (prov) OSSL_PROVIDER_unload(prov);
-  if (!ok) throw std::runtime_error("cannot read tpmkey-tpm-commands: " + ossl_errors());
+  if (!read_tpm_commands(libctx, &n)) throw std::runtime_error("cannot read tpmkey-tpm-commands: " + ossl_errors());
   return n;
 }
 

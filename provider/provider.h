@@ -10,14 +10,12 @@
 
 #include "keystore/context.h"
 #include "keystore/key.h"
+#include "provider/tpm_commands.h"
 
 namespace tpmkey::provider {
 
 inline constexpr const char* kProviderName = "tpmkey";
 inline constexpr const char* kProperties = "provider=tpmkey";
-// Provider parameter (uint64): TPM commands this provider instance has sent. For tests and
-// benchmarks; 0 before the first connection.
-inline constexpr const char* kParamTpmCommands = "tpmkey-tpm-commands";
 
 struct ProviderCtx {
   const OSSL_CORE_HANDLE* handle = nullptr;

@@ -33,6 +33,8 @@
 #include <tss2/tss2_esys.h>
 #include <tss2/tss2_tctildr.h>
 
+#include "provider/tpm_commands.h"
+
 namespace tpmkey::test {
 namespace {
 
@@ -592,12 +594,8 @@ OSSL_LIB_CTX* new_configured_libctx(const std::string& cnf) {
 }
 
 uint64_t tpm_commands(OSSL_LIB_CTX* libctx) {
-  OSSL_PROVIDER* prov = OSSL_PROVIDER_load(libctx, "tpmkey");
   uint64_t n = 0;
-  OSSL_PARAM params[] = {OSSL_PARAM_uint64("tpmkey-tpm-commands", &n), OSSL_PARAM_END};
-  bool ok = prov && OSSL_PROVIDER_get_params(prov, params);
-  if (prov) OSSL_PROVIDER_unload(prov);
-  if (!ok) throw std::runtime_error("cannot read the TPM command counter");
+  if (!read_tpm_commands(libctx, &n)) throw std::runtime_error("cannot read the TPM command counter");
   return n;
 }
 
