@@ -177,8 +177,8 @@ std::string summary_markdown(const std::map<std::string, RunResult>& r, const st
     << "What any provider built on tpm2-tss pays in a new process before its own code and before any TPM crypto "
        "(`bench/tss_floor.cc`, a process per iteration, median):\n\n"
     << "| Step | ms |\n| --- | ---: |\n"
-    << "| load libtss2-mu, -sys, -rc, -tctildr | " << step("libraries_ms") << " |\n"
-    << "| initialize the TCTI | " << step("tcti_ms") << " |\n"
+    << "| load libtss2-mu and libtss2-sys | " << step("libraries_ms") << " |\n"
+    << "| load the TCTI module and initialize it | " << step("tcti_ms") << " |\n"
     << "| one TPM command round trip (TPM2_ReadPublic); tpmkey's one-shot process sends 6 | " << step("command_ms")
     << " |\n"
     << "| **sum** (libraries + TCTI + 6 round trips) | "

@@ -1,7 +1,8 @@
 // tpmkey_tss_floor TCTI: what any provider built on tpm2-tss pays in a new process before its own
 // code or any TPM crypto runs (bench/process_bench.cc, row tss-floor). Prints three times in ms:
-//   libraries  dlopen of libtss2-mu, -sys, -rc and -tctildr (what a provider links)
-//   tcti       Tss2_TctiLdr_Initialize(TCTI) (for swtpm: its module, a probe, the locality)
+//   libraries  dlopen of libtss2-mu and libtss2-sys (what a provider must link)
+//   tcti       loading the TCTI module TCTI ("NAME:CONFIG") names and initializing it (for swtpm:
+//              its module, a probe connection, the locality set over the control channel)
 //   command    one TPM command round trip (TPM2_ReadPublic of 0x81000001, median of 7)
 // Exit status 1 on any failure.
 #include <dlfcn.h>
@@ -10,10 +11,11 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include <tss2/tss2_sys.h>
-#include <tss2/tss2_tctildr.h>
+#include <tss2/tss2_tcti.h>
 
 namespace {
 
@@ -34,7 +36,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   auto t = std::chrono::steady_clock::now();
-  for (const char* lib : {"libtss2-mu.so.0", "libtss2-sys.so.1", "libtss2-rc.so.0", "libtss2-tctildr.so.0"}) {
+  for (const char* lib : {"libtss2-mu.so.0", "libtss2-sys.so.1"}) {
     if (!dlopen(lib, RTLD_NOW | RTLD_GLOBAL)) {
       std::fprintf(stderr, "%s\n", dlerror());
       return 1;
@@ -42,15 +44,22 @@ int main(int argc, char** argv) {
   }
   const double libraries = ms_since(t);
 
-  auto* init = symbol<decltype(Tss2_TctiLdr_Initialize)>("Tss2_TctiLdr_Initialize");
-  auto* finalize = symbol<decltype(Tss2_TctiLdr_Finalize)>("Tss2_TctiLdr_Finalize");
   auto* size = symbol<decltype(Tss2_Sys_GetContextSize)>("Tss2_Sys_GetContextSize");
   auto* sys_init = symbol<decltype(Tss2_Sys_Initialize)>("Tss2_Sys_Initialize");
   auto* read_public = symbol<decltype(Tss2_Sys_ReadPublic)>("Tss2_Sys_ReadPublic");
-  if (!init || !finalize || !size || !sys_init || !read_public) return 1;
-  TSS2_TCTI_CONTEXT* tcti = nullptr;
+  if (!size || !sys_init || !read_public) return 1;
+  const std::string spec = argv[1];
+  const size_t colon = spec.find(':');
+  const std::string module = "libtss2-tcti-" + spec.substr(0, colon) + ".so.0";
+  const char* config = colon == std::string::npos ? nullptr : argv[1] + colon + 1;
   t = std::chrono::steady_clock::now();
-  if (init(argv[1], &tcti) != TSS2_RC_SUCCESS) return 1;
+  void* lib = dlopen(module.c_str(), RTLD_NOW | RTLD_LOCAL);
+  auto* info = lib ? reinterpret_cast<TSS2_TCTI_INFO_FUNC>(dlsym(lib, TSS2_TCTI_INFO_SYMBOL)) : nullptr;
+  size_t tcti_size = 0;
+  if (!info || info()->init(nullptr, &tcti_size, config) != TSS2_RC_SUCCESS) return 1;
+  std::vector<unsigned char> tcti_mem(tcti_size);
+  auto* tcti = reinterpret_cast<TSS2_TCTI_CONTEXT*>(tcti_mem.data());
+  if (info()->init(tcti, &tcti_size, config) != TSS2_RC_SUCCESS) return 1;
   const double tcti_ms = ms_since(t);
 
   std::vector<unsigned char> ctx(size(0));
@@ -66,7 +75,7 @@ int main(int argc, char** argv) {
     rt.push_back(ms_since(t));
   }
   std::sort(rt.begin(), rt.end());
-  finalize(&tcti);
+  Tss2_Tcti_Finalize(tcti);
   std::printf("%.4f %.4f %.4f\n", libraries, tcti_ms, rt[rt.size() / 2]);
   return 0;
 }

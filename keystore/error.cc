@@ -1,5 +1,7 @@
 #include "keystore/error.h"
 
+#include <dlfcn.h>
+
 #include <cstdio>
 
 #include <tss2/tss2_rc.h>
@@ -97,9 +99,14 @@ Reason classify_rc(TSS2_RC rc) {
 }
 
 std::string describe_rc(TSS2_RC rc) {
+  // libtss2-rc is loaded on the first error, not by every process that loads tpmkey.
+  static const auto decode = [] {
+    void* lib = dlopen("libtss2-rc.so.0", RTLD_NOW | RTLD_LOCAL);
+    return lib ? reinterpret_cast<decltype(&Tss2_RC_Decode)>(dlsym(lib, "Tss2_RC_Decode")) : nullptr;
+  }();
   char buf[32];
   std::snprintf(buf, sizeof buf, " (rc=0x%08x)", rc);
-  return std::string(Tss2_RC_Decode(rc)) + buf;
+  return std::string(decode ? decode(rc) : "TSS2 error") + buf;
 }
 
 Error tss_error(const std::string& what, TSS2_RC rc) {

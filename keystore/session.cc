@@ -134,10 +134,18 @@ Result<Salt> make_salt(const Crypto& c, const TPMT_PUBLIC& key) {
   if (!curve || !seed_bits) return make_error(Reason::kUnsupported, "the salt key is not a supported ECC key").context(what);
   auto peer = public_pkey(key, c.libctx());
   if (!peer) return peer.take_error().context(what);
-  EvpPkeyPtr eph(EVP_PKEY_Q_keygen(c.libctx(), "provider=default", "EC", curve->group));
-  EvpPkeyCtxPtr dctx(eph ? EVP_PKEY_CTX_new_from_pkey(c.libctx(), eph.get(), "provider=default") : nullptr);
+  // The ephemeral key takes its group from the peer rather than from the curve's name.
+  EvpPkeyCtxPtr gctx(EVP_PKEY_CTX_new_from_pkey(c.libctx(), peer->get(), "provider=default"));
+  EVP_PKEY* generated = nullptr;
+  if (!gctx || EVP_PKEY_keygen_init(gctx.get()) != 1 || EVP_PKEY_keygen(gctx.get(), &generated) != 1)
+    return make_error(Reason::kInternal, "cannot generate an ephemeral ECDH key").context(what);
+  EvpPkeyPtr eph(generated);
+  EvpPkeyCtxPtr dctx(EVP_PKEY_CTX_new_from_pkey(c.libctx(), eph.get(), "provider=default"));
   size_t zlen = 0;
-  if (!dctx || EVP_PKEY_derive_init(dctx.get()) != 1 || EVP_PKEY_derive_set_peer(dctx.get(), peer->get()) != 1 ||
+  // No second check of the peer (0): decoding its point already checked that it is on the curve,
+  // which for the TPM's curves (all of cofactor 1) is the whole public-key check but for the
+  // multiplication by the group order that EVP_PKEY_derive_set_peer would add.
+  if (!dctx || EVP_PKEY_derive_init(dctx.get()) != 1 || EVP_PKEY_derive_set_peer_ex(dctx.get(), peer->get(), 0) != 1 ||
       EVP_PKEY_derive(dctx.get(), nullptr, &zlen) != 1)
     return make_error(Reason::kInternal, "ECDH with the storage root key failed").context(what);
   Bytes zbuf(zlen);

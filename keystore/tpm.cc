@@ -8,9 +8,7 @@
 #include <new>
 #include <set>
 
-#include <tss2/tss2_tctildr.h>
-
-#include "keystore/counting_tcti.h"
+#include "keystore/tcti.h"
 
 namespace tpmkey {
 namespace {
@@ -110,22 +108,13 @@ ObjectId new_object_id() {
 
 Status Tpm::open_transport() {
   const std::string what = "connect(" + (opts_.tcti.empty() ? std::string("default TCTI") : opts_.tcti) + ")";
-  TSS2_TCTI_CONTEXT* inner = nullptr;
-  TSS2_RC rc = Tss2_TctiLdr_Initialize(opts_.tcti.empty() ? nullptr : opts_.tcti.c_str(), &inner);
-  if (rc != TSS2_RC_SUCCESS) {
-    Error e = tss_error(what, rc);
-    e.reason = Reason::kTpmUnreachable;
-    return e;
-  }
-  tcti_ = counting_tcti_new(inner, &commands_);
-  if (!tcti_) {
-    Tss2_TctiLdr_Finalize(&inner);
-    return make_error(Reason::kInternal, "out of memory").context(what);
-  }
+  auto tcti = open_tcti(opts_.tcti, &commands_);
+  if (!tcti) return tcti.take_error().context(what);
+  tcti_ = *tcti;
   const size_t size = Tss2_Sys_GetContextSize(0);
   sys_ = static_cast<TSS2_SYS_CONTEXT*>(std::calloc(1, size));
   TSS2_ABI_VERSION abi = TSS2_ABI_VERSION_CURRENT;
-  rc = sys_ ? Tss2_Sys_Initialize(sys_, size, tcti_, &abi) : TSS2_SYS_RC_GENERAL_FAILURE;
+  TSS2_RC rc = sys_ ? Tss2_Sys_Initialize(sys_, size, tcti_, &abi) : TSS2_SYS_RC_GENERAL_FAILURE;
   if (rc != TSS2_RC_SUCCESS) {
     close_transport();
     return tss_error(what, rc);
@@ -139,7 +128,7 @@ void Tpm::close_transport() {
     std::free(sys_);
     sys_ = nullptr;
   }
-  counting_tcti_free(tcti_);
+  close_tcti(tcti_);
   tcti_ = nullptr;
 }
 

@@ -226,6 +226,43 @@ TEST_F(CliTest, ModuleDoesNotLoadASharedLibstdcxx) {
 }
 #endif
 
+// tpmkey loads the TCTI module a TCTI string names itself (keystore/tcti.cc): a one-shot process
+// maps neither libtss2-tctildr nor libtss2-rc. A module named by its file works the same, a name
+// with no module is a clear error, and only the default TCTI (none configured) loads tctildr.
+TEST_F(CliTest, OneShotLoadsOnlyTheLibrariesItUses) {
+  EXPECT_OK(tpmkey({"create", "k"}));
+  std::vector<std::string> env = env_;
+  env.push_back("LD_DEBUG=files");  // the dynamic loader lists every library it loads on stderr
+  auto sign = [&](const std::string& tcti) {
+    env[0] = "TPMKEY_TCTI=" + tcti;
+    return run({"openssl", "pkeyutl", "-provider-path", provider_dir(), "-provider", "tpmkey", "-provider", "default",
+                "-sign", "-inkey", "tpm2:k", "-rawin", "-in", dir_ + "/msg", "-out", dir_ + "/s"},
+               env);
+  };
+  ASSERT_EQ(tcti_.rfind("swtpm:", 0), 0u) << tcti_;
+  const std::string config = tcti_.substr(tcti_.find(':') + 1);
+  for (const std::string& tcti : {tcti_, "libtss2-tcti-swtpm.so.0:" + config}) {
+    auto r = sign(tcti);
+    EXPECT_OK(r);
+    EXPECT_NE(r.err.find("file=libtss2-tcti-swtpm.so.0"), std::string::npos) << tcti;
+    EXPECT_EQ(r.err.find("libtss2-tctildr"), std::string::npos) << tcti;
+    EXPECT_EQ(r.err.find("libtss2-rc"), std::string::npos) << tcti;
+  }
+  EXPECT_FAILS_WITH(sign("nosuch:x"), "connect(nosuch:x): TPM unreachable: cannot load libtss2-tcti-nosuch.so.0: cannot open shared object file");
+  EXPECT_FAILS_WITH(sign("/nonexistent/tcti.so:x"), "cannot load /nonexistent/tcti.so: cannot open shared object file");
+  // A library that is no TCTI module.
+  EXPECT_FAILS_WITH(sign("libtss2-mu.so.0"), "libtss2-mu.so.0 is not a TCTI module (no Tss2_Tcti_Info)");
+
+  // No TCTI configured: tctildr's default search (tpm2-abrmd, /dev/tpmrm0, /dev/tpm0, mssim on
+  // 127.0.0.1:2321), none of which this test's machine is expected to have.
+  env.erase(env.begin());
+  auto dflt = run({"openssl", "pkeyutl", "-provider-path", provider_dir(), "-provider", "tpmkey", "-provider",
+                   "default", "-sign", "-inkey", "tpm2:k", "-rawin", "-in", dir_ + "/msg", "-out", dir_ + "/s"},
+                  env);
+  EXPECT_NE(dflt.err.find("file=libtss2-tctildr.so.0"), std::string::npos);
+  if (dflt.exit_code != 0) EXPECT_FAILS_WITH(dflt, "sign(tpm2:k): connect(default TCTI): TPM unreachable: ");
+}
+
 TEST_F(CliTest, OpensslConfigFileAndPrehashedSign) {
   EXPECT_OK(tpmkey({"create", "k"}));
   std::string cnf = write_openssl_cnf(dir_, false, tcti_, keystore_);
