@@ -17,6 +17,7 @@
 #include <tss2/tss2_sys.h>
 #include <tss2/tss2_tctildr.h>
 
+#include "keystore/ossl.h"
 #include "provider/tpm_commands.h"
 
 namespace tpmkey::bench {
@@ -209,20 +210,7 @@ bool verify(EVP_PKEY* key, Alg a, const std::vector<unsigned char>& sig) {
          EVP_DigestVerify(md.get(), sig.data(), sig.size(), message(), message_size()) == 1;
 }
 
-std::string ossl_errors() {
-  std::string out;
-  unsigned long e;
-  const char* data = nullptr;
-  int flags = 0;
-  while ((e = ERR_get_error_all(nullptr, nullptr, nullptr, &data, &flags)) != 0) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!out.empty()) out += "; ";
-    out += buf;
-    if (data && (flags & ERR_TXT_STRING) && *data) out += std::string(" ") + data;
-  }
-  return out;
-}
+std::string ossl_errors() { return drain_openssl_errors("; "); }
 
 Esys::Esys() {
   const std::string conf = counting_tcti();

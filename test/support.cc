@@ -33,6 +33,7 @@
 #include <tss2/tss2_esys.h>
 #include <tss2/tss2_tctildr.h>
 
+#include "keystore/ossl.h"
 #include "provider/tpm_commands.h"
 
 namespace tpmkey::test {
@@ -599,20 +600,7 @@ uint64_t tpm_commands(OSSL_LIB_CTX* libctx) {
   return n;
 }
 
-std::string drain_errors() {
-  std::string out;
-  unsigned long e;
-  const char* data = nullptr;
-  int flags = 0;
-  while ((e = ERR_get_error_all(nullptr, nullptr, nullptr, &data, &flags)) != 0) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    out += buf;
-    if (data && (flags & ERR_TXT_STRING)) out += std::string(" ") + data;
-    out += "\n";
-  }
-  return out;
-}
+std::string drain_errors() { return drain_openssl_errors("\n"); }
 
 // Verification happens here: a library context holding the default provider and nothing else.
 OSSL_LIB_CTX* default_only() {
