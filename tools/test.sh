@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole tpmkey test suite: a normal build and an ASan/UBSan build, each with ctest.
+# Runs the whole tpmkey test suite: a normal build and an ASan/UBSan build, each with ctest, then
+# a short pass of the benchmarks (they run, sign correctly and leave the TPM clean).
 # Every swtpm test binary starts its own swtpm on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,3 +20,16 @@ cmake --build build-asan -j"$(nproc)"
 asan_rt=$(gcc -print-file-name=libasan.so)
 (cd build-asan && TPMKEY_SUBPROCESS_PRELOAD="$asan_rt" ASAN_OPTIONS=detect_leaks=1 \
    ctest --output-on-failure --timeout 900)
+
+echo "== benchmarks: build, and one short pass over every row"
+# Checks that `bash bench/run.sh` works from a clean clone: every row runs, every signature is
+# verified, every benchmark leaves the TPM clean (its exit status). No timing is judged here.
+bench_log=$(mktemp)
+if ! BENCH_TABLE="$bench_log.md" bash bench/run.sh --min-time=0.02 --repetitions=1 --cold-iterations=2 \
+       --process-iterations=2 >"$bench_log" 2>&1; then
+  cat "$bench_log"
+  echo "benchmark smoke run failed" >&2
+  exit 1
+fi
+grep -A3 '^### Problems' "$bench_log"
+rm -f "$bench_log" "$bench_log.md"
