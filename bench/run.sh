@@ -57,6 +57,7 @@ echo "== machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d:
 echo "== running tpmkey_bench" >&2
 table="${BENCH_TABLE:-$build/bench-summary.md}"
 status=0
+rm -f "$table"  # no stale summary from an earlier run if this one stops early
 "$build/bin/tpmkey_bench" --tcti="$tcti" --workdir="$work" --keystore="$keystore" --table-out="$table" "$@" || status=$?
-echo "(summary also written to $table)" >&2
+if [ -s "$table" ]; then echo "(summary also written to $table)" >&2; fi
 exit $status
