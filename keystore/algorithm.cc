@@ -2,6 +2,8 @@
 
 #include <strings.h>
 
+#include <cstdio>
+
 namespace tpmkey {
 namespace {
 
@@ -73,6 +75,33 @@ Result<const AlgorithmSpec*> spec_of(const TPMT_PUBLIC& pub) {
   else if (pub.type == TPM2_ALG_RSA) s = find_rsa_bits(pub.parameters.rsaDetail.keyBits);
   if (!s) return make_error(Reason::kUnsupported, "the key's algorithm is not one tpmkey supports");
   return s;
+}
+
+TPMT_SIG_SCHEME tpm_scheme(const SignScheme& s) {
+  TPMT_SIG_SCHEME t{};
+  t.scheme = s.alg == SigAlg::kEcdsa ? TPM2_ALG_ECDSA : s.alg == SigAlg::kRsaPkcs1 ? TPM2_ALG_RSASSA : TPM2_ALG_RSAPSS;
+  t.details.any.hashAlg = s.hash;
+  return t;
+}
+
+SignScheme default_scheme(KeyKind kind, TPM2_ALG_ID hash) {
+  return {kind == KeyKind::kEc ? SigAlg::kEcdsa : SigAlg::kRsaPkcs1, hash};
+}
+
+Result<std::optional<SignScheme>> bound_scheme(const TPMT_PUBLIC& pub) {
+  const bool rsa = pub.type == TPM2_ALG_RSA;
+  const TPMT_RSA_SCHEME& rs = pub.parameters.rsaDetail.scheme;
+  const TPMT_ECC_SCHEME& es = pub.parameters.eccDetail.scheme;
+  const TPM2_ALG_ID alg = rsa ? rs.scheme : es.scheme;
+  const TPM2_ALG_ID hash = rsa ? rs.details.anySig.hashAlg : es.details.anySig.hashAlg;
+  if (alg == TPM2_ALG_NULL) return std::optional<SignScheme>();
+  if (!rsa && alg == TPM2_ALG_ECDSA) return std::optional<SignScheme>(SignScheme{SigAlg::kEcdsa, hash});
+  if (rsa && alg == TPM2_ALG_RSASSA) return std::optional<SignScheme>(SignScheme{SigAlg::kRsaPkcs1, hash});
+  if (rsa && alg == TPM2_ALG_RSAPSS) return std::optional<SignScheme>(SignScheme{SigAlg::kRsaPss, hash});
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "0x%04x", alg);
+  return make_error(Reason::kUnsupported,
+                    std::string("the key is bound to TPM scheme ") + buf + ", which is not a signature scheme tpmkey uses");
 }
 
 TPM2B_PUBLIC key_template(const KeyOptions& opts) {

@@ -39,6 +39,21 @@ struct KeyOptions {
   uint32_t parent = TPM2_RH_OWNER;         // 0x40000001 (the SRK) or a persistent storage key
 };
 
+// How the TPM signs a digest: the scheme and its hash. RSA-PSS always uses a salt as long as the
+// digest and MGF1 with the same hash (what the TPM does).
+enum class SigAlg { kEcdsa, kRsaPkcs1, kRsaPss };
+struct SignScheme {
+  SigAlg alg = SigAlg::kEcdsa;
+  TPM2_ALG_ID hash = TPM2_ALG_SHA256;
+};
+// The TPM's spelling of it.
+TPMT_SIG_SCHEME tpm_scheme(const SignScheme& s);
+// The natural scheme for a key of this kind (ECDSA or RSA PKCS#1 v1.5) with `hash`.
+SignScheme default_scheme(KeyKind kind, TPM2_ALG_ID hash = TPM2_ALG_SHA256);
+// The scheme a key is bound to in its public area, if it is bound to one (scheme not NULL):
+// nullopt for an unbound key, an error for a binding tpmkey cannot sign with.
+Result<std::optional<SignScheme>> bound_scheme(const TPMT_PUBLIC& pub);
+
 // Public template for a signing key: fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth, sign;
 // scheme NULL so that each TPM2_Sign picks the scheme and hash.
 TPM2B_PUBLIC key_template(const KeyOptions& opts);

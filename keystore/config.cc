@@ -3,6 +3,8 @@
 #include <pwd.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cmath>
 #include <cstdlib>
 
 namespace tpmkey {
@@ -23,14 +25,35 @@ std::string default_keystore() {
   return std::string(home ? home : "") + "/.local/share/tpmkey";
 }
 
+// "30", "0.5", "1e1": seconds, more than 0 and at most a day.
+Status parse_seconds(const char* text, const char* name, const char* env_name, Millis* out) {
+  if (!text) return Status::Ok();
+  char* end = nullptr;
+  errno = 0;
+  const double s = std::strtod(text, &end);
+  if (errno || end == text || *end != '\0' || !std::isfinite(s) || s <= 0 || s > 86400)
+    return make_error(Reason::kInvalidArgument, std::string(name) + " (or " + env_name + ") must be a number of seconds "
+                                                    "between 0 and 86400, not \"" + std::string(text).substr(0, 32) + "\"");
+  *out = Millis(std::max<long long>(1, std::llround(s * 1000)));
+  return Status::Ok();
+}
+
 }  // namespace
 
-Settings resolve_settings(const char* tcti, const char* keystore, const char* authorization) {
+Result<Settings> resolve_settings(const SettingsInput& in) {
   Settings s;
-  if (const char* t = first_set(tcti, kEnvTcti)) s.tcti = t;
-  if (const char* k = first_set(keystore, kEnvKeystore)) s.keystore = k;
+  if (const char* t = first_set(in.tcti, kEnvTcti)) s.tcti = t;
+  if (const char* k = first_set(in.keystore, kEnvKeystore)) s.keystore = k;
   else s.keystore = default_keystore();
-  if (const char* a = first_set(authorization, kEnvAuthorization)) s.authorization = a;
+  if (const char* a = first_set(in.authorization, kEnvAuthorization)) s.authorization = a;
+  if (s.authorization != "session" && s.authorization != "password")
+    return make_error(Reason::kInvalidArgument,
+                      "authorization must be \"session\" or \"password\", not \"" + s.authorization.substr(0, 32) + "\"");
+  TPMKEY_TRY(parse_seconds(first_set(in.timeout, kEnvTimeout), "timeout", kEnvTimeout, &s.timeouts.command));
+  TPMKEY_TRY(parse_seconds(first_set(in.keygen_timeout, kEnvKeygenTimeout), "keygen-timeout", kEnvKeygenTimeout,
+                           &s.timeouts.keygen));
+  TPMKEY_TRY(parse_seconds(first_set(in.busy_timeout, kEnvBusyTimeout), "busy-timeout", kEnvBusyTimeout,
+                           &s.timeouts.busy));
   return s;
 }
 

@@ -1,13 +1,33 @@
-// Where tpmkey finds its TPM and its keystore: the one place configuration is resolved.
+// Where tpmkey finds its TPM and its keystore, and how long it waits for it: the one place
+// configuration is resolved (docs/configuration.md).
 #pragma once
 
+#include <chrono>
 #include <string>
+
+#include "keystore/error.h"
 
 namespace tpmkey {
 
 inline constexpr const char* kEnvTcti = "TPMKEY_TCTI";
 inline constexpr const char* kEnvKeystore = "TPMKEY_KEYSTORE";
 inline constexpr const char* kEnvAuthorization = "TPMKEY_AUTHORIZATION";
+inline constexpr const char* kEnvTimeout = "TPMKEY_TIMEOUT";
+inline constexpr const char* kEnvKeygenTimeout = "TPMKEY_KEYGEN_TIMEOUT";
+inline constexpr const char* kEnvBusyTimeout = "TPMKEY_BUSY_TIMEOUT";
+
+using Millis = std::chrono::milliseconds;
+
+// How long tpmkey waits (docs/sessions.md, "Long-lived processes").
+struct Timeouts {
+  // For the TPM's answer to one command (and for connecting to it).
+  Millis command{30'000};
+  // For commands that generate keys (TPM2_Create, TPM2_CreatePrimary): an RSA key can take a
+  // real TPM a minute or more.
+  Millis keygen{300'000};
+  // For a free object or session slot when other programs hold them all (waiting with backoff).
+  Millis busy{5'000};
+};
 
 struct Settings {
   std::string tcti;      // a tpm2-tss TCTI string; empty = the tctildr default
@@ -15,11 +35,23 @@ struct Settings {
   // How commands are authorized: "session" (salted, encrypted HMAC session; the default) or
   // "password" (the cleartext TPM_RS_PW opt-out). docs/sessions.md.
   std::string authorization = "session";
+  Timeouts timeouts;
 };
 
-// Explicit values (openssl.cnf keys or --tcti/--keystore) win, then TPMKEY_TCTI / TPMKEY_KEYSTORE,
-// then the tctildr default and $XDG_DATA_HOME/tpmkey (or ~/.local/share/tpmkey); the same for
-// `authorization` (TPMKEY_AUTHORIZATION, default "session"). nullptr or "" means "not given".
-Settings resolve_settings(const char* tcti, const char* keystore, const char* authorization = nullptr);
+// The values given explicitly (openssl.cnf keys, or the CLI's options); nullptr or "" means
+// "not given".
+struct SettingsInput {
+  const char* tcti = nullptr;
+  const char* keystore = nullptr;
+  const char* authorization = nullptr;
+  const char* timeout = nullptr;         // seconds, for example "30" or "0.5"
+  const char* keygen_timeout = nullptr;  // seconds
+  const char* busy_timeout = nullptr;    // seconds
+};
+
+// Explicit values win, then the TPMKEY_* environment variables, then the defaults (the tctildr
+// default TPM, $XDG_DATA_HOME/tpmkey or ~/.local/share/tpmkey, "session", Timeouts{}).
+// A timeout that is not a positive number of seconds is an error that names the setting.
+Result<Settings> resolve_settings(const SettingsInput& in);
 
 }  // namespace tpmkey

@@ -2,42 +2,63 @@
 
 #include <unistd.h>
 
+#include "keystore/tpm/process.h"
+
 namespace tpmkey {
+namespace {
+
+Settings settings_or_defaults(Result<Settings>& s) {
+  if (s) return std::move(*s);
+  auto d = resolve_settings({});
+  return d ? std::move(*d) : Settings{};
+}
+
+}  // namespace
+
+Context::Context(Result<Settings> s, Crypto::Where crypto_where)
+    : settings_(settings_or_defaults(s)),
+      settings_error_(s ? std::nullopt : std::optional<Error>(s.error())),
+      keystore_(settings_.keystore),
+      crypto_where_(crypto_where) {}
+
+Context::~Context() {
+  auto lock = lock_process();
+  tpm_.reset();
+  crypto_.reset();
+}
 
 Result<Tpm*> Context::tpm() {
-  std::lock_guard lock(mu_);
-  if (tpm_ && tpm_->owner_pid() != getpid()) {
-    tpm_->abandon();
-    tpm_.reset();
-  }
+  auto lock = lock_process();
+  if (settings_error_) return *settings_error_;
+  if (tpm_ && tpm_->owner_pid() != getpid()) tpm_.reset();
   if (!tpm_) {
     TpmOptions o;
     o.tcti = settings_.tcti;
-    if (settings_.authorization == "password") o.password_auth = true;
-    else if (settings_.authorization != "session")
-      return make_error(Reason::kInvalidArgument, "authorization must be \"session\" or \"password\", not \"" +
-                                                      settings_.authorization + "\"");
+    o.password_auth = settings_.authorization == "password";
+    o.timeouts = settings_.timeouts;
     auto pin = keystore_.read_pin();
     if (!pin) return pin.take_error();
     o.pin = std::move(*pin);
     // Trust on first use: the first SRK seen is recorded, when the keystore can be written.
     o.on_first_srk = [ks = keystore_](const SrkPin& p) { (void)ks.write_pin(p, false); };
+    o.reread_pin = [ks = keystore_]() -> std::optional<SrkPin> {
+      auto p = ks.read_pin();
+      return p ? *p : std::nullopt;
+    };
     auto c = crypto_locked();
     if (!c) return c.take_error();
-    auto t = Tpm::connect(std::move(o), **c);
-    if (!t) return t.take_error();
-    tpm_ = std::move(*t);
+    tpm_ = Tpm::create(std::move(o), **c);
   }
   return tpm_.get();
 }
 
 Tpm* Context::tpm_if_connected() {
-  std::lock_guard lock(mu_);
+  auto lock = lock_process();
   return tpm_ && tpm_->owner_pid() == getpid() ? tpm_.get() : nullptr;
 }
 
 Result<Crypto*> Context::crypto() {
-  std::lock_guard lock(mu_);
+  auto lock = lock_process();
   return crypto_locked();
 }
 

@@ -4,7 +4,9 @@
 
 #include <cstdio>
 
+#include <tss2/tss2_mu.h>
 #include <tss2/tss2_rc.h>
+#include <tss2/tss2_sys.h>
 #include <tss2/tss2_tpm2_types.h>
 
 namespace tpmkey {
@@ -23,6 +25,7 @@ const char* reason_text(Reason r) {
     case Reason::kIo: return "file system error";
     case Reason::kUntrustedTpm: return "TPM identity check failed";
     case Reason::kInternal: return "internal error";
+    case Reason::kTpmNotReady: return "TPM not ready";
   }
   return "internal error";
 }
@@ -42,21 +45,43 @@ std::string Error::text() const {
 
 Error make_error(Reason r, std::string detail) { return Error{r, {}, std::move(detail)}; }
 
-namespace {
-
-// The TPM's own response code with handle/session/parameter numbers masked off.
-TPM2_RC tpm_base_code(TSS2_RC rc) {
+uint32_t tpm_base_code(TSS2_RC rc) {
+  if ((rc & TSS2_RC_LAYER_MASK) != TSS2_TPM_RC_LAYER) return 0;
   TPM2_RC code = rc & 0xFFFu;
   if (code & TPM2_RC_FMT1) return code & (TPM2_RC_FMT1 | 0x3Fu);
   return code;
 }
 
-}  // namespace
+bool names_session(TSS2_RC rc) {
+  if ((rc & TSS2_RC_LAYER_MASK) != TSS2_TPM_RC_LAYER) return false;
+  const TPM2_RC code = rc & 0xFFFu;
+  const uint32_t base = tpm_base_code(rc);
+  if (base >= TPM2_RC_REFERENCE_S0 && base <= TPM2_RC_REFERENCE_S6) return true;
+  return (code & TPM2_RC_FMT1) && !(code & TPM2_RC_P) && (code & TPM2_RC_S);
+}
+
+bool is_slot_shortage(TSS2_RC rc) {
+  switch (tpm_base_code(rc)) {
+    case TPM2_RC_OBJECT_MEMORY:
+    case TPM2_RC_SESSION_MEMORY:
+    case TPM2_RC_MEMORY:
+    case TPM2_RC_OBJECT_HANDLES:
+    case TPM2_RC_SESSION_HANDLES:
+    case TPM2_RC_CONTEXT_GAP:
+    case TPM2_RC_NV_RATE:
+      return true;
+    default:
+      return false;
+  }
+}
 
 Reason classify_rc(TSS2_RC rc) {
   const TSS2_RC layer = rc & TSS2_RC_LAYER_MASK;
   if (layer == TSS2_TPM_RC_LAYER) {
-    switch (tpm_base_code(rc)) {
+    const uint32_t base = tpm_base_code(rc);
+    if (base >= TPM2_RC_REFERENCE_H0 && base <= TPM2_RC_REFERENCE_H6) return Reason::kKeyNotFound;
+    if (is_slot_shortage(rc)) return Reason::kTpmBusy;
+    switch (base) {
       case TPM2_RC_AUTH_FAIL:
       case TPM2_RC_BAD_AUTH:
       case TPM2_RC_AUTH_MISSING:
@@ -65,7 +90,6 @@ Reason classify_rc(TSS2_RC rc) {
       case TPM2_RC_LOCKOUT:
         return Reason::kLockout;
       case TPM2_RC_HANDLE:
-      case TPM2_RC_REFERENCE_H0:
         return Reason::kKeyNotFound;
       case TPM2_RC_INTEGRITY:
       case TPM2_RC_SENSITIVE:
@@ -76,41 +100,55 @@ Reason classify_rc(TSS2_RC rc) {
       case TPM2_RC_HASH:
       case TPM2_RC_ASYMMETRIC:
         return Reason::kUnsupported;
-      case TPM2_RC_OBJECT_MEMORY:
-      case TPM2_RC_SESSION_MEMORY:
-      case TPM2_RC_MEMORY:
       case TPM2_RC_RETRY:
       case TPM2_RC_YIELDED:
       case TPM2_RC_TESTING:
-      case TPM2_RC_NV_RATE:
-      case TPM2_RC_OBJECT_HANDLES:
-      case TPM2_RC_SESSION_HANDLES:
         return Reason::kTpmBusy;
+      case TPM2_RC_INITIALIZE:
+      case TPM2_RC_FAILURE:
+      case TPM2_RC_REBOOT:
+      case TPM2_RC_UPGRADE:
+      case TPM2_RC_NEEDS_TEST:
+        return Reason::kTpmNotReady;
       default:
         return Reason::kInternal;
     }
   }
-  const TSS2_RC base = rc & TSS2_RC_LAYER_MASK ? rc & ~TSS2_RC_LAYER_MASK : rc;
-  if (layer == TSS2_TCTI_RC_LAYER || base == TSS2_BASE_RC_IO_ERROR ||
-      base == TSS2_BASE_RC_NO_CONNECTION || base == TSS2_BASE_RC_TRY_AGAIN ||
-      base == TSS2_BASE_RC_NOT_IMPLEMENTED)
+  const TSS2_RC base = rc & ~TSS2_RC_LAYER_MASK;
+  if (layer == TSS2_TCTI_RC_LAYER || base == TSS2_BASE_RC_IO_ERROR || base == TSS2_BASE_RC_NO_CONNECTION ||
+      base == TSS2_BASE_RC_TRY_AGAIN || base == TSS2_BASE_RC_NOT_IMPLEMENTED)
     return Reason::kTpmUnreachable;
+  // What the TPM sent could not be parsed, or failed its HMAC: nothing in it is trusted.
+  if (base == TSS2_BASE_RC_MALFORMED_RESPONSE || base == TSS2_BASE_RC_INSUFFICIENT_RESPONSE ||
+      base == TSS2_BASE_RC_RSP_AUTH_FAILED)
+    return Reason::kUntrustedTpm;
   return Reason::kInternal;
 }
 
 std::string describe_rc(TSS2_RC rc) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, " (rc=0x%08x)", rc);
+  const TSS2_RC base = rc & ~TSS2_RC_LAYER_MASK;
+  // tpmkey's own words where the TSS's would mislead (ESYS's text for a check tpmkey makes).
+  if (base == TSS2_BASE_RC_RSP_AUTH_FAILED)
+    return std::string("the TPM's response failed its HMAC check (changed on the way, or not from the TPM the "
+                       "session was started with); nothing in it was used") + buf;
+  if (base == TSS2_BASE_RC_MALFORMED_RESPONSE || base == TSS2_BASE_RC_INSUFFICIENT_RESPONSE)
+    return std::string("the TPM's response could not be parsed; nothing in it was used") + buf;
   // libtss2-rc is loaded on the first error, not by every process that loads tpmkey.
   static const auto decode = [] {
     void* lib = dlopen("libtss2-rc.so.0", RTLD_NOW | RTLD_LOCAL);
     return lib ? reinterpret_cast<decltype(&Tss2_RC_Decode)>(dlsym(lib, "Tss2_RC_Decode")) : nullptr;
   }();
-  char buf[32];
-  std::snprintf(buf, sizeof buf, " (rc=0x%08x)", rc);
   return std::string(decode ? decode(rc) : "TSS2 error") + buf;
 }
 
 Error tss_error(const std::string& what, TSS2_RC rc) {
-  return Error{classify_rc(rc), what, describe_rc(rc)};
+  Error e{classify_rc(rc), what, describe_rc(rc), rc};
+  if (e.reason == Reason::kTpmNotReady && tpm_base_code(rc) == TPM2_RC_INITIALIZE)
+    e.detail = "the TPM has not been started (TPM2_Startup; run tpm2_startup -c, or start swtpm with --flags "
+               "startup-clear): " + e.detail;
+  return e;
 }
 
 }  // namespace tpmkey

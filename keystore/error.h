@@ -10,7 +10,8 @@
 
 namespace tpmkey {
 
-// The few reasons a user can act on. Values are the provider's OpenSSL reason codes.
+// The few reasons a user can act on. Values are the provider's OpenSSL reason codes (stable:
+// new reasons are added at the end).
 enum class Reason : int {
   kTpmUnreachable = 1,
   kAuthFailed,
@@ -24,7 +25,10 @@ enum class Reason : int {
   kIo,
   kUntrustedTpm,
   kInternal,
+  kTpmNotReady,
 };
+inline constexpr Reason kFirstReason = Reason::kTpmUnreachable;
+inline constexpr Reason kLastReason = Reason::kTpmNotReady;
 
 // Human text for a reason, e.g. "authorization failed".
 const char* reason_text(Reason r);
@@ -34,6 +38,7 @@ struct Error {
   Reason reason = Reason::kInternal;
   std::string where;   // what was being done to which object: "sign(tpm2:ssh)"
   std::string detail;  // why: "tpm:session(1):the authorization HMAC check failed (rc=0x000009a2)"
+  TSS2_RC rc = TSS2_RC_SUCCESS;  // the TPM or TSS return code behind it, if there is one
 
   // Prepends an outer operation: "load(tpm2:ssh)" + "read(/k.pem)" -> "load(tpm2:ssh): read(/k.pem)".
   Error& context(const std::string& what);
@@ -49,6 +54,14 @@ Reason classify_rc(TSS2_RC rc);
 std::string describe_rc(TSS2_RC rc);
 // The error for a failed TPM/TSS call made while doing `what`.
 Error tss_error(const std::string& what, TSS2_RC rc);
+
+// The parts of a TPM response code (TPM 2.0 Part 2, "Response Codes").
+// The code without handle/session/parameter numbers; 0 for codes of other layers.
+uint32_t tpm_base_code(TSS2_RC rc);
+// Whether the code names a session (format one, session-numbered).
+bool names_session(TSS2_RC rc);
+// Whether the TPM said its object or session slots are full (or similar transient shortage).
+bool is_slot_shortage(TSS2_RC rc);
 
 // Result<T>: a value or an Error. Result<void> is spelled Status.
 template <typename T>

@@ -93,7 +93,7 @@ Key::~Key() {
 
 size_t Key::max_signature_size() const { return size_t(EVP_PKEY_get_size(pub_.get())); }
 
-Result<Bytes> Key::sign(const TPMT_SIG_SCHEME& scheme, const uint8_t* digest, size_t len) {
+Result<Bytes> Key::sign(const SignScheme& scheme, const uint8_t* digest, size_t len) {
   const std::string what = "sign(" + label_ + ")";
   if (needs_auth() && !has_auth_)
     return make_error(Reason::kAuthFailed, "the key needs a password and none was given").context(what);
@@ -112,7 +112,7 @@ Result<Bytes> Key::sign(const TPMT_SIG_SCHEME& scheme, const uint8_t* digest, si
   return encode(*sig, what);
 }
 
-Result<Bytes> Key::sign_message(const TPMT_SIG_SCHEME& scheme, const Bytes& message) {
+Result<Bytes> Key::sign_message(const SignScheme& scheme, const Bytes& message) {
   const std::string what = "sign(" + label_ + ")";
   if (needs_auth() && !has_auth_)
     return make_error(Reason::kAuthFailed, "the key needs a password and none was given").context(what);

@@ -6,6 +6,7 @@
 
 #include "keystore/algorithm.h"
 #include "keystore/context.h"
+#include "keystore/tpm/objects.h"
 #include "keystore/keyfile.h"
 #include "keystore/uri.h"
 
@@ -35,9 +36,9 @@ class Key {
   // A restricted (attestation) key: the TPM signs only what it hashed itself (sign_message).
   bool restricted() const { return kf_.pub.publicArea.objectAttributes & TPMA_OBJECT_RESTRICTED; }
   // ECDSA: DER ECDSA-Sig-Value; RSA: the signature octets. `digest` is already hashed.
-  Result<Bytes> sign(const TPMT_SIG_SCHEME& scheme, const uint8_t* digest, size_t len);
+  Result<Bytes> sign(const SignScheme& scheme, const uint8_t* digest, size_t len);
   // The same for a whole message, hashed by the TPM: how restricted keys sign.
-  Result<Bytes> sign_message(const TPMT_SIG_SCHEME& scheme, const Bytes& message);
+  Result<Bytes> sign_message(const SignScheme& scheme, const Bytes& message);
   // Largest signature sign() returns.
   size_t max_signature_size() const;
 

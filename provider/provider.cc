@@ -44,11 +44,11 @@ const OSSL_ALGORITHM kDecoderAlgs[] = {
 
 // OpenSSL reason strings, from the core's own texts (keystore/error.cc).
 struct ReasonStrings {
-  OSSL_ITEM items[int(Reason::kInternal) + 1];
+  OSSL_ITEM items[int(kLastReason) + 1];
   ReasonStrings() {
-    for (int r = int(Reason::kTpmUnreachable); r <= int(Reason::kInternal); ++r)
+    for (int r = int(kFirstReason); r <= int(kLastReason); ++r)
       items[r - 1] = {unsigned(r), const_cast<char*>(reason_text(Reason(r)))};
-    items[int(Reason::kInternal)] = {0, nullptr};
+    items[int(kLastReason)] = {0, nullptr};
   }
 };
 const ReasonStrings kReasonStrings;
@@ -168,9 +168,14 @@ extern "C" __attribute__((visibility("default"))) int OSSL_provider_init(const O
       }
     }
     // Configuration is read here, once; the TPM is not touched until a key is used.
-    auto settings = tpmkey::resolve_settings(config_value(get_params, handle, "tcti"),
-                                             config_value(get_params, handle, "keystore"),
-                                             config_value(get_params, handle, "authorization"));
+    tpmkey::SettingsInput in;
+    in.tcti = config_value(get_params, handle, "tcti");
+    in.keystore = config_value(get_params, handle, "keystore");
+    in.authorization = config_value(get_params, handle, "authorization");
+    in.timeout = config_value(get_params, handle, "timeout");
+    in.keygen_timeout = config_value(get_params, handle, "keygen-timeout");
+    in.busy_timeout = config_value(get_params, handle, "busy-timeout");
+    auto settings = tpmkey::resolve_settings(in);
     // Only compared, never used as a library context (its type is opaque to providers); OpenSSL
     // may also record the global context as nullptr.
     const void* core_ctx = get_libctx ? static_cast<const void*>(get_libctx(handle)) : &kProviderDispatch;

@@ -263,13 +263,9 @@ Status tpm_sign(SigCtx& c, unsigned char* sig, size_t* siglen, size_t sigsize, c
                                                     " bytes, not a SHA-1/256/384/512 digest" +
                                                     (c.hash != TPM2_ALG_NULL ? std::string(" of ") + hash_name(c.hash) : ""))
         .context(what);
-  TPMT_SIG_SCHEME scheme{};
-  if (c.kind == KeyKind::kEc) {
-    scheme.scheme = TPM2_ALG_ECDSA;
-  } else if (c.padding == RSA_PKCS1_PADDING) {
-    scheme.scheme = TPM2_ALG_RSASSA;
-  } else {
-    scheme.scheme = TPM2_ALG_RSAPSS;
+  SignScheme scheme{default_scheme(c.kind, hash)};
+  if (c.kind == KeyKind::kRsa && c.padding == RSA_PKCS1_PSS_PADDING) {
+    scheme.alg = SigAlg::kRsaPss;
     int hlen = int(hash_size(hash));
     if (c.saltlen != RSA_PSS_SALTLEN_DIGEST && c.saltlen != RSA_PSS_SALTLEN_AUTO && c.saltlen != hlen)
       return make_error(Reason::kUnsupported,
@@ -278,7 +274,6 @@ Status tpm_sign(SigCtx& c, unsigned char* sig, size_t* siglen, size_t sigsize, c
     if (c.mgf1 != TPM2_ALG_NULL && c.mgf1 != hash)
       return make_error(Reason::kUnsupported, "the TPM uses the signature digest for MGF1").context(what);
   }
-  scheme.details.any.hashAlg = hash;
   auto out = message ? c.key->sign_message(scheme, Bytes(tbs, tbs + tbslen)) : c.key->sign(scheme, tbs, tbslen);
   if (!out) return out.take_error();
   if (out->size() > sigsize)

@@ -123,7 +123,8 @@ TEST_F(SessionTest, TamperedResponseIsRejected) {
   EXPECT_TRUE(digest_sign(l, k.get(), "tampered", {}).empty());
   EXPECT_EQ(bus.corrupted(), 1);
   std::string err = drain_errors();
-  EXPECT_NE(err.find("TPM2_Sign: internal error: esapi:Authorizing the TPM response failed"), std::string::npos) << err;
+  EXPECT_NE(err.find("TPM2_Sign: TPM identity check failed: the TPM's response failed its HMAC check"), std::string::npos)
+      << err;
   auto sig = digest_sign(l, k.get(), "after", {});
   ASSERT_FALSE(sig.empty()) << drain_errors();
   EXPECT_TRUE(digest_verify(public_copy(k.get()).get(), "after", sig, {}));
@@ -203,24 +204,34 @@ TEST_F(SessionTest, SurvivesALostSession) {
     make_key(l, "k");
     release(l);
   }
-  Context ctx(resolve_settings(tcti_.c_str(), keystore_.c_str()));
+  SettingsInput in;
+  in.tcti = tcti_.c_str();
+  in.keystore = keystore_.c_str();
+  Context ctx(resolve_settings(in));
   auto uri = parse_uri("tpm2:k");
   ASSERT_TRUE(uri);
   auto key = Key::open(ctx, *uri);
   ASSERT_TRUE(key) << key.error().text();
   auto d = sha("SHA256", "m");
-  TPMT_SIG_SCHEME scheme{};
-  scheme.scheme = TPM2_ALG_ECDSA;
-  scheme.details.ecdsa.hashAlg = TPM2_ALG_SHA256;
+  const SignScheme scheme{SigAlg::kEcdsa, TPM2_ALG_SHA256};
   ASSERT_TRUE((*key)->sign(scheme, d.data(), d.size()));
   Tpm* tpm = ctx.tpm_if_connected();
   ASSERT_TRUE(tpm);
   const uint32_t old = tpm->session_handle();
   ASSERT_NE(old, 0u);
-  tpm->test_flush_handle(old);
+  auto listed = [&](uint32_t h) {
+    for (uint32_t s : tpm_handles(tcti_).loaded_sessions)
+      if (s == h) return true;
+    return false;
+  };
+  // The precondition: the session was in the TPM, and the flush behind tpmkey's back removed it.
+  ASSERT_TRUE(listed(old));
+  ASSERT_EQ(tpm->test_flush_handle(old), TSS2_RC_SUCCESS);
+  ASSERT_FALSE(listed(old));
   auto sig = (*key)->sign(scheme, d.data(), d.size());
   ASSERT_TRUE(sig) << sig.error().text();
   EXPECT_NE(tpm->session_handle(), 0u);
+  EXPECT_TRUE(listed(tpm->session_handle()));
 }
 
 // Several threads on one key and on more keys than the TPM has slots: every signature verifies.

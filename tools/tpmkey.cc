@@ -234,7 +234,10 @@ std::optional<Args> parse_args(int argc, char** argv, int* exit_code) {
 
 Context make_context(const Args& a) {
   auto tcti = a.option("--tcti"), ks = a.option("--keystore");
-  return Context(resolve_settings(tcti ? tcti->c_str() : nullptr, ks ? ks->c_str() : nullptr));
+  SettingsInput in;
+  in.tcti = tcti ? tcti->c_str() : nullptr;
+  in.keystore = ks ? ks->c_str() : nullptr;
+  return Context(resolve_settings(in));
 }
 
 Result<std::string> one_name(const Args& a) {
@@ -433,25 +436,12 @@ int cmd_algorithms(const Args& a) {
 // digest (TPM2_Sign), and the signature must verify in software with the file's public key.
 Status self_test(Key& key, const Crypto& crypto) {
   static constexpr char kSelfTest[] = "tpmkey import-file self-test";
-  const TPMT_PUBLIC& p = key.file().pub.publicArea;
   const bool rsa = key.spec().kind == KeyKind::kRsa;
   // A key bound to a scheme signs only with it; a NULL scheme lets the command choose.
-  const TPMI_ALG_SIG_SCHEME bound = rsa ? p.parameters.rsaDetail.scheme.scheme : p.parameters.eccDetail.scheme.scheme;
-  TPMT_SIG_SCHEME scheme{};
-  scheme.details.any.hashAlg = TPM2_ALG_SHA256;
-  if (bound == TPM2_ALG_NULL) {
-    scheme.scheme = rsa ? TPM2_ALG_RSASSA : TPM2_ALG_ECDSA;
-  } else if (bound == (rsa ? TPM2_ALG_RSASSA : TPM2_ALG_ECDSA) || (rsa && bound == TPM2_ALG_RSAPSS)) {
-    scheme.scheme = bound;
-    scheme.details.any.hashAlg = rsa ? p.parameters.rsaDetail.scheme.details.anySig.hashAlg
-                                     : p.parameters.eccDetail.scheme.details.anySig.hashAlg;
-  } else {
-    char alg[16];
-    std::snprintf(alg, sizeof alg, "0x%04x", bound);
-    return make_error(Reason::kUnsupported,
-                      std::string("the key is bound to TPM scheme ") + alg + ", which is not a signature scheme tpmkey uses");
-  }
-  const EVP_MD* md = crypto.md(scheme.details.any.hashAlg);
+  auto bound = bound_scheme(key.file().pub.publicArea);
+  if (!bound) return bound.take_error();
+  const SignScheme scheme = bound->value_or(default_scheme(key.spec().kind));
+  const EVP_MD* md = crypto.md(scheme.hash);
   if (!md) return make_error(Reason::kUnsupported, "the key is bound to a hash tpmkey does not sign with");
   uint8_t digest[EVP_MAX_MD_SIZE];
   unsigned int digest_len = 0;
@@ -462,7 +452,7 @@ Status self_test(Key& key, const Crypto& crypto) {
   EvpPkeyCtxPtr v(EVP_PKEY_CTX_new_from_pkey(crypto.libctx(), key.public_pkey(), "provider=default"));
   bool ok = v && EVP_PKEY_verify_init(v.get()) == 1 && EVP_PKEY_CTX_set_signature_md(v.get(), md) == 1;
   if (ok && rsa) {
-    const bool pss = scheme.scheme == TPM2_ALG_RSAPSS;
+    const bool pss = scheme.alg == SigAlg::kRsaPss;
     ok = EVP_PKEY_CTX_set_rsa_padding(v.get(), pss ? RSA_PKCS1_PSS_PADDING : RSA_PKCS1_PADDING) == 1 &&
          (!pss || EVP_PKEY_CTX_set_rsa_pss_saltlen(v.get(), RSA_PSS_SALTLEN_AUTO) == 1);
   }

@@ -1,9 +1,10 @@
 // Session: the client side of one TPM 2.0 HMAC authorization session, computed by tpmkey itself
-// (design.md §2.4: tpm2-tss 3.2.1's ESYS session crypto costs several times the TPM's own signing
-// time). References are to TPM 2.0 Library Part 1: §11.4.10 KDFa/KDFe, §19.6 HMAC sessions and
-// session keys, §21 session-based parameter encryption (CFB mode), Annex C.6.1 ECC secret sharing.
+// (tpm2-tss 3.2.1's ESYS session crypto costs several times the TPM's own signing time;
+// docs/sessions.md). References are to TPM 2.0 Library Part 1: §19.6 HMAC sessions and session
+// keys, §21 session-based parameter encryption (CFB mode). The TPM's KDFs and the ECDH salt are
+// in kdf.h.
 //
-// tpm.cc drives the TPM commands; this file holds the session's secrets and does the math:
+// The runner (runner.h) drives the commands; this file holds the session's secrets and does the math:
 //   salt     an ephemeral ECDH with the storage root key, so only that TPM can derive the key
 //   key      sessionKey = KDFa(SHA-256, salt, "ATH", nonceTPM, nonceCaller)
 //   command  parameter 1 encrypted with AES-128-CFB, then HMAC(sessionKey || authValue, cpHash ...)
@@ -21,29 +22,13 @@
 
 namespace tpmkey {
 
-// The name of an object: nameAlg || H_nameAlg(TPMT_PUBLIC as marshalled by the TPM).
-Result<Bytes> object_name(const Crypto& c, const TPMT_PUBLIC& pub);
-// The name of a permanent or session handle: the handle itself, big-endian.
-Bytes handle_name(TPM2_HANDLE h);
-
-// KDFa (SP 800-108 counter mode with HMAC) and KDFe (SP 800-56A concatenation), as the TPM does
-// them: `label` includes its terminating zero, `bits` is the output length.
-SecretBytes kdfa(const Crypto& c, TPM2_ALG_ID hash, const SecretBytes& key, const char* label,
-                 std::span<const uint8_t> u, std::span<const uint8_t> v, size_t bits);
-SecretBytes kdfe(const Crypto& c, TPM2_ALG_ID hash, const SecretBytes& z, const char* label,
-                 std::span<const uint8_t> u, std::span<const uint8_t> v, size_t bits);
-
-// A session salt and its encryption to an ECC key (the SRK): an ephemeral ECDH on its curve.
-struct Salt {
-  SecretBytes value;
-  TPM2B_ENCRYPTED_SECRET encrypted{};
-};
-Result<Salt> make_salt(const Crypto& c, const TPMT_PUBLIC& salt_key);
-
 // Session attribute choices for one command.
 struct CommandProtection {
   bool encrypt_command = false;   // TPMA_SESSION_DECRYPT: the first command parameter is secret
   bool decrypt_response = false;  // TPMA_SESSION_ENCRYPT: the first response parameter is secret
+  // TPMA_SESSION_AUDIT with no handle to authorize: the session only proves, by its response HMAC,
+  // that it is still tpmkey's session in this TPM (a failure is never a dictionary-attack strike).
+  bool audit = false;
 };
 
 class Session {
@@ -72,7 +57,8 @@ class Session {
                     const SecretBytes& auth, CommandProtection prot);
   // After a successful Tss2_Sys_Execute: verifies the response HMAC (TSS2_ESYS_RC_RSP_AUTH_FAILED
   // if it does not match, and nothing from the response may be used), takes the new nonceTPM and
-  // decrypts response parameter 1 if it was encrypted.
+  // decrypts response parameter 1 if it was encrypted. Any failure here leaves the session out
+  // of step with the TPM (it did run the command and moved its nonce): the caller must flush it.
   TSS2_RC check_response(const Crypto& c, TSS2_SYS_CONTEXT* sys, TPM2_CC cc, const SecretBytes& auth);
 
  private:

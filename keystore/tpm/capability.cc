@@ -1,0 +1,60 @@
+// What the TPM can do and hold: its slot limits (TPM2_GetCapability) and algorithms (TPM2_TestParms).
+#include "keystore/tpm/driver.h"
+
+namespace tpmkey {
+
+void Tpm::read_limits() {
+  if (limits_read_) return;
+  limits_read_ = true;
+  TPMS_CAPABILITY_DATA cap{};
+  TPMI_YES_NO more = 0;
+  // TRANSIENT_MIN, PERSISTENT_MIN and LOADED_MIN are consecutive: one command reads the limits.
+  TSS2_RC rc = run_.plain([&] {
+    return Tss2_Sys_GetCapability(run_.sys(), nullptr, TPM2_CAP_TPM_PROPERTIES, TPM2_PT_HR_TRANSIENT_MIN, 3, &more, &cap,
+                                  nullptr);
+  });
+  // The response is not authenticated: its own selector and count are checked before use, and a
+  // limit outside what any TPM has is ignored (the defaults stay).
+  if (rc != TSS2_RC_SUCCESS || cap.capability != TPM2_CAP_TPM_PROPERTIES ||
+      cap.data.tpmProperties.count > TPM2_MAX_TPM_PROPERTIES)
+    return;
+  for (uint32_t i = 0; i < cap.data.tpmProperties.count; ++i) {
+    const TPMS_TAGGED_PROPERTY& p = cap.data.tpmProperties.tpmProperty[i];
+    if (p.value < 2 || p.value > 64) continue;
+    if (p.property == TPM2_PT_HR_TRANSIENT_MIN) transient_limit_ = p.value;
+    if (p.property == TPM2_PT_HR_LOADED_MIN) session_limit_ = p.value;
+  }
+}
+
+Error Tpm::slot_error(const std::string& what, TSS2_RC rc) {
+  Error e = error(what, rc);
+  // with_room already evicted everything of ours it could.
+  if (tpm_base_code(rc) == TPM2_RC_OBJECT_MEMORY) {
+    read_limits();
+    e.detail = "the TPM's object slots (" + std::to_string(transient_limit_) + ") are held by other programs: " + e.detail;
+  }
+  return e;
+}
+
+TSS2_RC Tpm::test_parms(const KeyOptions& opts) {
+  TPM2B_PUBLIC t = key_template(opts);
+  TPMT_PUBLIC_PARMS parms{};
+  parms.type = t.publicArea.type;
+  parms.parameters = t.publicArea.parameters;
+  return run_.plain([&] { return Tss2_Sys_TestParms(run_.sys(), nullptr, &parms, nullptr); });
+}
+
+Status Tpm::supports(const AlgorithmSpec& spec) {
+  return operation<Status>([&]() -> Status {
+    KeyOptions opts;
+    opts.spec = &spec;
+    TSS2_RC rc = test_parms(opts);
+    if (rc == TSS2_RC_SUCCESS) return Status::Ok();
+    Error e = error(std::string("TPM2_TestParms(") + spec.name + ")", rc);
+    if ((rc & TSS2_RC_LAYER_MASK) == TSS2_TPM_RC_LAYER && (e.reason == Reason::kInternal || e.reason == Reason::kUnsupported))
+      e.reason = Reason::kUnsupported;
+    return e;
+  });
+}
+
+}  // namespace tpmkey
