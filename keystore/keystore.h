@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "keystore/error.h"
+#include "keystore/files.h"
 #include "keystore/keyfile.h"
 #include "keystore/ossl.h"
 
@@ -48,10 +49,8 @@ class Keystore {
 // Lower-case hex, as names are shown and pinned ("000b31ad...").
 std::string to_hex(const Bytes& b);
 
-// Reads a key file from any path (PEM or DER), with errors that name the path.
-Result<KeyFile> read_keyfile(const std::string& path);
-// Writes `data` to `path` atomically with mode 0600: a temporary file in the same directory,
-// fsync, then link() into place (so an existing file is never replaced) and fsync the directory.
-Status write_file_exclusive(const std::string& path, const std::string& data);
+// Reads a key file from any path (PEM or DER), with errors that name the path. Only regular
+// files are read (files.h); keystore entries also refuse symbolic links.
+Result<KeyFile> read_keyfile(const std::string& path, Symlinks symlinks = Symlinks::kFollow);
 
 }  // namespace tpmkey

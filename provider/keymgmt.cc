@@ -73,6 +73,7 @@ const OSSL_PARAM* rsa_export_types(int selection) noexcept {
 }
 
 // Everything TLS and X.509 ask of a key, answered from its public half by the default provider.
+// So the gettable lists below have no handlers of their own: each names what that key answers.
 int get_params(void* vkd, OSSL_PARAM params[]) noexcept {
   auto* kd = static_cast<KeyData*>(vkd);
   if (!kd || !kd->key) return 0;
@@ -141,77 +142,102 @@ void* gen_init(void* provctx, int selection, const OSSL_PARAM params[], KeyKind 
   return g;
 }
 
-Status set_gen_param(GenCtx& g, const OSSL_PARAM& p) {
-  std::string key = p.key;
-  if (g.kind == KeyKind::kEc && key == OSSL_PKEY_PARAM_GROUP_NAME) {
-    const char* group = nullptr;
-    if (!OSSL_PARAM_get_utf8_string_ptr(&p, &group)) return make_error(Reason::kInvalidArgument, "group must be a string");
-    const AlgorithmSpec* s = find_ec_group(group);
-    if (!s) return make_error(Reason::kUnsupported, std::string("EC group \"") + group + "\" (tpmkey offers P-256, P-384, P-521)");
-    g.opts.spec = s;
-  } else if (g.kind == KeyKind::kEc && key == OSSL_PKEY_PARAM_EC_ENCODING) {
-    const char* enc = nullptr;
-    if (!OSSL_PARAM_get_utf8_string_ptr(&p, &enc) || std::string(enc) != OSSL_PKEY_EC_ENCODING_GROUP)
-      return make_error(Reason::kUnsupported, "only named-curve encoding is supported");
-  } else if (g.kind == KeyKind::kRsa && key == OSSL_PKEY_PARAM_RSA_BITS) {
-    size_t bits = 0;
-    if (!OSSL_PARAM_get_size_t(&p, &bits)) return make_error(Reason::kInvalidArgument, "bits must be a number");
-    const AlgorithmSpec* s = find_rsa_bits(int(bits));
-    if (!s) return make_error(Reason::kUnsupported, "RSA key size " + std::to_string(bits) + " (tpmkey offers 2048, 3072, 4096)");
-    g.opts.spec = s;
-  } else if (g.kind == KeyKind::kRsa && key == OSSL_PKEY_PARAM_RSA_E) {
-    BIGNUM* e = nullptr;
-    if (!OSSL_PARAM_get_BN(&p, &e)) return make_error(Reason::kInvalidArgument, "e must be a number");
-    BignumPtr owned(e);
-    BN_ULONG v = BN_get_word(e);
-    if (BN_num_bits(e) > 32 || v < 3 || !(v & 1))
-      return make_error(Reason::kUnsupported, "RSA public exponent must be odd, at least 3 and at most 32 bits");
-    g.opts.rsa_exponent = uint32_t(v);
-  } else if (g.kind == KeyKind::kRsa && key == OSSL_PKEY_PARAM_RSA_PRIMES) {
-    size_t primes = 0;
-    if (!OSSL_PARAM_get_size_t(&p, &primes) || primes != 2)
-      return make_error(Reason::kUnsupported, "TPM RSA keys have exactly 2 primes");
-  } else if (key == "digest") {  // the name algorithm, as tpm2-openssl calls it
-    const char* name = nullptr;
-    if (!OSSL_PARAM_get_utf8_string_ptr(&p, &name)) return make_error(Reason::kInvalidArgument, "digest must be a string");
-    TPM2_ALG_ID h = hash_from_name(name);
-    if (h != TPM2_ALG_SHA256 && h != TPM2_ALG_SHA384 && h != TPM2_ALG_SHA512)
-      return make_error(Reason::kUnsupported, std::string("digest ") + name + " (use sha256, sha384 or sha512)");
-    g.opts.name_alg = h;
-  } else if (key == "parent") {
-    uint32_t h = 0;
-    if (!OSSL_PARAM_get_uint32(&p, &h) || (h != kOwnerParent && (h >> 24) != TPM2_HT_PERSISTENT))
-      return make_error(Reason::kInvalidArgument, "parent must be 0x40000001 or a persistent handle 0x81xxxxxx");
-    g.opts.parent = h;
-  } else if (key == "user-auth") {
-    const char* pw = nullptr;
-    if (!OSSL_PARAM_get_utf8_string_ptr(&p, &pw)) return make_error(Reason::kInvalidArgument, "user-auth must be a string");
-    g.auth = SecretBytes(reinterpret_cast<const uint8_t*>(pw), std::strlen(pw));
-  }
+// Each generation parameter's handler; the tables below list which key type takes which.
+
+Status set_group(GenCtx& g, const OSSL_PARAM& p) {
+  const char* group = nullptr;
+  if (!OSSL_PARAM_get_utf8_string_ptr(&p, &group)) return make_error(Reason::kInvalidArgument, "group must be a string");
+  const AlgorithmSpec* s = find_ec_group(group);
+  if (!s) return make_error(Reason::kUnsupported, std::string("EC group \"") + group + "\" (tpmkey offers P-256, P-384, P-521)");
+  g.opts.spec = s;
   return Status::Ok();
 }
+
+Status set_ec_encoding(GenCtx&, const OSSL_PARAM& p) {
+  const char* enc = nullptr;
+  if (!OSSL_PARAM_get_utf8_string_ptr(&p, &enc) || std::string(enc) != OSSL_PKEY_EC_ENCODING_GROUP)
+    return make_error(Reason::kUnsupported, "only named-curve encoding is supported");
+  return Status::Ok();
+}
+
+Status set_rsa_bits(GenCtx& g, const OSSL_PARAM& p) {
+  size_t bits = 0;
+  if (!OSSL_PARAM_get_size_t(&p, &bits)) return make_error(Reason::kInvalidArgument, "bits must be a number");
+  const AlgorithmSpec* s = find_rsa_bits(int(bits));
+  if (!s) return make_error(Reason::kUnsupported, "RSA key size " + std::to_string(bits) + " (tpmkey offers 2048, 3072, 4096)");
+  g.opts.spec = s;
+  return Status::Ok();
+}
+
+Status set_rsa_e(GenCtx& g, const OSSL_PARAM& p) {
+  BIGNUM* e = nullptr;
+  if (!OSSL_PARAM_get_BN(&p, &e)) return make_error(Reason::kInvalidArgument, "e must be a number");
+  BignumPtr owned(e);
+  BN_ULONG v = BN_get_word(e);
+  if (BN_num_bits(e) > 32 || v < 3 || !(v & 1))
+    return make_error(Reason::kUnsupported, "RSA public exponent must be odd, at least 3 and at most 32 bits");
+  g.opts.rsa_exponent = uint32_t(v);
+  return Status::Ok();
+}
+
+Status set_rsa_primes(GenCtx&, const OSSL_PARAM& p) {
+  size_t primes = 0;
+  if (!OSSL_PARAM_get_size_t(&p, &primes) || primes != 2)
+    return make_error(Reason::kUnsupported, "TPM RSA keys have exactly 2 primes");
+  return Status::Ok();
+}
+
+Status set_name_digest(GenCtx& g, const OSSL_PARAM& p) {
+  const char* name = nullptr;
+  if (!OSSL_PARAM_get_utf8_string_ptr(&p, &name)) return make_error(Reason::kInvalidArgument, "digest must be a string");
+  TPM2_ALG_ID h = hash_from_name(name);
+  if (h != TPM2_ALG_SHA256 && h != TPM2_ALG_SHA384 && h != TPM2_ALG_SHA512)
+    return make_error(Reason::kUnsupported, std::string("digest ") + name + " (use sha256, sha384 or sha512)");
+  g.opts.name_alg = h;
+  return Status::Ok();
+}
+
+Status set_parent(GenCtx& g, const OSSL_PARAM& p) {
+  uint32_t h = 0;
+  if (!OSSL_PARAM_get_uint32(&p, &h) || (h != kOwnerParent && (h >> 24) != TPM2_HT_PERSISTENT))
+    return make_error(Reason::kInvalidArgument, "parent must be 0x40000001 or a persistent handle 0x81xxxxxx");
+  g.opts.parent = h;
+  return Status::Ok();
+}
+
+Status set_user_auth(GenCtx& g, const OSSL_PARAM& p) {
+  const char* pw = nullptr;
+  if (!OSSL_PARAM_get_utf8_string_ptr(&p, &pw)) return make_error(Reason::kInvalidArgument, "user-auth must be a string");
+  g.auth = SecretBytes(reinterpret_cast<const uint8_t*>(pw), std::strlen(pw));
+  return Status::Ok();
+}
+
+// The generation parameters of each key type: its settable list, and what set_params applies.
+constexpr auto kEcGenParams = settable<GenCtx>({
+    {OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, nullptr, 0), set_group},
+    {OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_EC_ENCODING, nullptr, 0), set_ec_encoding},
+    {OSSL_PARAM_utf8_string(kParamUserAuth, nullptr, 0), set_user_auth},
+    {OSSL_PARAM_utf8_string(kParamNameDigest, nullptr, 0), set_name_digest},
+    {OSSL_PARAM_uint32(kParamParent, nullptr), set_parent},
+});
+constexpr auto kRsaGenParams = settable<GenCtx>({
+    {OSSL_PARAM_size_t(OSSL_PKEY_PARAM_RSA_BITS, nullptr), set_rsa_bits},
+    {OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_E, nullptr, 0), set_rsa_e},
+    {OSSL_PARAM_size_t(OSSL_PKEY_PARAM_RSA_PRIMES, nullptr), set_rsa_primes},
+    {OSSL_PARAM_utf8_string(kParamUserAuth, nullptr, 0), set_user_auth},
+    {OSSL_PARAM_utf8_string(kParamNameDigest, nullptr, 0), set_name_digest},
+    {OSSL_PARAM_uint32(kParamParent, nullptr), set_parent},
+});
 
 int gen_set_params(void* vgen, const OSSL_PARAM params[]) noexcept {
   auto* g = static_cast<GenCtx*>(vgen);
   return guard(g->prov, "keymgmt_gen_set_params", [&]() -> Status {
-    for (const OSSL_PARAM* p = params; p && p->key; ++p) TPMKEY_TRY(set_gen_param(*g, *p));
-    return Status::Ok();
+    return g->kind == KeyKind::kEc ? apply_params(kEcGenParams, *g, params) : apply_params(kRsaGenParams, *g, params);
   });
 }
 
-const OSSL_PARAM kEcGenSettable[] = {OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, nullptr, 0),
-                                     OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_EC_ENCODING, nullptr, 0),
-                                     OSSL_PARAM_utf8_string("user-auth", nullptr, 0),
-                                     OSSL_PARAM_utf8_string("digest", nullptr, 0),
-                                     OSSL_PARAM_uint32("parent", nullptr), OSSL_PARAM_END};
-const OSSL_PARAM kRsaGenSettable[] = {OSSL_PARAM_size_t(OSSL_PKEY_PARAM_RSA_BITS, nullptr),
-                                      OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_E, nullptr, 0),
-                                      OSSL_PARAM_size_t(OSSL_PKEY_PARAM_RSA_PRIMES, nullptr),
-                                      OSSL_PARAM_utf8_string("user-auth", nullptr, 0),
-                                      OSSL_PARAM_utf8_string("digest", nullptr, 0),
-                                      OSSL_PARAM_uint32("parent", nullptr), OSSL_PARAM_END};
-const OSSL_PARAM* ec_gen_settable(void*, void*) noexcept { return kEcGenSettable; }
-const OSSL_PARAM* rsa_gen_settable(void*, void*) noexcept { return kRsaGenSettable; }
+const OSSL_PARAM* ec_gen_settable(void*, void*) noexcept { return kEcGenParams.list(); }
+const OSSL_PARAM* rsa_gen_settable(void*, void*) noexcept { return kRsaGenParams.list(); }
 
 void* gen(void* vgen, OSSL_CALLBACK*, void*) noexcept {
   auto* g = static_cast<GenCtx*>(vgen);

@@ -53,32 +53,30 @@ struct ReasonStrings {
 };
 const ReasonStrings kReasonStrings;
 
-const OSSL_PARAM kGettableParams[] = {
-    OSSL_PARAM_DEFN(OSSL_PROV_PARAM_NAME, OSSL_PARAM_UTF8_PTR, nullptr, 0),
-    OSSL_PARAM_DEFN(OSSL_PROV_PARAM_VERSION, OSSL_PARAM_UTF8_PTR, nullptr, 0),
-    OSSL_PARAM_DEFN(OSSL_PROV_PARAM_BUILDINFO, OSSL_PARAM_UTF8_PTR, nullptr, 0),
-    OSSL_PARAM_DEFN(OSSL_PROV_PARAM_STATUS, OSSL_PARAM_INTEGER, nullptr, 0),
-    OSSL_PARAM_DEFN(kParamTpmCommands, OSSL_PARAM_UNSIGNED_INTEGER, nullptr, 0), OSSL_PARAM_END};
-
 void teardown(void* vctx) noexcept { delete static_cast<ProviderCtx*>(vctx); }
 
-const OSSL_PARAM* gettable_params(void*) noexcept { return kGettableParams; }
+// The provider's own parameters (OSSL_PROVIDER_get_params): each one's handler, then the table.
+bool get_name(const ProviderCtx&, OSSL_PARAM& p) { return OSSL_PARAM_set_utf8_ptr(&p, "tpmkey TPM 2.0 provider"); }
+bool get_version(const ProviderCtx&, OSSL_PARAM& p) { return OSSL_PARAM_set_utf8_ptr(&p, TPMKEY_VERSION); }
+bool get_status(const ProviderCtx&, OSSL_PARAM& p) { return OSSL_PARAM_set_int(&p, 1); }
+// Never connects: 0 until a key is used.
+bool get_tpm_commands(const ProviderCtx& prov, OSSL_PARAM& p) {
+  Tpm* tpm = prov.core->tpm_if_connected();
+  return OSSL_PARAM_set_uint64(&p, tpm ? tpm->commands() : 0);
+}
+
+constexpr auto kProviderParams = gettable<ProviderCtx>({
+    {OSSL_PARAM_DEFN(OSSL_PROV_PARAM_NAME, OSSL_PARAM_UTF8_PTR, nullptr, 0), get_name},
+    {OSSL_PARAM_DEFN(OSSL_PROV_PARAM_VERSION, OSSL_PARAM_UTF8_PTR, nullptr, 0), get_version},
+    {OSSL_PARAM_DEFN(OSSL_PROV_PARAM_BUILDINFO, OSSL_PARAM_UTF8_PTR, nullptr, 0), get_version},  // the same
+    {OSSL_PARAM_DEFN(OSSL_PROV_PARAM_STATUS, OSSL_PARAM_INTEGER, nullptr, 0), get_status},
+    {OSSL_PARAM_DEFN(kParamTpmCommands, OSSL_PARAM_UNSIGNED_INTEGER, nullptr, 0), get_tpm_commands},
+});
+
+const OSSL_PARAM* gettable_params(void*) noexcept { return kProviderParams.list(); }
 
 int get_params(void* vctx, OSSL_PARAM params[]) noexcept {
-  auto* prov = static_cast<ProviderCtx*>(vctx);
-  OSSL_PARAM* p;
-  if ((p = OSSL_PARAM_locate(params, kParamTpmCommands))) {
-    Tpm* tpm = prov->core->tpm_if_connected();
-    if (!OSSL_PARAM_set_uint64(p, tpm ? tpm->commands() : 0)) return 0;
-  }
-  if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_NAME)) && !OSSL_PARAM_set_utf8_ptr(p, "tpmkey TPM 2.0 provider"))
-    return 0;
-  if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_VERSION)) && !OSSL_PARAM_set_utf8_ptr(p, TPMKEY_VERSION))
-    return 0;
-  if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_BUILDINFO)) && !OSSL_PARAM_set_utf8_ptr(p, TPMKEY_VERSION))
-    return 0;
-  if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_STATUS)) && !OSSL_PARAM_set_int(p, 1)) return 0;
-  return 1;
+  return answer_params(kProviderParams, *static_cast<const ProviderCtx*>(vctx), params);
 }
 
 const OSSL_ALGORITHM* query_operation(void*, int operation_id, int* no_cache) noexcept {

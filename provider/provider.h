@@ -10,7 +10,8 @@
 
 #include "keystore/context.h"
 #include "keystore/key.h"
-#include "provider/tpm_commands.h"
+#include "provider/param_table.h"
+#include "provider/params.h"
 
 namespace tpmkey::provider {
 

@@ -129,109 +129,128 @@ void* dupctx(void* vc) noexcept {
   return d;
 }
 
-Status set_param(SigCtx& c, const OSSL_PARAM& p) {
-  std::string key = p.key;
-  if (key == OSSL_SIGNATURE_PARAM_DIGEST) {
-    const char* name = nullptr;
-    if (!OSSL_PARAM_get_utf8_string_ptr(&p, &name)) return make_error(Reason::kInvalidArgument, "digest must be a name");
-    TPM2_ALG_ID h = hash_from_name(name);
-    if (h == TPM2_ALG_ERROR) return make_error(Reason::kUnsupported, std::string("digest ") + name + " (use SHA256, SHA384 or SHA512)");
-    if (c.md_ctx && h != c.hash) return make_error(Reason::kInvalidArgument, "cannot change the digest during DigestSign");
-    c.hash = h;
-  } else if (c.kind == KeyKind::kRsa && key == OSSL_SIGNATURE_PARAM_PAD_MODE) {
-    int mode = 0;
-    const char* name = nullptr;
-    if (p.data_type == OSSL_PARAM_UTF8_STRING && OSSL_PARAM_get_utf8_string_ptr(&p, &name)) {
-      std::string n = name;
-      mode = n == OSSL_PKEY_RSA_PAD_MODE_PKCSV15 ? RSA_PKCS1_PADDING : n == OSSL_PKEY_RSA_PAD_MODE_PSS ? RSA_PKCS1_PSS_PADDING : -1;
-    } else if (!OSSL_PARAM_get_int(&p, &mode)) {
-      return make_error(Reason::kInvalidArgument, "bad RSA padding mode");
-    }
-    if (mode != RSA_PKCS1_PADDING && mode != RSA_PKCS1_PSS_PADDING)
-      return make_error(Reason::kUnsupported, "RSA padding mode (the TPM signs with PKCS#1 v1.5 or PSS)");
-    c.padding = mode;
-  } else if (c.kind == KeyKind::kRsa && key == OSSL_SIGNATURE_PARAM_PSS_SALTLEN) {
-    int len = 0;
-    const char* name = nullptr;
-    if (p.data_type == OSSL_PARAM_UTF8_STRING && OSSL_PARAM_get_utf8_string_ptr(&p, &name)) {
-      std::string n = name;
-      if (n == OSSL_PKEY_RSA_PSS_SALT_LEN_DIGEST) len = RSA_PSS_SALTLEN_DIGEST;
-      else if (n == OSSL_PKEY_RSA_PSS_SALT_LEN_AUTO) len = RSA_PSS_SALTLEN_AUTO;
-      else if (n == OSSL_PKEY_RSA_PSS_SALT_LEN_MAX) len = RSA_PSS_SALTLEN_MAX;
-      else len = std::atoi(name);
-    } else if (!OSSL_PARAM_get_int(&p, &len)) {
-      return make_error(Reason::kInvalidArgument, "bad PSS salt length");
-    }
-    c.saltlen = len;
-  } else if (c.kind == KeyKind::kRsa && key == OSSL_SIGNATURE_PARAM_MGF1_DIGEST) {
-    const char* name = nullptr;
-    if (!OSSL_PARAM_get_utf8_string_ptr(&p, &name)) return make_error(Reason::kInvalidArgument, "mgf1 digest must be a name");
-    c.mgf1 = hash_from_name(name);
-    if (c.mgf1 == TPM2_ALG_ERROR) return make_error(Reason::kUnsupported, std::string("MGF1 digest ") + name);
-  }
+// --- parameters: each one's handler, then the tables of which algorithm takes which ---
+
+Status set_digest(SigCtx& c, const OSSL_PARAM& p) {
+  const char* name = nullptr;
+  if (!OSSL_PARAM_get_utf8_string_ptr(&p, &name)) return make_error(Reason::kInvalidArgument, "digest must be a name");
+  TPM2_ALG_ID h = hash_from_name(name);
+  if (h == TPM2_ALG_ERROR) return make_error(Reason::kUnsupported, std::string("digest ") + name + " (use SHA256, SHA384 or SHA512)");
+  if (c.md_ctx && h != c.hash) return make_error(Reason::kInvalidArgument, "cannot change the digest during DigestSign");
+  c.hash = h;
   return Status::Ok();
+}
+
+// Accepted and not used: tpmkey's digests always come from the default provider.
+Status set_properties(SigCtx&, const OSSL_PARAM&) { return Status::Ok(); }
+
+Status set_pad_mode(SigCtx& c, const OSSL_PARAM& p) {
+  int mode = 0;
+  const char* name = nullptr;
+  if (p.data_type == OSSL_PARAM_UTF8_STRING && OSSL_PARAM_get_utf8_string_ptr(&p, &name)) {
+    std::string n = name;
+    mode = n == OSSL_PKEY_RSA_PAD_MODE_PKCSV15 ? RSA_PKCS1_PADDING : n == OSSL_PKEY_RSA_PAD_MODE_PSS ? RSA_PKCS1_PSS_PADDING : -1;
+  } else if (!OSSL_PARAM_get_int(&p, &mode)) {
+    return make_error(Reason::kInvalidArgument, "bad RSA padding mode");
+  }
+  if (mode != RSA_PKCS1_PADDING && mode != RSA_PKCS1_PSS_PADDING)
+    return make_error(Reason::kUnsupported, "RSA padding mode (the TPM signs with PKCS#1 v1.5 or PSS)");
+  c.padding = mode;
+  return Status::Ok();
+}
+
+Status set_pss_saltlen(SigCtx& c, const OSSL_PARAM& p) {
+  int len = 0;
+  const char* name = nullptr;
+  if (p.data_type == OSSL_PARAM_UTF8_STRING && OSSL_PARAM_get_utf8_string_ptr(&p, &name)) {
+    std::string n = name;
+    if (n == OSSL_PKEY_RSA_PSS_SALT_LEN_DIGEST) len = RSA_PSS_SALTLEN_DIGEST;
+    else if (n == OSSL_PKEY_RSA_PSS_SALT_LEN_AUTO) len = RSA_PSS_SALTLEN_AUTO;
+    else if (n == OSSL_PKEY_RSA_PSS_SALT_LEN_MAX) len = RSA_PSS_SALTLEN_MAX;
+    else len = std::atoi(name);
+  } else if (!OSSL_PARAM_get_int(&p, &len)) {
+    return make_error(Reason::kInvalidArgument, "bad PSS salt length");
+  }
+  c.saltlen = len;
+  return Status::Ok();
+}
+
+Status set_mgf1_digest(SigCtx& c, const OSSL_PARAM& p) {
+  const char* name = nullptr;
+  if (!OSSL_PARAM_get_utf8_string_ptr(&p, &name)) return make_error(Reason::kInvalidArgument, "mgf1 digest must be a name");
+  c.mgf1 = hash_from_name(name);
+  if (c.mgf1 == TPM2_ALG_ERROR) return make_error(Reason::kUnsupported, std::string("MGF1 digest ") + name);
+  return Status::Ok();
+}
+
+bool get_algorithm_id(const SigCtx& c, OSSL_PARAM& p) {
+  Bytes id = algorithm_id(c);
+  return !id.empty() && OSSL_PARAM_set_octet_string(&p, id.data(), id.size());
+}
+
+// Not answered before a digest is known (EVP_PKEY_sign infers it from the input length).
+bool get_digest(const SigCtx& c, OSSL_PARAM& p) {
+  return c.hash == TPM2_ALG_NULL || OSSL_PARAM_set_utf8_string(&p, hash_name(c.hash));
+}
+
+bool get_pad_mode(const SigCtx& c, OSSL_PARAM& p) {
+  if (p.data_type == OSSL_PARAM_INTEGER) return OSSL_PARAM_set_int(&p, c.padding);
+  return OSSL_PARAM_set_utf8_string(&p, c.padding == RSA_PKCS1_PSS_PADDING ? OSSL_PKEY_RSA_PAD_MODE_PSS
+                                                                         : OSSL_PKEY_RSA_PAD_MODE_PKCSV15);
+}
+
+bool get_pss_saltlen(const SigCtx& c, OSSL_PARAM& p) {
+  if (p.data_type == OSSL_PARAM_INTEGER) return OSSL_PARAM_set_int(&p, c.saltlen);
+  return OSSL_PARAM_set_utf8_string(&p, OSSL_PKEY_RSA_PSS_SALT_LEN_DIGEST);
+}
+
+// MGF1 uses the signature digest unless another was asked for (which signing then refuses).
+bool get_mgf1_digest(const SigCtx& c, OSSL_PARAM& p) {
+  TPM2_ALG_ID m = c.mgf1 != TPM2_ALG_NULL ? c.mgf1 : c.hash;
+  return m == TPM2_ALG_NULL || OSSL_PARAM_set_utf8_string(&p, hash_name(m));
+}
+
+constexpr auto kEcdsaSettable = settable<SigCtx>({
+    {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, nullptr, 0), set_digest},
+    {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PROPERTIES, nullptr, 0), set_properties},
+});
+constexpr auto kRsaSettable = settable<SigCtx>({
+    {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, nullptr, 0), set_digest},
+    {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PROPERTIES, nullptr, 0), set_properties},
+    {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PAD_MODE, nullptr, 0), set_pad_mode},  // or an int
+    {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PSS_SALTLEN, nullptr, 0), set_pss_saltlen},  // or an int
+    {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_MGF1_DIGEST, nullptr, 0), set_mgf1_digest},
+});
+constexpr auto kEcdsaGettable = gettable<SigCtx>({
+    {OSSL_PARAM_octet_string(OSSL_SIGNATURE_PARAM_ALGORITHM_ID, nullptr, 0), get_algorithm_id},
+    {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, nullptr, 0), get_digest},
+});
+constexpr auto kRsaGettable = gettable<SigCtx>({
+    {OSSL_PARAM_octet_string(OSSL_SIGNATURE_PARAM_ALGORITHM_ID, nullptr, 0), get_algorithm_id},
+    {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, nullptr, 0), get_digest},
+    {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PAD_MODE, nullptr, 0), get_pad_mode},  // or an int
+    {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PSS_SALTLEN, nullptr, 0), get_pss_saltlen},  // or an int
+    {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_MGF1_DIGEST, nullptr, 0), get_mgf1_digest},
+});
+
+Status set_params(SigCtx& c, const OSSL_PARAM params[]) {
+  return c.kind == KeyKind::kEc ? apply_params(kEcdsaSettable, c, params) : apply_params(kRsaSettable, c, params);
 }
 
 int set_ctx_params(void* vc, const OSSL_PARAM params[]) noexcept {
   auto* c = static_cast<SigCtx*>(vc);
-  return guard(c->prov, "signature_set_ctx_params", [&]() -> Status {
-    for (const OSSL_PARAM* p = params; p && p->key; ++p) TPMKEY_TRY(set_param(*c, *p));
-    return Status::Ok();
-  });
+  return guard(c->prov, "signature_set_ctx_params", [&] { return set_params(*c, params); });
 }
 
 int get_ctx_params(void* vc, OSSL_PARAM params[]) noexcept {
-  auto* c = static_cast<SigCtx*>(vc);
-  OSSL_PARAM* p;
-  if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_ALGORITHM_ID))) {
-    Bytes id = algorithm_id(*c);
-    if (id.empty() || !OSSL_PARAM_set_octet_string(p, id.data(), id.size())) return 0;
-  }
-  if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_DIGEST)) && c->hash != TPM2_ALG_NULL &&
-      !OSSL_PARAM_set_utf8_string(p, hash_name(c->hash)))
-    return 0;
-  if (c->kind == KeyKind::kRsa) {
-    if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_PAD_MODE))) {
-      bool ok = p->data_type == OSSL_PARAM_INTEGER
-                    ? OSSL_PARAM_set_int(p, c->padding)
-                    : OSSL_PARAM_set_utf8_string(p, c->padding == RSA_PKCS1_PSS_PADDING ? OSSL_PKEY_RSA_PAD_MODE_PSS
-                                                                                        : OSSL_PKEY_RSA_PAD_MODE_PKCSV15);
-      if (!ok) return 0;
-    }
-    if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_PSS_SALTLEN))) {
-      bool ok = p->data_type == OSSL_PARAM_INTEGER ? OSSL_PARAM_set_int(p, c->saltlen)
-                                                   : OSSL_PARAM_set_utf8_string(p, OSSL_PKEY_RSA_PSS_SALT_LEN_DIGEST);
-      if (!ok) return 0;
-    }
-    if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_MGF1_DIGEST))) {
-      TPM2_ALG_ID m = c->mgf1 != TPM2_ALG_NULL ? c->mgf1 : c->hash;
-      if (m != TPM2_ALG_NULL && !OSSL_PARAM_set_utf8_string(p, hash_name(m))) return 0;
-    }
-  }
-  return 1;
+  const auto* c = static_cast<const SigCtx*>(vc);
+  return c->kind == KeyKind::kEc ? answer_params(kEcdsaGettable, *c, params) : answer_params(kRsaGettable, *c, params);
 }
 
-const OSSL_PARAM kEcdsaGettable[] = {OSSL_PARAM_octet_string(OSSL_SIGNATURE_PARAM_ALGORITHM_ID, nullptr, 0),
-                                     OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, nullptr, 0), OSSL_PARAM_END};
-const OSSL_PARAM kEcdsaSettable[] = {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, nullptr, 0),
-                                     OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PROPERTIES, nullptr, 0),
-                                     OSSL_PARAM_END};
-const OSSL_PARAM kRsaGettable[] = {OSSL_PARAM_octet_string(OSSL_SIGNATURE_PARAM_ALGORITHM_ID, nullptr, 0),
-                                   OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, nullptr, 0),
-                                   OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PAD_MODE, nullptr, 0),
-                                   OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PSS_SALTLEN, nullptr, 0),
-                                   OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_MGF1_DIGEST, nullptr, 0),
-                                   OSSL_PARAM_END};
-const OSSL_PARAM kRsaSettable[] = {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, nullptr, 0),
-                                   OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PROPERTIES, nullptr, 0),
-                                   OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PAD_MODE, nullptr, 0),
-                                   OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PSS_SALTLEN, nullptr, 0),
-                                   OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_MGF1_DIGEST, nullptr, 0),
-                                   OSSL_PARAM_END};
-const OSSL_PARAM* ecdsa_gettable(void*, void*) noexcept { return kEcdsaGettable; }
-const OSSL_PARAM* ecdsa_settable(void*, void*) noexcept { return kEcdsaSettable; }
-const OSSL_PARAM* rsa_gettable(void*, void*) noexcept { return kRsaGettable; }
-const OSSL_PARAM* rsa_settable(void*, void*) noexcept { return kRsaSettable; }
+const OSSL_PARAM* ecdsa_gettable(void*, void*) noexcept { return kEcdsaGettable.list(); }
+const OSSL_PARAM* ecdsa_settable(void*, void*) noexcept { return kEcdsaSettable.list(); }
+const OSSL_PARAM* rsa_gettable(void*, void*) noexcept { return kRsaGettable.list(); }
+const OSSL_PARAM* rsa_settable(void*, void*) noexcept { return kRsaSettable.list(); }
 
 // --- signing ---
 
@@ -244,8 +263,7 @@ Status init(SigCtx& c, void* vkd, const OSSL_PARAM params[]) {
   c.md_ctx.reset();
   c.buffer_message = false;
   c.message.clear();
-  for (const OSSL_PARAM* p = params; p && p->key; ++p) TPMKEY_TRY(set_param(c, *p));
-  return Status::Ok();
+  return set_params(c, params);
 }
 
 int sign_init(void* vc, void* vkd, const OSSL_PARAM params[]) noexcept {

@@ -35,15 +35,23 @@ void* open(void* provctx, const char* uri) noexcept {
   return ctx;
 }
 
-int set_ctx_params(void* vctx, const OSSL_PARAM params[]) noexcept {
-  auto* ctx = static_cast<StoreCtx*>(vctx);
-  if (const OSSL_PARAM* p = OSSL_PARAM_locate_const(params, OSSL_STORE_PARAM_EXPECT))
-    if (!OSSL_PARAM_get_int(p, &ctx->expect)) return 0;
-  return 1;
+// What OSSL_STORE_expect asks for: OSSL_STORE_INFO_PKEY or _PUBKEY (others find nothing here).
+Status set_expect(StoreCtx& ctx, const OSSL_PARAM& p) {
+  if (!OSSL_PARAM_get_int(&p, &ctx.expect)) return make_error(Reason::kInvalidArgument, "expect must be a number");
+  return Status::Ok();
 }
 
-const OSSL_PARAM kSettable[] = {OSSL_PARAM_int(OSSL_STORE_PARAM_EXPECT, nullptr), OSSL_PARAM_END};
-const OSSL_PARAM* settable_ctx_params(void*) noexcept { return kSettable; }
+// The store's parameters (OpenSSL also passes "properties", which the table ignores).
+constexpr auto kStoreParams = settable<StoreCtx>({
+    {OSSL_PARAM_int(OSSL_STORE_PARAM_EXPECT, nullptr), set_expect},
+});
+
+int set_ctx_params(void* vctx, const OSSL_PARAM params[]) noexcept {
+  auto* ctx = static_cast<StoreCtx*>(vctx);
+  return guard(ctx->prov, "store_set_ctx_params", [&] { return apply_params(kStoreParams, *ctx, params); });
+}
+
+const OSSL_PARAM* settable_ctx_params(void*) noexcept { return kStoreParams.list(); }
 
 // One keystore entry as an OSSL_STORE NAME, with its algorithm as the description.
 int emit_name(StoreCtx& ctx, const std::string& name, OSSL_CALLBACK* cb, void* cbarg) {

@@ -7,10 +7,9 @@
 #include <openssl/params.h>
 #include <openssl/provider.h>
 
-namespace tpmkey {
+#include "provider/params.h"  // kParamTpmCommands
 
-// Provider parameter (uint64): TPM commands this provider instance has sent; 0 before it connects.
-inline constexpr const char* kParamTpmCommands = "tpmkey-tpm-commands";
+namespace tpmkey {
 
 // Reads the counter of the tpmkey provider in `libctx` into `*n`; false if it cannot.
 inline bool read_tpm_commands(OSSL_LIB_CTX* libctx, uint64_t* n) {

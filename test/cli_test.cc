@@ -130,17 +130,138 @@ TEST_F(CliTest, CreateListPubkeyDelete) {
   EXPECT_FAILS_WITH(tpmkey({"delete", "ssh", "--yes"}), "no key named \"ssh\"");
 }
 
+// create --persistent and delete from the CLI's side: what is printed, and a handle that was
+// evicted behind tpmkey's back (the keystore entry is still deleted).
+TEST_F(CliTest, PersistentKeyWhoseHandleIsGone) {
+  constexpr const char* kHandle = "0x81000030";
+  auto made = tpmkey({"create", "pk", "--persistent", kHandle, "--description", "persistent"});
+  EXPECT_OK(made);
+  EXPECT_NE(made.out.find("created tpm2:pk (ec-p256) in " + keystore_ + "/pk.pem"), std::string::npos) << made.out;
+  EXPECT_NE(made.out.find("persistent at 0x81000030 (also tpm2:handle=0x81000030)"), std::string::npos) << made.out;
+  EXPECT_FAILS_WITH(tpmkey({"create", "pk2", "--persistent", kHandle}), "the persistent handle is already in use");
+  EXPECT_FALSE(std::filesystem::exists(keystore_ + "/pk2.pem"));
+  ASSERT_OK(run({"tpm2_evictcontrol", "-T", tcti_, "-C", "o", "-c", kHandle}, {"TSS2_LOG=all+none"}));
+  auto del = tpmkey({"delete", "pk", "-y"});
+  EXPECT_OK(del);
+  EXPECT_NE(del.out.find("0x81000030 was no longer in the TPM\ndeleted tpm2:pk\n"), std::string::npos) << del.out;
+  EXPECT_FALSE(std::filesystem::exists(keystore_ + "/pk.pem"));
+  EXPECT_FALSE(std::filesystem::exists(keystore_ + "/pk.handle"));
+}
+
 TEST_F(CliTest, HelpForEveryCommand) {
-  for (const char* cmd : {"create", "list", "pubkey", "delete", "algorithms"}) {
-    auto r = tpmkey({cmd, "--help"});
-    EXPECT_OK(r);
-    EXPECT_NE(r.out.find(std::string("Usage: tpmkey ") + cmd), std::string::npos) << r.out;
+  for (const char* cmd : {"init", "create", "list", "pubkey", "delete", "import-file", "algorithms"}) {
+    SCOPED_TRACE(cmd);
+    for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+             {cmd, "--help"}, {cmd, "-h"}, {"help", cmd}, {"--help", cmd}}) {
+      auto r = tpmkey(args);
+      EXPECT_OK(r);
+      EXPECT_NE(r.out.find(std::string("Usage: tpmkey ") + cmd), std::string::npos) << r.out;
+    }
   }
   auto r = tpmkey({"--help"});
   EXPECT_OK(r);
   EXPECT_NE(r.out.find("--tcti"), std::string::npos);
+  EXPECT_OK(tpmkey({"help"}));
+  auto none = tpmkey({});
+  EXPECT_EQ(none.exit_code, 2);
+  EXPECT_NE(none.err.find("Usage: tpmkey"), std::string::npos) << none.err;
+  auto version = tpmkey({"list", "--version"});
+  EXPECT_OK(version);
+  EXPECT_EQ(version.out.rfind("tpmkey ", 0), 0u) << version.out;
   EXPECT_FAILS_WITH(tpmkey({"frobnicate"}), "unknown command");
   EXPECT_FAILS_WITH(tpmkey({"list", "--bogus"}), "unknown option --bogus");
+}
+
+// Each command takes only its own options (and the global ones) and its own number of arguments;
+// everything else is a usage error: exit 2, a message that says what is wrong and where to look,
+// and nothing done.
+TEST_F(CliTest, UsageErrorsExitTwo) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string says, command;
+  };
+  write_file(dir_ + "/pw", "a secret\n");
+  for (const Case& c : std::vector<Case>{
+           {{"list", "--algorithm", "x"}, "unknown option --algorithm for \"tpmkey list\"", "list"},
+           {{"create", "k", "--yes"}, "unknown option --yes for \"tpmkey create\"", "create"},
+           {{"create", "k", "-y"}, "unknown option -y for \"tpmkey create\"", "create"},
+           {{"pubkey", "k", "--persistent", "0x81000010"}, "unknown option --persistent for \"tpmkey pubkey\"", "pubkey"},
+           {{"delete", "k", "--format", "pem"}, "unknown option --format for \"tpmkey delete\"", "delete"},
+           {{"init", "--password"}, "unknown option --password for \"tpmkey init\"", "init"},
+           {{"import-file", "k", "f", "--algorithm", "ec-p256"}, "unknown option --algorithm for \"tpmkey import-file\"",
+            "import-file"},
+           {{"algorithms", "--repin"}, "unknown option --repin for \"tpmkey algorithms\"", "algorithms"},
+           {{"--algorithm", "rsa2048", "list"}, "unknown option --algorithm for \"tpmkey list\"", "list"},
+           {{"create", "k", "-x"}, "unknown option -x for \"tpmkey create\"", "create"},
+           {{"pubkey", "a", "b"}, "unexpected argument \"b\" for \"tpmkey pubkey\" (it takes NAME)", "pubkey"},
+           {{"list", "x"}, "unexpected argument \"x\" for \"tpmkey list\" (it takes no arguments)", "list"},
+           {{"init", "now"}, "unexpected argument \"now\" for \"tpmkey init\"", "init"},
+           {{"algorithms", "ec-p256"}, "unexpected argument \"ec-p256\" for \"tpmkey algorithms\"", "algorithms"},
+           {{"create", "a", "b", "--algorithm", "rsa2048"}, "unexpected argument \"b\" for \"tpmkey create\"", "create"},
+           {{"delete", "a", "b", "--yes"}, "unexpected argument \"b\" for \"tpmkey delete\"", "delete"},
+           {{"import-file", "k", "f", "g"}, "unexpected argument \"g\" for \"tpmkey import-file\" (it takes NAME and PATH)",
+            "import-file"},
+           {{"create"}, "missing NAME for \"tpmkey create\"", "create"},
+           {{"pubkey"}, "missing NAME for \"tpmkey pubkey\"", "pubkey"},
+           {{"delete", "--yes"}, "missing NAME for \"tpmkey delete\"", "delete"},
+           {{"import-file", "onlyname"}, "missing PATH for \"tpmkey import-file\"", "import-file"},
+           {{"pubkey", "k", "--format"}, "--format needs a value", "pubkey"},
+           {{"create", "k", "--algorithm"}, "--algorithm needs a value", "create"},
+           {{"import-file", "k", "f", "--password-file"}, "--password-file needs a value", "import-file"},
+           {{"list", "--keystore"}, "--keystore needs a value", "list"},
+           {{"delete", "k", "--yes=1"}, "--yes takes no value", "delete"},
+           {{"create", "k", "--password", "--password-file", dir_ + "/pw"},
+            "--password and --password-file exclude each other", "create"},
+           {{"create", "k", "--persistent", "0x40000001"}, "--persistent needs a handle 0x81000000-0x81ffffff", "create"},
+           {{"pubkey", "k", "--format", "der"}, "--format must be pem or openssh", "pubkey"},
+       }) {
+    std::string line;
+    for (const auto& a : c.args) line += " " + a;
+    SCOPED_TRACE("tpmkey" + line);
+    auto r = tpmkey(c.args);
+    EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
+    EXPECT_NE(r.err.find("tpmkey: " + c.says), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("Try \"tpmkey " + c.command + " --help\"."), std::string::npos) << r.err;
+    EXPECT_EQ(r.out, "");
+  }
+  // Before any command: only "tpmkey --help" can help.
+  for (const std::vector<std::string>& args :
+       std::vector<std::vector<std::string>>{{"--bogus"}, {"--tcti"}, {"frobnicate", "--help"}, {"help", "a", "b"}}) {
+    auto r = tpmkey(args);
+    EXPECT_EQ(r.exit_code, 2) << args[0] << r.out << r.err;
+    EXPECT_NE(r.err.find("Try \"tpmkey --help\"."), std::string::npos) << r.err;
+  }
+  // Nothing was done by any of them: no key, not even a keystore directory.
+  EXPECT_FALSE(std::filesystem::exists(keystore_)) << "a usage error touched the keystore";
+}
+
+// Global options go before or after the command, "--opt=value" works as "--opt value", options of
+// the command may come first too, and "--" ends the options.
+TEST_F(CliTest, OptionPlacementAndTheEndOfOptions) {
+  std::vector<std::string> env = {"TPMKEY_TCTI=" + tcti_, "OPENSSL_CONF=/dev/null", "TSS2_LOG=all+none",
+                                  "TPMKEY_KEYSTORE=" + dir_ + "/unused"};
+  auto cli = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), tpmkey_bin());
+    return run(args, env);
+  };
+  EXPECT_OK(cli({"create", "k", "--keystore", keystore_, "--algorithm=ec-p384"}));
+  auto list = cli({"--keystore=" + keystore_, "list"});
+  EXPECT_OK(list);
+  EXPECT_NE(list.out.find("k                        ec-p384    384    no        0x40000001"), std::string::npos)
+      << list.out;
+  EXPECT_OK(cli({"--keystore", keystore_, "--format", "openssh", "pubkey", "k", "--comment=laptop key"}));
+  EXPECT_NE(cli({"pubkey", "--keystore", keystore_, "k", "--format=openssh", "--comment", "laptop key"})
+                .out.find(" laptop key\n"),
+            std::string::npos);
+  // After "--", "--format" is a key name, not an option: the key is looked for (exit 1, not 2).
+  auto dashes = cli({"--keystore", keystore_, "pubkey", "--", "--format"});
+  EXPECT_FAILS_WITH(dashes, "pubkey(tpm2:--format): key not found");
+  EXPECT_EQ(dashes.exit_code, 1);
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/unused"));
+  auto del = cli({"-y", "--keystore", keystore_, "delete", "k"});
+  EXPECT_OK(del);
+  EXPECT_NE(del.out.find("deleted tpm2:k"), std::string::npos) << del.out;
+  EXPECT_FALSE(std::filesystem::exists(keystore_ + "/k.pem"));
 }
 
 // openssl pkeyutl -sign with every algorithm and padding, both provider orders; the default
@@ -729,6 +850,9 @@ TEST_F(Tpm2ToolsTest, ImportFileRefuses) {
   std::string other = std::string(TPMKEY_TEST_DATA) + "/tpm2-openssl-ec-p256.pem";
   EXPECT_FAILS_WITH(tpmkey({"import-file", "other", other}),
                     "the key was not made by this TPM under parent 0x40000001: tpm:parameter(1):integrity check failed");
+  // The TPM's TPM_RC_INTEGRITY (Error::rc, not the message text) gets the explanation.
+  EXPECT_FAILS_WITH(tpmkey({"import-file", "other", other}),
+                    "(made on another TPM, or under an owner primary that is not the standard ECC P-256 storage key");
   {
     Swtpm second;
     std::vector<std::string> env2 = {"TPMKEY_TCTI=" + second.tcti(), "TPMKEY_KEYSTORE=" + dir_ + "/second-keystore",

@@ -72,9 +72,11 @@ TEST_F(PersistentTest, CreatePersistentSignsInPlaceAndDeleteEvicts) {
     ASSERT_FALSE(sig.empty()) << drain_errors();
     EXPECT_TRUE(digest_verify(public_copy(k.get()).get(), "m", sig, {}));
     // ReadPublic(0x81000010) (its name matches the key file: used in place, no TPM2_Load),
-    // StartAuthSession, CreatePrimary, FlushContext (the SRK), StartAuthSession, Sign. No
-    // GetCapability: with nothing of its own to evict, tpmkey does not need the slot limits.
-    EXPECT_EQ(tpm_commands(lib_), 6u);
+    // StartAuthSession, CreatePrimary, FlushContext (the session), StartAuthSession, Sign, then
+    // ContextSave and FlushContext of the SRK (a transient parent keeps no slot between
+    // operations). No GetCapability: with nothing of its own to evict, tpmkey does not need the
+    // slot limits.
+    EXPECT_EQ(tpm_commands(lib_), 8u);
   }
   EXPECT_TRUE(sign_and_verify("tpm2:handle=0x81000010")) << drain_errors();
   // A handle in use is refused before anything is created; a non-persistent handle is a usage error.

@@ -6,8 +6,10 @@
 
 #include <cstring>
 #include <filesystem>
+#include <ostream>
 #include <tuple>
 
+#include <openssl/core_dispatch.h>
 #include <openssl/core_names.h>
 #include <openssl/decoder.h>
 #include <openssl/err.h>
@@ -186,12 +188,16 @@ TEST_P(ProviderTest, ParentIsCreatedOncePerProcess) {
   ASSERT_FALSE(digest_sign(lib_, a.get(), "x", {}).empty());
   // StartAuthSession (unsalted), CreatePrimary, FlushContext (the SRK, no persistent one was
   // provisioned: its name matches the pin recorded on first use); StartAuthSession (salted to the
-  // SRK); GetCapability (the slot limits, read once tpmkey holds an object: here the SRK); Load; Sign.
-  EXPECT_EQ(tpm_commands(lib_), 7u);
+  // SRK); GetCapability (the slot limits, read once tpmkey holds an object: here the SRK); Load;
+  // Sign; then ContextSave and FlushContext of the SRK: a transient parent does not keep a slot
+  // between operations (docs/sessions.md, slots).
+  EXPECT_EQ(tpm_commands(lib_), 9u);
   ASSERT_FALSE(digest_sign(lib_, b.get(), "x", {}).empty());
-  EXPECT_EQ(tpm_commands(lib_), 9u);  // Load, Sign: the parent and the session are reused
+  // ContextLoad (the saved SRK: not created again), Load, Sign, ContextSave, FlushContext; the
+  // session is reused.
+  EXPECT_EQ(tpm_commands(lib_), 14u);
   ASSERT_FALSE(digest_sign(lib_, a.get(), "x", {}).empty());
-  EXPECT_EQ(tpm_commands(lib_), 10u);  // Sign
+  EXPECT_EQ(tpm_commands(lib_), 15u);  // Sign
 }
 
 TEST_P(ProviderTest, ParamsForTlsAndX509) {
@@ -355,6 +361,238 @@ TEST_P(ProviderTest, ErrorsAreClear) {
   EXPECT_NE(EVP_PKEY_CTX_set_group_name(ctx, "P-192"), 1);
   EXPECT_NE(drain_errors().find("EC group \"P-192\""), std::string::npos);
   EVP_PKEY_CTX_free(ctx);
+}
+
+// --- parameters: the settable and gettable lists, and how each parameter set parses ---
+
+// One entry of a settable or gettable list: what OpenSSL reads from it (the key, and the data
+// type and size that OSSL_PARAM_allocate_from_text uses for `-pkeyopt name:value`).
+struct ParamDef {
+  std::string key;
+  unsigned type = 0;
+  size_t size = 0;
+  bool operator==(const ParamDef&) const = default;
+};
+void PrintTo(const ParamDef& d, std::ostream* os) { *os << d.key << " (type " << d.type << ", size " << d.size << ")"; }
+std::vector<ParamDef> defs(const OSSL_PARAM* p) {
+  std::vector<ParamDef> out;
+  for (; p && p->key; ++p) out.push_back({p->key, p->data_type, p->data_size});
+  return out;
+}
+
+// The tpm2 store's dispatch functions, called as OpenSSL's core calls them (OSSL_STORE has no
+// accessor for a loader's settable list).
+class StoreDispatch {
+ public:
+  explicit StoreDispatch(OSSL_LIB_CTX* lib) : prov_(OSSL_PROVIDER_load(lib, "tpmkey")) {
+    if (prov_) algs_ = OSSL_PROVIDER_query_operation(prov_, OSSL_OP_STORE, &no_cache_);
+    for (const OSSL_DISPATCH* d = algs_ ? algs_->implementation : nullptr; d && d->function_id; ++d) {
+      switch (d->function_id) {
+        case OSSL_FUNC_STORE_OPEN: open = OSSL_FUNC_store_open(d); break;
+        case OSSL_FUNC_STORE_SETTABLE_CTX_PARAMS: settable = OSSL_FUNC_store_settable_ctx_params(d); break;
+        case OSSL_FUNC_STORE_SET_CTX_PARAMS: set = OSSL_FUNC_store_set_ctx_params(d); break;
+        case OSSL_FUNC_STORE_CLOSE: close = OSSL_FUNC_store_close(d); break;
+        default: break;
+      }
+    }
+  }
+  ~StoreDispatch() {
+    if (algs_) OSSL_PROVIDER_unquery_operation(prov_, OSSL_OP_STORE, algs_);
+    if (prov_) OSSL_PROVIDER_unload(prov_);
+  }
+  StoreDispatch(const StoreDispatch&) = delete;
+  StoreDispatch& operator=(const StoreDispatch&) = delete;
+  void* provctx() const { return OSSL_PROVIDER_get0_provider_ctx(prov_); }
+
+  OSSL_FUNC_store_open_fn* open = nullptr;
+  OSSL_FUNC_store_settable_ctx_params_fn* settable = nullptr;
+  OSSL_FUNC_store_set_ctx_params_fn* set = nullptr;
+  OSSL_FUNC_store_close_fn* close = nullptr;
+
+ private:
+  OSSL_PROVIDER* prov_;
+  const OSSL_ALGORITHM* algs_ = nullptr;
+  int no_cache_ = 0;
+};
+
+TEST_P(ProviderTest, SettableAndGettableLists) {
+  constexpr unsigned kUtf8 = OSSL_PARAM_UTF8_STRING, kUtf8Ptr = OSSL_PARAM_UTF8_PTR, kInt = OSSL_PARAM_INTEGER,
+                     kUint = OSSL_PARAM_UNSIGNED_INTEGER, kOctets = OSSL_PARAM_OCTET_STRING;
+  // tpmkey's own names are spelled out: they are what -pkeyopt and programs use.
+  const std::vector<ParamDef> common_gen = {{"user-auth", kUtf8, 0}, {"digest", kUtf8, 0}, {"parent", kUint, 4}};
+  std::vector<ParamDef> ec_gen = {{OSSL_PKEY_PARAM_GROUP_NAME, kUtf8, 0}, {OSSL_PKEY_PARAM_EC_ENCODING, kUtf8, 0}};
+  ec_gen.insert(ec_gen.end(), common_gen.begin(), common_gen.end());
+  std::vector<ParamDef> rsa_gen = {{OSSL_PKEY_PARAM_RSA_BITS, kUint, sizeof(size_t)},
+                                   {OSSL_PKEY_PARAM_RSA_E, kUint, 0},
+                                   {OSSL_PKEY_PARAM_RSA_PRIMES, kUint, sizeof(size_t)}};
+  rsa_gen.insert(rsa_gen.end(), common_gen.begin(), common_gen.end());
+  const std::vector<ParamDef> key_common = {{OSSL_PKEY_PARAM_BITS, kInt, sizeof(int)},
+                                            {OSSL_PKEY_PARAM_SECURITY_BITS, kInt, sizeof(int)},
+                                            {OSSL_PKEY_PARAM_MAX_SIZE, kInt, sizeof(int)},
+                                            {OSSL_PKEY_PARAM_DEFAULT_DIGEST, kUtf8, 0}};
+  std::vector<ParamDef> ec_key = key_common, rsa_key = key_common;
+  ec_key.insert(ec_key.end(), {{OSSL_PKEY_PARAM_GROUP_NAME, kUtf8, 0},
+                               {OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, kOctets, 0},
+                               {OSSL_PKEY_PARAM_PUB_KEY, kOctets, 0},
+                               {OSSL_PKEY_PARAM_EC_PUB_X, kUint, 0},
+                               {OSSL_PKEY_PARAM_EC_PUB_Y, kUint, 0},
+                               {OSSL_PKEY_PARAM_EC_ENCODING, kUtf8, 0},
+                               {OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, kUtf8, 0}});
+  rsa_key.insert(rsa_key.end(), {{OSSL_PKEY_PARAM_RSA_N, kUint, 0}, {OSSL_PKEY_PARAM_RSA_E, kUint, 0}});
+  for (const auto& [name, gen, key] : {std::tuple{"EC", ec_gen, ec_key}, std::tuple{"RSA", rsa_gen, rsa_key}}) {
+    SCOPED_TRACE(name);
+    EVP_KEYMGMT* km = EVP_KEYMGMT_fetch(lib_, name, "provider=tpmkey");
+    ASSERT_TRUE(km) << drain_errors();
+    EXPECT_EQ(defs(EVP_KEYMGMT_gen_settable_params(km)), gen);
+    EXPECT_EQ(defs(EVP_KEYMGMT_gettable_params(km)), key);
+    EVP_KEYMGMT_free(km);
+  }
+
+  const std::vector<ParamDef> ecdsa_set = {{OSSL_SIGNATURE_PARAM_DIGEST, kUtf8, 0},
+                                           {OSSL_SIGNATURE_PARAM_PROPERTIES, kUtf8, 0}};
+  const std::vector<ParamDef> ecdsa_get = {{OSSL_SIGNATURE_PARAM_ALGORITHM_ID, kOctets, 0},
+                                           {OSSL_SIGNATURE_PARAM_DIGEST, kUtf8, 0}};
+  const std::vector<ParamDef> rsa_only = {{OSSL_SIGNATURE_PARAM_PAD_MODE, kUtf8, 0},
+                                          {OSSL_SIGNATURE_PARAM_PSS_SALTLEN, kUtf8, 0},
+                                          {OSSL_SIGNATURE_PARAM_MGF1_DIGEST, kUtf8, 0}};
+  std::vector<ParamDef> rsa_set = ecdsa_set, rsa_get = ecdsa_get;
+  rsa_set.insert(rsa_set.end(), rsa_only.begin(), rsa_only.end());
+  rsa_get.insert(rsa_get.end(), rsa_only.begin(), rsa_only.end());
+  for (const auto& [name, set, get] : {std::tuple{"ECDSA", ecdsa_set, ecdsa_get}, std::tuple{"RSA", rsa_set, rsa_get}}) {
+    SCOPED_TRACE(name);
+    EVP_SIGNATURE* sig = EVP_SIGNATURE_fetch(lib_, name, "provider=tpmkey");
+    ASSERT_TRUE(sig) << drain_errors();
+    EXPECT_EQ(defs(EVP_SIGNATURE_settable_ctx_params(sig)), set);
+    EXPECT_EQ(defs(EVP_SIGNATURE_gettable_ctx_params(sig)), get);
+    EVP_SIGNATURE_free(sig);
+  }
+
+  OSSL_PROVIDER* prov = OSSL_PROVIDER_load(lib_, "tpmkey");
+  ASSERT_TRUE(prov);
+  EXPECT_EQ(defs(OSSL_PROVIDER_gettable_params(prov)),
+            (std::vector<ParamDef>{{OSSL_PROV_PARAM_NAME, kUtf8Ptr, 0},
+                                   {OSSL_PROV_PARAM_VERSION, kUtf8Ptr, 0},
+                                   {OSSL_PROV_PARAM_BUILDINFO, kUtf8Ptr, 0},
+                                   {OSSL_PROV_PARAM_STATUS, kInt, 0},
+                                   {"tpmkey-tpm-commands", kUint, 0}}));
+  const char* prov_name = nullptr;
+  int status = 0;
+  uint64_t commands = 99;
+  OSSL_PARAM asked[] = {OSSL_PARAM_construct_utf8_ptr(OSSL_PROV_PARAM_NAME, const_cast<char**>(&prov_name), 0),
+                        OSSL_PARAM_construct_int(OSSL_PROV_PARAM_STATUS, &status),
+                        OSSL_PARAM_construct_uint64("tpmkey-tpm-commands", &commands), OSSL_PARAM_construct_end()};
+  EXPECT_EQ(OSSL_PROVIDER_get_params(prov, asked), 1);
+  EXPECT_STREQ(prov_name, "tpmkey TPM 2.0 provider");
+  EXPECT_EQ(status, 1);
+  EXPECT_EQ(commands, 0u);
+  OSSL_PROVIDER_unload(prov);
+
+  StoreDispatch tpm2(lib_);
+  ASSERT_TRUE(tpm2.settable);
+  EXPECT_EQ(defs(tpm2.settable(tpm2.provctx())), (std::vector<ParamDef>{{OSSL_STORE_PARAM_EXPECT, kInt, sizeof(int)}}));
+  EXPECT_EQ(tpm_commands(lib_), 0u);
+}
+
+// Every parameter set ignores keys it does not know, as OpenSSL's own providers do, and refuses a
+// known key of the wrong type with a message.
+TEST_P(ProviderTest, ParametersOfTheWrongTypeAreRefusedClearly) {
+  int number = 7;
+  char text[] = "text";
+  unsigned char bytes[] = {1, 2};
+  auto int_param = [&](const char* key) { return OSSL_PARAM_construct_int(key, &number); };
+  auto text_param = [&](const char* key) { return OSSL_PARAM_construct_utf8_string(key, text, 0); };
+  auto bytes_param = [&](const char* key) { return OSSL_PARAM_construct_octet_string(key, bytes, sizeof bytes); };
+  struct Case {
+    const char* alg;
+    OSSL_PARAM param;
+    const char* says;  // nullptr: accepted
+  };
+
+  for (const Case& c : std::vector<Case>{
+           {"EC", int_param("group"), "group must be a string"},
+           {"EC", int_param("user-auth"), "user-auth must be a string"},
+           {"EC", int_param("digest"), "digest must be a string"},
+           {"EC", text_param("parent"), "parent must be 0x40000001 or a persistent handle 0x81xxxxxx"},
+           {"EC", text_param("colour"), nullptr},
+           {"EC", text_param("bits"), nullptr},  // an RSA parameter
+           {"RSA", text_param("bits"), "bits must be a number"},
+           {"RSA", text_param("e"), "e must be a number"},
+           {"RSA", int_param("user-auth"), "user-auth must be a string"},
+           {"RSA", int_param("group"), nullptr}}) {  // an EC parameter
+    SCOPED_TRACE(std::string("keygen ") + c.alg + " " + c.param.key);
+    EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_name(lib_, c.alg, "provider=tpmkey");
+    ASSERT_EQ(EVP_PKEY_keygen_init(ctx), 1) << drain_errors();
+    OSSL_PARAM params[] = {c.param, OSSL_PARAM_construct_end()};
+    EXPECT_EQ(EVP_PKEY_CTX_set_params(ctx, params), c.says ? 0 : 1);
+    std::string err = drain_errors();
+    if (c.says) {
+      EXPECT_NE(err.find(c.says), std::string::npos) << err;
+    }
+    EVP_PKEY_CTX_free(ctx);
+  }
+
+  // -pkeyopt name:value: the settable list gives the type the text is converted to.
+  EVP_PKEY_CTX* gen = EVP_PKEY_CTX_new_from_name(lib_, "EC", "provider=tpmkey");
+  ASSERT_EQ(EVP_PKEY_keygen_init(gen), 1);
+  EXPECT_EQ(EVP_PKEY_CTX_ctrl_str(gen, "parent", "0x81000001"), 1) << drain_errors();
+  EXPECT_EQ(EVP_PKEY_CTX_ctrl_str(gen, "user-auth", "secret"), 1) << drain_errors();
+  EXPECT_EQ(EVP_PKEY_CTX_ctrl_str(gen, "digest", "sha384"), 1) << drain_errors();
+  EXPECT_NE(EVP_PKEY_CTX_ctrl_str(gen, "parent", "0x12345678"), 1);
+  EXPECT_NE(drain_errors().find("parent must be 0x40000001 or a persistent handle 0x81xxxxxx"), std::string::npos);
+  EVP_PKEY_CTX_free(gen);
+
+  PkeyPtr ec = generate(kAlgs[0]), rsa = generate(kAlgs[3]);
+  ASSERT_TRUE(ec && rsa) << drain_errors();
+  for (const Case& c : std::vector<Case>{
+           {"EC", int_param("digest"), "digest must be a name"},
+           {"EC", int_param("properties"), nullptr},  // accepted and not used
+           {"EC", int_param("pad-mode"), nullptr},    // an RSA parameter
+           {"EC", text_param("colour"), nullptr},
+           {"RSA", bytes_param("pad-mode"), "bad RSA padding mode"},
+           {"RSA", bytes_param("saltlen"), "bad PSS salt length"},
+           {"RSA", int_param("mgf1-digest"), "mgf1 digest must be a name"},
+           {"RSA", text_param("colour"), nullptr}}) {
+    SCOPED_TRACE(std::string("signature ") + c.alg + " " + c.param.key);
+    EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_pkey(lib_, std::string(c.alg) == "EC" ? ec.get() : rsa.get(), nullptr);
+    ASSERT_EQ(EVP_PKEY_sign_init(ctx), 1) << drain_errors();
+    OSSL_PARAM params[] = {c.param, OSSL_PARAM_construct_end()};
+    EXPECT_EQ(EVP_PKEY_CTX_set_params(ctx, params), c.says ? 0 : 1);
+    std::string err = drain_errors();
+    if (c.says) {
+      EXPECT_NE(err.find(c.says), std::string::npos) << err;
+    }
+    EVP_PKEY_CTX_free(ctx);
+  }
+
+  // The store. Its set_ctx_params is called directly: OpenSSL 3.0's OSSL_STORE_open_ex cannot
+  // report a refused parameter (it goes on with the loader context it has just closed).
+  store(ec.get(), "k");
+  StoreDispatch tpm2(lib_);
+  ASSERT_TRUE(tpm2.open && tpm2.set && tpm2.close);
+  void* sctx = tpm2.open(tpm2.provctx(), "tpm2:k");
+  ASSERT_TRUE(sctx) << drain_errors();
+  for (const Case& c : std::vector<Case>{{"tpm2", text_param(OSSL_STORE_PARAM_EXPECT), "expect must be a number"},
+                                         {"tpm2", text_param("colour"), nullptr},
+                                         {"tpm2", int_param(OSSL_STORE_PARAM_EXPECT), nullptr}}) {
+    SCOPED_TRACE(std::string("store ") + c.param.key);
+    OSSL_PARAM params[] = {c.param, OSSL_PARAM_construct_end()};
+    EXPECT_EQ(tpm2.set(sctx, params), c.says ? 0 : 1);
+    std::string err = drain_errors();
+    if (c.says) {
+      EXPECT_NE(err.find(c.says), std::string::npos) << err;
+    }
+  }
+  tpm2.close(sctx);
+  // "expect" given to OSSL_STORE_open_ex, as OSSL_STORE_expect would set it.
+  int pubkey = OSSL_STORE_INFO_PUBKEY;
+  OSSL_PARAM expect_public[] = {OSSL_PARAM_construct_int(OSSL_STORE_PARAM_EXPECT, &pubkey), OSSL_PARAM_construct_end()};
+  OSSL_STORE_CTX* s = OSSL_STORE_open_ex("tpm2:k", lib_, nullptr, nullptr, nullptr, expect_public, nullptr, nullptr);
+  ASSERT_TRUE(s) << drain_errors();
+  OSSL_STORE_INFO* info = OSSL_STORE_load(s);
+  ASSERT_TRUE(info) << drain_errors();
+  EXPECT_EQ(OSSL_STORE_INFO_get_type(info), OSSL_STORE_INFO_PUBKEY);
+  OSSL_STORE_INFO_free(info);
+  OSSL_STORE_close(s);
 }
 
 // A process that exits while still holding a loaded key leaves nothing in a bare TPM.

@@ -69,20 +69,24 @@ bool can_connect(int port) {
 
 // Lets tests try wrong passwords: the simulator's default dictionary-attack settings lock it
 // out after a handful of authorization failures, and every test of a binary shares one swtpm.
-void relax_dictionary_attack(const std::string& tcti) {
+void relax_dictionary_attack(const std::string& tcti) { set_dictionary_attack(tcti, 1000, 1); }
+
+}  // namespace
+
+void set_dictionary_attack(const std::string& tcti, uint32_t max_tries, uint32_t recovery_s) {
   TSS2_TCTI_CONTEXT* t = nullptr;
   ESYS_CONTEXT* esys = nullptr;
   if (Tss2_TctiLdr_Initialize(tcti.c_str(), &t) != TSS2_RC_SUCCESS || Esys_Initialize(&esys, t, nullptr) != TSS2_RC_SUCCESS)
-    throw std::runtime_error("cannot connect to the new swtpm");
-  constexpr UINT32 kMaxTries = 1000, kRecoverySeconds = 1, kLockoutRecoverySeconds = 1;
+    throw std::runtime_error("cannot connect to the swtpm");
+  constexpr UINT32 kLockoutRecoverySeconds = 1;
   TSS2_RC rc = Esys_DictionaryAttackParameters(esys, ESYS_TR_RH_LOCKOUT, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                                               kMaxTries, kRecoverySeconds, kLockoutRecoverySeconds);
+                                               max_tries, recovery_s, kLockoutRecoverySeconds);
+  if (rc == TSS2_RC_SUCCESS)  // start from zero failures
+    rc = Esys_DictionaryAttackLockReset(esys, ESYS_TR_RH_LOCKOUT, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE);
   Esys_Finalize(&esys);
   Tss2_TctiLdr_Finalize(&t);
   if (rc != TSS2_RC_SUCCESS) throw std::runtime_error("cannot set the swtpm's dictionary-attack parameters");
 }
-
-}  // namespace
 
 Swtpm::Swtpm() {
   owner_ = getpid();
@@ -126,6 +130,7 @@ void Swtpm::start() {
 
 void Swtpm::stop() {
   if (pid_ > 0) {
+    kill(pid_, SIGCONT);  // a paused swtpm could not act on SIGTERM
     kill(pid_, SIGTERM);
     int status;
     waitpid(pid_, &status, 0);
@@ -136,6 +141,30 @@ void Swtpm::stop() {
 void Swtpm::restart() {
   stop();
   // The kernel may hold the ports in TIME_WAIT for a moment; swtpm sets SO_REUSEADDR.
+  start();
+}
+
+void Swtpm::kill_hard() {
+  if (pid_ > 0) {
+    kill(pid_, SIGKILL);
+    int status;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+}
+
+void Swtpm::pause() {
+  if (pid_ > 0) kill(pid_, SIGSTOP);
+}
+
+void Swtpm::resume() {
+  if (pid_ > 0) kill(pid_, SIGCONT);
+}
+
+void Swtpm::replace() {
+  stop();
+  remove_tree(dir_);
+  std::filesystem::create_directories(dir_);
   start();
 }
 
@@ -510,6 +539,58 @@ TpmHandles tpm_handles(const std::string& tcti) {
   return out;
 }
 
+uint32_t lockout_counter(const std::string& tcti) {
+  TSS2_TCTI_CONTEXT* t = nullptr;
+  ESYS_CONTEXT* esys = nullptr;
+  if (Tss2_TctiLdr_Initialize(tcti.c_str(), &t) != TSS2_RC_SUCCESS || Esys_Initialize(&esys, t, nullptr) != TSS2_RC_SUCCESS)
+    throw std::runtime_error("cannot connect to the TPM to read its lockout counter");
+  TPMS_CAPABILITY_DATA* cap = nullptr;
+  uint32_t value = UINT32_MAX;
+  if (Esys_GetCapability(esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_TPM_PROPERTIES, TPM2_PT_LOCKOUT_COUNTER,
+                         1, nullptr, &cap) == TSS2_RC_SUCCESS &&
+      cap->data.tpmProperties.count == 1 && cap->data.tpmProperties.tpmProperty[0].property == TPM2_PT_LOCKOUT_COUNTER)
+    value = cap->data.tpmProperties.tpmProperty[0].value;
+  Esys_Free(cap);
+  Esys_Finalize(&esys);
+  Tss2_TctiLdr_Finalize(&t);
+  if (value == UINT32_MAX) throw std::runtime_error("cannot read TPM2_PT_LOCKOUT_COUNTER");
+  return value;
+}
+
+struct SilentTpm::Impl {
+  int listen_fd = -1, port = 0;
+  std::thread acceptor;
+  std::mutex mu;
+  std::vector<int> clients;
+};
+
+SilentTpm::SilentTpm() : impl_(new Impl) {
+  std::mt19937 rng(std::random_device{}() ^ unsigned(getpid()));
+  for (int tries = 0; tries < 200 && impl_->listen_fd < 0; ++tries) {
+    int p = kPortBase + int(rng() % kPortPairs) * 2;
+    impl_->listen_fd = listen_loopback(p);
+    if (impl_->listen_fd >= 0) impl_->port = p;
+  }
+  if (impl_->listen_fd < 0) throw std::runtime_error("no free port for the silent TPM");
+  impl_->acceptor = std::thread([i = impl_.get()] {
+    for (;;) {
+      int c = accept4(i->listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) return;
+      std::lock_guard l(i->mu);
+      i->clients.push_back(c);  // read nothing back, answer nothing
+    }
+  });
+}
+
+SilentTpm::~SilentTpm() {
+  shutdown(impl_->listen_fd, SHUT_RDWR);
+  impl_->acceptor.join();
+  close(impl_->listen_fd);
+  for (int c : impl_->clients) close(c);
+}
+
+std::string SilentTpm::tcti() const { return "swtpm:host=127.0.0.1,port=" + std::to_string(impl_->port); }
+
 std::string make_temp_dir(const std::string& prefix) {
   std::string tmpl = (std::filesystem::temp_directory_path() / (prefix + "-XXXXXX")).string();
   if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
@@ -534,7 +615,7 @@ std::string read_file(const std::string& path) {
 }
 
 CommandResult run(const std::vector<std::string>& argv, const std::vector<std::string>& env,
-                  const std::string& stdin_text) {
+                  const std::string& stdin_text, int timeout_s) {
   std::string dir = make_temp_dir("tpmkey-run");
   std::string in = dir + "/in", out = dir + "/out", err = dir + "/err";
   write_file(in, stdin_text);
@@ -562,8 +643,17 @@ CommandResult run(const std::vector<std::string>& argv, const std::vector<std::s
     _exit(127);
   }
   int status = 0;
-  waitpid(pid, &status, 0);
   CommandResult r;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  while (waitpid(pid, &status, WNOHANG) != pid) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      r.timed_out = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   r.out = read_file(out);
   r.err = read_file(err);
@@ -660,7 +750,7 @@ PkeyPtr generate_key(OSSL_LIB_CTX* lib, const char* type, const char* group, siz
   int n = 0;
   if (group) params[n++] = OSSL_PARAM_construct_utf8_string("group", const_cast<char*>(group), 0);
   else params[n++] = OSSL_PARAM_construct_size_t("bits", &bits);
-  if (user_auth) params[n++] = OSSL_PARAM_construct_utf8_string("user-auth", const_cast<char*>(user_auth), 0);
+  if (user_auth) params[n++] = OSSL_PARAM_construct_utf8_string(kParamUserAuth, const_cast<char*>(user_auth), 0);
   params[n] = OSSL_PARAM_construct_end();
   if (!ctx || EVP_PKEY_keygen_init(ctx) != 1 || EVP_PKEY_CTX_set_params(ctx, params) != 1 ||
       EVP_PKEY_generate(ctx, &key) != 1)

@@ -35,9 +35,16 @@ class Swtpm {
   // Kills and starts it again on the same ports and state: a TPM restart (transient objects and
   // sessions are gone, the seeds and persistent objects stay). Open connections break.
   void restart();
+  // Kills it with SIGKILL (no orderly shutdown) and leaves it down until start().
+  void kill_hard();
+  void start();
+  // SIGSTOP / SIGCONT: a TPM that accepts connections (the kernel does) but does not answer.
+  void pause();
+  void resume();
+  // A different TPM on the same ports: a fresh state directory, so new seeds and a new SRK.
+  void replace();
 
  private:
-  void start();
   void stop();
   pid_t pid_ = -1;
   pid_t owner_ = -1;  // only the process that started swtpm stops it (not forked children)
@@ -96,6 +103,25 @@ struct TpmHandles {
 };
 // Connects separately and lists the handles left in the TPM.
 TpmHandles tpm_handles(const std::string& tcti);
+// The TPM's dictionary-attack failure counter (TPM2_PT_LOCKOUT_COUNTER), and its parameters
+// (TPM2_DictionaryAttackParameters; each test binary's swtpm starts with 1000 tries and 1 s).
+uint32_t lockout_counter(const std::string& tcti);
+void set_dictionary_attack(const std::string& tcti, uint32_t max_tries, uint32_t recovery_s);
+
+// A TPM that never answers: a loopback listener that accepts connections and reads commands but
+// sends nothing back, for as long as the object lives.
+class SilentTpm {
+ public:
+  SilentTpm();
+  ~SilentTpm();
+  SilentTpm(const SilentTpm&) = delete;
+  SilentTpm& operator=(const SilentTpm&) = delete;
+  std::string tcti() const;  // "swtpm:host=127.0.0.1,port=N"
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 std::string make_temp_dir(const std::string& prefix);
 void remove_tree(const std::string& dir);
@@ -105,10 +131,12 @@ std::string read_file(const std::string& path);
 struct CommandResult {
   int exit_code = -1;
   std::string out, err;
+  bool timed_out = false;
 };
-// Runs `argv` (no shell) with extra environment entries "K=V", optional stdin text.
+// Runs `argv` (no shell) with extra environment entries "K=V", optional stdin text. A command
+// still running after `timeout_s` seconds is killed (exit code 128 + SIGKILL) and `timed_out` set.
 CommandResult run(const std::vector<std::string>& argv, const std::vector<std::string>& env = {},
-                  const std::string& stdin_text = "");
+                  const std::string& stdin_text = "", int timeout_s = 120);
 
 // Paths from the build: the provider module directory, the tpmkey CLI.
 std::string provider_dir();

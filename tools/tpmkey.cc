@@ -1,21 +1,18 @@
-// tpmkey: create, list, show and delete TPM keys in the keystore.
-#include <unistd.h>
-
+// tpmkey: the command line. Parses arguments (one option table per command), asks for passwords
+// and confirmation, prints, and maps results to exit codes 0 (done), 1 (failed), 2 (usage error).
+// What the commands do lives in the core (keystore/manage.h).
 #include <algorithm>
 #include <cstdio>
-#include <cstring>
 #include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include <openssl/err.h>
-#include <openssl/evp.h>
-#include <openssl/rsa.h>
-
 #include "keystore/context.h"
 #include "keystore/key.h"
+#include "keystore/manage.h"
 #include "keystore/public_key.h"
+#include "keystore/uri.h"
 #include "tools/prompt.h"
 
 namespace tpmkey::cli {
@@ -38,14 +35,19 @@ Commands:
                    to the keystore as NAME, after checking that this TPM loads it
   algorithms       show which key algorithms this TPM supports
 
-Options (for every command):
+Options (for every command, before or after it):
   --tcti TCTI      the TPM to use, as a tpm2-tss TCTI string, for example
                    "device:/dev/tpmrm0" or "swtpm:host=127.0.0.1,port=2321"
                    (default: $TPMKEY_TCTI, else the tpm2-tss default)
   --keystore DIR   the keystore directory (default: $TPMKEY_KEYSTORE, else
                    $XDG_DATA_HOME/tpmkey or ~/.local/share/tpmkey)
-  -h, --help       show help; "tpmkey COMMAND --help" shows a command's help
+  -h, --help       show help; "tpmkey COMMAND --help" (or "tpmkey help COMMAND")
+                   shows a command's help
   --version        show the version
+
+Each command takes only the options and arguments its help lists; anything else
+(an unknown option, a missing value, an argument too many or too few) is a usage
+error. "--" ends the options. Exit status: 0 done, 1 failed, 2 usage error.
 
 Keys are used through the OpenSSL provider as tpm2:NAME, for example:
   openssl pkeyutl -provider tpmkey -provider default -sign -inkey tpm2:NAME ...
@@ -115,12 +117,12 @@ Prints the public key of NAME. "pem" (default) is a SubjectPublicKeyInfo PEM blo
 Does not use the TPM.
 )";
 
-const char* kDeleteHelp = R"(Usage: tpmkey delete NAME [--yes]
+const char* kDeleteHelp = R"(Usage: tpmkey delete NAME [--yes | -y]
 
 Deletes NAME from the keystore, and evicts it from the TPM if it was created with
 --persistent (only if the handle still holds this very key). The key cannot be
 recovered: anything signed with it stays valid, but no new signature can be made. Asks for confirmation on
-the terminal; --yes skips the question (needed when there is no terminal).
+the terminal; --yes (or -y) skips the question (needed when there is no terminal).
 )";
 
 const char* kAlgorithmsHelp = R"(Usage: tpmkey algorithms
@@ -165,16 +167,25 @@ Examples:
   tpmkey import-file tools-key key.pem      # made by tpm2_create + tpm2_encodeobject
 )";
 
+// ---- options ----
+
+// An option in a command's table. Value options take "--name VALUE" or "--name=VALUE".
+struct Option {
+  const char* name;             // "--algorithm"
+  bool value = false;           // takes a value
+  const char* alias = nullptr;  // "-y"
+};
+
+// Allowed before and after every command.
+const Option kGlobalOptions[] = {
+    {"--tcti", true}, {"--keystore", true}, {"--help", false, "-h"}, {"--version", false}};
+
 struct Args {
   std::string command;
   std::vector<std::string> positional;
-  std::map<std::string, std::string> options;  // --name value
-  std::vector<std::string> flags;              // --name
-  bool has_flag(const std::string& f) const {
-    for (const auto& x : flags)
-      if (x == f) return true;
-    return false;
-  }
+  std::map<std::string, std::string> options;  // --name value (the last one given counts)
+  std::vector<std::string> flags;              // --name (aliases as their option's name)
+  bool has_flag(const std::string& f) const { return std::find(flags.begin(), flags.end(), f) != flags.end(); }
   std::optional<std::string> option(const std::string& o) const {
     auto it = options.find(o);
     if (it == options.end()) return std::nullopt;
@@ -182,13 +193,22 @@ struct Args {
   }
 };
 
-const std::vector<std::string> kValueOptions = {"--tcti", "--keystore", "--algorithm", "--password-file",
-                                                "--description", "--format", "--comment", "--persistent"};
-const std::vector<std::string> kFlagOptions = {"--help",     "-h",      "--version",  "--password",
-                                               "--yes",      "-y",      "--repin",    "--transient"};
+struct Command {
+  const char* name;
+  int (*run)(const Args&);
+  const char* help;
+  std::vector<Option> options;        // besides kGlobalOptions
+  std::vector<const char*> operands;  // the positional arguments, all required: {"NAME", "PATH"}
+};
 
-int usage_error(const std::string& msg) {
-  std::fprintf(stderr, "tpmkey: %s\nTry \"tpmkey --help\".\n", msg.c_str());
+const Command* find_command(const std::string& name);
+// Whether `name` is a value option of kGlobalOptions or of any command.
+bool takes_value_anywhere(const std::string& name);
+
+// "tpmkey: MSG" and where to look, on stderr; exit code 2.
+int usage_error(const std::string& command, const std::string& msg) {
+  std::fprintf(stderr, "tpmkey: %s\nTry \"tpmkey %s%s--help\".\n", msg.c_str(), command.c_str(),
+               command.empty() ? "" : " ");
   return kExitUsage;
 }
 
@@ -197,34 +217,103 @@ int fail(const Error& e) {
   return kExitError;
 }
 
+const Option* find_option(const std::vector<Option>& table, const std::string& name) {
+  for (const auto& o : table)
+    if (name == o.name || (o.alias && name == o.alias)) return &o;
+  return nullptr;
+}
+
+const Option* find_global(const std::string& name) {
+  for (const auto& o : kGlobalOptions)
+    if (name == o.name || (o.alias && name == o.alias)) return &o;
+  return nullptr;
+}
+
+std::string quoted_command(const std::string& command) { return "\"tpmkey " + command + "\""; }
+
+// What a command's operands are, for messages: "no arguments", "NAME", "NAME and PATH".
+std::string operands_text(const Command& c) {
+  if (c.operands.empty()) return "no arguments";
+  std::string s;
+  for (size_t i = 0; i < c.operands.size(); ++i) {
+    if (i) s += i + 1 == c.operands.size() ? " and " : ", ";
+    s += c.operands[i];
+  }
+  return s;
+}
+
+// Splits "--name=value" (long options only).
+void split_option(const std::string& s, std::string* name, std::string* value, bool* has_value) {
+  *name = s;
+  *has_value = false;
+  if (size_t eq = s.find('='); eq != std::string::npos && s.rfind("--", 0) == 0) {
+    *name = s.substr(0, eq);
+    *value = s.substr(eq + 1);
+    *has_value = true;
+  }
+}
+
+bool is_option(const std::string& s) { return s.size() > 1 && s[0] == '-'; }
+
+// The command word: the first argument that is neither an option nor an option's value (an
+// option that takes a value in any table consumes the next argument). Empty if there is none.
+std::string find_command_word(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string s = argv[i];
+    if (s == "--") return i + 1 < argc ? argv[i + 1] : "";
+    if (!is_option(s)) return s;
+    std::string name, value;
+    bool has_value = false;
+    split_option(s, &name, &value, &has_value);
+    if (!has_value && takes_value_anywhere(name)) ++i;
+  }
+  return "";
+}
+
+// Parses argv against the global options and the command's own table ("help" and no command:
+// the global ones only). Options may come before or after the command; "--" ends them. Every
+// mistake is a usage error (exit 2) that says what is wrong.
 std::optional<Args> parse_args(int argc, char** argv, int* exit_code) {
   Args a;
+  const std::string word = find_command_word(argc, argv);
+  const Command* cmd = word.empty() || word == "help" ? nullptr : find_command(word);
+  if (!word.empty() && word != "help" && !cmd) {
+    *exit_code = usage_error("", "unknown command \"" + word + "\"");
+    return std::nullopt;
+  }
+  auto error = [&](const std::string& msg) {
+    *exit_code = usage_error(cmd ? word : "", msg);
+    return std::nullopt;
+  };
+  bool options_done = false;
   for (int i = 1; i < argc; ++i) {
-    std::string s = argv[i];
-    if (s.size() > 1 && s[0] == '-') {
-      std::string name = s, value;
+    const std::string s = argv[i];
+    if (!options_done && s == "--") {
+      options_done = true;
+      continue;
+    }
+    if (!options_done && is_option(s)) {
+      std::string name, value;
       bool has_value = false;
-      if (size_t eq = s.find('='); eq != std::string::npos && s.rfind("--", 0) == 0) {
-        name = s.substr(0, eq);
-        value = s.substr(eq + 1);
-        has_value = true;
+      split_option(s, &name, &value, &has_value);
+      const Option* o = find_global(name);
+      if (!o && cmd) o = find_option(cmd->options, name);
+      if (!o) {
+        if (!word.empty()) return error("unknown option " + name + " for " + quoted_command(word));
+        return error("unknown option " + name);
       }
-      bool is_value_opt = std::find(kValueOptions.begin(), kValueOptions.end(), name) != kValueOptions.end();
-      bool is_flag = std::find(kFlagOptions.begin(), kFlagOptions.end(), name) != kFlagOptions.end();
-      if (is_value_opt) {
+      if (o->value) {
         if (!has_value) {
-          if (i + 1 >= argc) { *exit_code = usage_error(name + " needs a value"); return std::nullopt; }
+          if (i + 1 >= argc) return error(std::string(o->name) + " needs a value");
           value = argv[++i];
         }
-        a.options[name] = value;
-      } else if (is_flag && !has_value) {
-        a.flags.push_back(name);
+        a.options[o->name] = value;
       } else {
-        *exit_code = usage_error("unknown option " + name);
-        return std::nullopt;
+        if (has_value) return error(std::string(o->name) + " takes no value");
+        a.flags.push_back(o->name);
       }
     } else if (a.command.empty()) {
-      a.command = s;
+      a.command = s;  // == word
     } else {
       a.positional.push_back(s);
     }
@@ -240,90 +329,58 @@ Context make_context(const Args& a) {
   return Context(resolve_settings(in));
 }
 
-Result<std::string> one_name(const Args& a) {
-  if (a.positional.size() != 1)
-    return make_error(Reason::kInvalidArgument, "expected exactly one key NAME");
-  TPMKEY_TRY(validate_name(a.positional[0]));
-  return a.positional[0];
-}
+// ---- commands ----
 
 int cmd_create(const Args& a) {
-  auto name = one_name(a);
-  if (!name) return fail(name.error());
+  const std::string& name = a.positional[0];
   std::string alg = a.option("--algorithm").value_or("ec-p256");
   const AlgorithmSpec* spec = find_algorithm(alg);
   if (!spec)
     return fail(make_error(Reason::kUnsupported, "unknown algorithm \"" + alg +
                                                      "\" (ec-p256, ec-p384, ec-p521, rsa2048, rsa3072, rsa4096)"));
+  if (a.has_flag("--password") && a.option("--password-file"))
+    return usage_error("create", "--password and --password-file exclude each other");
+  CreateRequest req;
+  req.name = name;
+  req.spec = spec;
+  req.description = a.option("--description").value_or("");
+  if (auto h = a.option("--persistent")) {
+    auto uri = parse_uri("tpm2:handle=" + *h);
+    if (!uri || !uri->handle)
+      return usage_error("create", "--persistent needs a handle 0x81000000-0x81ffffff, not \"" + *h + "\"");
+    req.persistent = *uri->handle;
+  }
   Context ctx = make_context(a);
-  const std::string what = "create(tpm2:" + *name + ")";
-  if (ctx.keystore().exists(*name))
-    return fail(make_error(Reason::kInvalidArgument, "a key with this name already exists in " + ctx.keystore().dir())
-                    .context(what));
-  SecretBytes auth;
+  // Before asking for a password: the name must be free.
+  if (Status st = check_create(ctx, name); !st) return fail(st.error());
   if (auto file = a.option("--password-file")) {
     auto pw = read_pin_source(*file);
     if (!pw) return fail(pw.error());
-    if (pw->empty()) return fail(make_error(Reason::kInvalidArgument, "the password file is empty").context(what));
-    auth = std::move(*pw);
+    if (pw->empty())
+      return fail(make_error(Reason::kInvalidArgument, "the password file is empty").context("create(tpm2:" + name + ")"));
+    req.password = std::move(*pw);
   } else if (a.has_flag("--password")) {
-    auto pw = prompt_password("Password for the new key " + *name + ": ", true);
+    auto pw = prompt_password("Password for the new key " + name + ": ", true);
     if (!pw) return fail(pw.error());
-    if (pw->empty()) return fail(make_error(Reason::kInvalidArgument, "the password is empty").context(what));
-    auth = std::move(*pw);
+    req.password = std::move(*pw);  // create_key refuses an empty one
   }
-  uint32_t persistent = 0;
-  if (auto h = a.option("--persistent")) {
-    auto uri = parse_uri("tpm2:handle=" + *h);
-    if (!uri || !uri->handle) return usage_error("--persistent needs a handle 0x81000000-0x81ffffff, not \"" + *h + "\"");
-    persistent = *uri->handle;
-  }
-  KeyOptions opts;
-  opts.spec = spec;
-  opts.with_auth = !auth.empty();
-  auto tpm = ctx.tpm();
-  if (!tpm) return fail(tpm.take_error().context(what));
-  if (persistent && (*tpm)->public_of(persistent))
-    return fail(make_error(Reason::kInvalidArgument, "the persistent handle is already in use").context(what));
-  auto kf = (*tpm)->create_key(opts, auth, kOwnerParent);
-  if (!kf) return fail(kf.take_error().context(what));
-  kf->description = a.option("--description").value_or("");
-  if (persistent) {
-    if (Status st = (*tpm)->make_persistent(*kf, persistent); !st) return fail(st.take_error().context(what));
-    kf->persistent = persistent;
-  }
-  if (Status st = ctx.keystore().add(*name, *kf); !st) {
-    if (persistent) (void)(*tpm)->evict_persistent(*kf, persistent);  // do not leave an orphan in the TPM
-    return fail(st.take_error().context(what));
-  }
-  std::printf("created tpm2:%s (%s%s) in %s\n", name->c_str(), spec->name, auth.empty() ? "" : ", password",
-              ctx.keystore().path_of(*name).c_str());
-  if (persistent) std::printf("persistent at 0x%08x (also tpm2:handle=0x%08x)\n", persistent, persistent);
+  auto made = create_key(ctx, req);
+  if (!made) return fail(made.error());
+  std::printf("created tpm2:%s (%s%s) in %s\n", name.c_str(), made->spec->name, made->password ? ", password" : "",
+              made->path.c_str());
+  if (made->persistent)
+    std::printf("persistent at 0x%08x (also tpm2:handle=0x%08x)\n", made->persistent, made->persistent);
   return kExitOk;
 }
 
 int cmd_init(const Args& a) {
-  if (!a.positional.empty()) return usage_error("init takes no arguments");
   Context ctx = make_context(a);
-  const std::string what = "init(" + ctx.keystore().dir() + ")";
-  auto old_pin = ctx.keystore().read_pin();
-  if (!old_pin) return fail(old_pin.take_error().context(what));
-  auto tpm = ctx.tpm();
-  if (!tpm) return fail(tpm.take_error().context(what));
-  Tpm::Provisioned how{};
-  auto pin = (*tpm)->provision_srk(!a.has_flag("--transient"), &how);
-  if (!pin) return fail(pin.take_error().context(what));
-  const std::string name = to_hex(pin->name);
-  if (*old_pin && (*old_pin)->name != pin->name && !a.has_flag("--repin"))
-    return fail(make_error(Reason::kUntrustedTpm, "this TPM's storage root key is " + name + " but the keystore pinned " +
-                                                      to_hex((*old_pin)->name) +
-                                                      ". If the TPM was cleared on purpose, run again with --repin")
-                    .context(what));
-  bool same = *old_pin && (*old_pin)->name == pin->name && (*old_pin)->handle == pin->handle;
-  if (!same) {
-    if (Status st = ctx.keystore().write_pin(*pin, old_pin->has_value()); !st) return fail(st.take_error().context(what));
-  }
-  switch (how) {
+  InitOptions opts;
+  opts.persistent = !a.has_flag("--transient");
+  opts.repin = a.has_flag("--repin");
+  auto done = init_keystore(ctx, opts);
+  if (!done) return fail(done.error());
+  switch (done->srk) {
     case Tpm::Provisioned::kCreated: std::printf("made the storage root key persistent at 0x%08x\n", kSrkHandle); break;
     case Tpm::Provisioned::kAdopted: std::printf("using the storage root key already persistent at 0x%08x\n", kSrkHandle); break;
     case Tpm::Provisioned::kHandleTaken:
@@ -332,8 +389,10 @@ int cmd_init(const Args& a) {
       break;
     case Tpm::Provisioned::kTransient: std::printf("the SRK stays transient (created in each process)\n"); break;
   }
-  std::printf("SRK name %s\n%s %s\n", name.c_str(), same ? "already pinned in" : "pinned in",
-              ctx.keystore().pin_path().c_str());
+  const char* pinned = "pinned in";
+  if (done->pin_outcome == PinOutcome::kAlreadyPinned) pinned = "already pinned in";
+  if (done->pin_outcome == PinOutcome::kReplaced) pinned = "pinned (replacing the previous pin) in";
+  std::printf("SRK name %s\n%s %s\n", to_hex(done->pin.name).c_str(), pinned, done->pin_path.c_str());
   return kExitOk;
 }
 
@@ -366,17 +425,16 @@ int cmd_list(const Args& a) {
 }
 
 int cmd_pubkey(const Args& a) {
-  auto name = one_name(a);
-  if (!name) return fail(name.error());
+  const std::string& name = a.positional[0];
+  if (Status st = validate_name(name); !st) return fail(st.error());
   std::string format = a.option("--format").value_or("pem");
-  if (format != "pem" && format != "openssh")
-    return usage_error("--format must be pem or openssh");
+  if (format != "pem" && format != "openssh") return usage_error("pubkey", "--format must be pem or openssh");
   Context ctx = make_context(a);
-  const std::string what = "pubkey(tpm2:" + *name + ")";
-  auto kf = ctx.keystore().read(*name);
+  const std::string what = "pubkey(tpm2:" + name + ")";
+  auto kf = ctx.keystore().read(name);
   if (!kf) return fail(kf.take_error().context(what));
   if (format == "openssh") {
-    auto line = openssh_public(kf->pub.publicArea, a.option("--comment").value_or(*name));
+    auto line = openssh_public(kf->pub.publicArea, a.option("--comment").value_or(name));
     if (!line) return fail(line.take_error().context(what));
     std::printf("%s\n", line->c_str());
     return kExitOk;
@@ -392,29 +450,24 @@ int cmd_pubkey(const Args& a) {
 }
 
 int cmd_delete(const Args& a) {
-  auto name = one_name(a);
-  if (!name) return fail(name.error());
+  const std::string& name = a.positional[0];
   Context ctx = make_context(a);
-  const std::string what = "delete(tpm2:" + *name + ")";
-  if (!ctx.keystore().exists(*name))
-    return fail(make_error(Reason::kKeyNotFound, "no key named \"" + *name + "\" in the keystore " + ctx.keystore().dir())
-                    .context(what));
-  if (!a.has_flag("--yes") && !a.has_flag("-y")) {
+  if (Status st = check_delete(ctx, name); !st) return fail(st.error());
+  if (!a.has_flag("--yes")) {
+    const std::string what = "delete(tpm2:" + name + ")";
     if (!have_tty())
       return fail(make_error(Reason::kInvalidArgument, "refusing to delete without confirmation: add --yes").context(what));
-    if (!confirm_on_tty("Delete tpm2:" + *name + "? The key cannot be recovered."))
+    if (!confirm_on_tty("Delete tpm2:" + name + "? The key cannot be recovered."))
       return fail(make_error(Reason::kInvalidArgument, "not confirmed; nothing deleted").context(what));
   }
-  if (auto kf = ctx.keystore().read(*name); kf && kf->persistent) {
-    auto tpm = ctx.tpm();
-    if (!tpm) return fail(tpm.take_error().context(what));
-    Status st = (*tpm)->evict_persistent(*kf, kf->persistent);
-    if (!st && st.error().reason != Reason::kKeyNotFound) return fail(st.take_error().context(what));
-    if (st) std::printf("evicted 0x%08x from the TPM\n", kf->persistent);
-    else std::printf("0x%08x was no longer in the TPM\n", kf->persistent);
+  auto done = delete_key(ctx, name);
+  if (!done) return fail(done.error());
+  switch (done->eviction) {
+    case Eviction::kNotPersistent: break;
+    case Eviction::kEvicted: std::printf("evicted 0x%08x from the TPM\n", done->persistent); break;
+    case Eviction::kAlreadyGone: std::printf("0x%08x was no longer in the TPM\n", done->persistent); break;
   }
-  if (Status st = ctx.keystore().remove(*name); !st) return fail(st.take_error().context(what));
-  std::printf("deleted tpm2:%s\n", name->c_str());
+  std::printf("deleted tpm2:%s\n", name.c_str());
   return kExitOk;
 }
 
@@ -430,59 +483,15 @@ int cmd_algorithms(const Args& a) {
   return kExitOk;
 }
 
-// import-file's check that the key works on this TPM. Key and Tpm have no "load only" call, so
-// this takes the path every later signature takes: the TPM loads the key under the parent the
-// file names (TPM2_Load; a key from another TPM or parent fails here), signs a fixed self-test
-// digest (TPM2_Sign), and the signature must verify in software with the file's public key.
-Status self_test(Key& key, const Crypto& crypto) {
-  static constexpr char kSelfTest[] = "tpmkey import-file self-test";
-  const bool rsa = key.spec().kind == KeyKind::kRsa;
-  // A key bound to a scheme signs only with it; a NULL scheme lets the command choose.
-  auto bound = bound_scheme(key.file().pub.publicArea);
-  if (!bound) return bound.take_error();
-  const SignScheme scheme = bound->value_or(default_scheme(key.spec().kind));
-  const EVP_MD* md = crypto.md(scheme.hash);
-  if (!md) return make_error(Reason::kUnsupported, "the key is bound to a hash tpmkey does not sign with");
-  uint8_t digest[EVP_MAX_MD_SIZE];
-  unsigned int digest_len = 0;
-  if (EVP_Digest(kSelfTest, sizeof kSelfTest - 1, digest, &digest_len, md, nullptr) != 1)
-    return make_error(Reason::kInternal, "cannot hash the self-test message");
-  auto sig = key.sign(scheme, digest, digest_len);
-  if (!sig) return sig.take_error();
-  EvpPkeyCtxPtr v(EVP_PKEY_CTX_new_from_pkey(crypto.libctx(), key.public_pkey(), "provider=default"));
-  bool ok = v && EVP_PKEY_verify_init(v.get()) == 1 && EVP_PKEY_CTX_set_signature_md(v.get(), md) == 1;
-  if (ok && rsa) {
-    const bool pss = scheme.alg == SigAlg::kRsaPss;
-    ok = EVP_PKEY_CTX_set_rsa_padding(v.get(), pss ? RSA_PKCS1_PSS_PADDING : RSA_PKCS1_PADDING) == 1 &&
-         (!pss || EVP_PKEY_CTX_set_rsa_pss_saltlen(v.get(), RSA_PSS_SALTLEN_AUTO) == 1);
-  }
-  ok = ok && EVP_PKEY_verify(v.get(), sig->data(), sig->size(), digest, digest_len) == 1;
-  ERR_clear_error();
-  if (!ok)
-    return make_error(Reason::kMalformedKey,
-                      "the TPM's self-test signature does not verify with the public key in the file (the public and "
-                      "private blobs do not belong together)");
-  return {};
-}
-
 int cmd_import_file(const Args& a) {
-  if (a.positional.size() != 2) return usage_error("import-file needs a key NAME and the PATH of a key file");
   const std::string& name = a.positional[0];
   const std::string& path = a.positional[1];
-  if (Status st = validate_name(name); !st) return fail(st.error());
   Context ctx = make_context(a);
-  const std::string what = "import-file(tpm2:" + name + ")";
-  if (ctx.keystore().exists(name))
-    return fail(make_error(Reason::kInvalidArgument, "a key named \"" + name + "\" already exists in " +
-                                                         ctx.keystore().dir() + "; nothing was changed")
-                    .context(what));
-  auto kf = read_keyfile(path);  // its errors name the path
-  if (!kf) return fail(kf.take_error().context(what));
-  KeyFile stored = *kf;
-  auto key = Key::from_file(ctx, std::move(*kf), path);
-  if (!key) return fail(key.take_error().context(what));
-  bool empty_password = false;
-  if ((*key)->needs_auth()) {
+  auto import = open_import(ctx, name, path);
+  if (!import) return fail(import.error());
+  ImportOptions opts;
+  opts.description = a.option("--description");
+  if (import->needs_password()) {
     Result<SecretBytes> pw = SecretBytes();
     if (auto file = a.option("--password-file")) {
       pw = read_pin_source(*file);
@@ -493,64 +502,58 @@ int cmd_import_file(const Args& a) {
                                                " says the key has a password, which the check needs: give it with "
                                                "--password-file (there is no terminal to ask on)");
     }
-    if (!pw) return fail(pw.take_error().context(what));
-    empty_password = pw->empty();
-    (*key)->set_auth(std::move(*pw));
+    if (!pw) return fail(pw.take_error().context("import-file(tpm2:" + name + ")"));
+    opts.password = std::move(*pw);
   } else if (a.option("--password-file")) {
     std::fprintf(stderr, "tpmkey: %s: the key needs no password; --password-file is not used\n", path.c_str());
   }
-  auto crypto = ctx.crypto();
-  if (!crypto) return fail(crypto.take_error().context(what));
-  if (Status st = self_test(**key, **crypto); !st) {
-    Error e = st.take_error();
-    if (e.reason == Reason::kKeyNotFound && stored.parent != kOwnerParent) {
-      char h[16];
-      std::snprintf(h, sizeof h, "0x%08x", stored.parent);
-      e.detail = std::string("this TPM has no persistent parent ") + h +
-                 " (the key file comes from another TPM, or its parent was evicted): " + e.detail;
-    } else if (e.reason == Reason::kMalformedKey && stored.parent == kOwnerParent &&
-               e.detail.find("integrity check failed") != std::string::npos) {
-      e.detail += " (made on another TPM, or under an owner primary that is not the standard ECC P-256 storage "
-                  "key, for example tpm2_createprimary's default template: see docs/keys.md)";
-    }
-    return fail(e.context(what));
-  }
-  if (empty_password) {
-    // The TPM accepted an empty password, so the key has none: the file's missing emptyAuth was
-    // wrong (tpm2-tools 5.4's tpm2_encodeobject writes it inverted). The copy says so correctly.
-    stored.empty_auth = true;
+  auto done = import_key_file(ctx, std::move(*import), std::move(opts));
+  if (!done) return fail(done.error());
+  if (done->empty_auth_corrected)
     std::fprintf(stderr,
                  "tpmkey: %s: the file says the key has a password, but the TPM accepted an empty one: "
                  "stored as a key without a password\n",
                  path.c_str());
-  }
-  if (auto d = a.option("--description")) stored.description = *d;
-  const std::string alg = (*key)->spec().name;
-  key->reset();  // done with the TPM: flush the key's handle before writing
-  if (Status st = ctx.keystore().add(name, stored); !st) return fail(st.take_error().context(what));
   char parent[64];
-  if (stored.parent == kOwnerParent)
-    std::snprintf(parent, sizeof parent, "0x%08x (owner SRK)", stored.parent);
+  if (done->parent == kOwnerParent)
+    std::snprintf(parent, sizeof parent, "0x%08x (owner SRK)", done->parent);
   else
-    std::snprintf(parent, sizeof parent, "persistent parent 0x%08x", stored.parent);
-  std::printf("imported tpm2:%s (%s%s) from %s into %s\n", name.c_str(), alg.c_str(),
-              stored.empty_auth ? "" : ", password", path.c_str(), ctx.keystore().path_of(name).c_str());
+    std::snprintf(parent, sizeof parent, "persistent parent 0x%08x", done->parent);
+  std::printf("imported tpm2:%s (%s%s) from %s into %s\n", name.c_str(), done->spec->name,
+              done->password ? ", password" : "", path.c_str(), done->path.c_str());
   std::printf("checked: this TPM loaded it under %s, and its self-test signature verified\n", parent);
   return kExitOk;
 }
 
-struct Command {
-  const char* name;
-  int (*run)(const Args&);
-  const char* help;
-};
+// Each command's own options (kGlobalOptions are allowed everywhere) and operands. The help texts
+// above document the same.
 const Command kCommands[] = {
-    {"init", cmd_init, kInitHelp},         {"create", cmd_create, kCreateHelp},
-    {"list", cmd_list, kListHelp},
-    {"pubkey", cmd_pubkey, kPubkeyHelp},   {"delete", cmd_delete, kDeleteHelp},
-    {"import-file", cmd_import_file, kImportFileHelp},
-    {"algorithms", cmd_algorithms, kAlgorithmsHelp},
+    {"init", cmd_init, kInitHelp, {{"--repin"}, {"--transient"}}, {}},
+    {"create",
+     cmd_create,
+     kCreateHelp,
+     {{"--algorithm", true}, {"--password"}, {"--password-file", true}, {"--description", true}, {"--persistent", true}},
+     {"NAME"}},
+    {"list", cmd_list, kListHelp, {}, {}},
+    {"pubkey", cmd_pubkey, kPubkeyHelp, {{"--format", true}, {"--comment", true}}, {"NAME"}},
+    {"delete", cmd_delete, kDeleteHelp, {{"--yes", false, "-y"}}, {"NAME"}},
+    {"import-file", cmd_import_file, kImportFileHelp, {{"--password-file", true}, {"--description", true}},
+     {"NAME", "PATH"}},
+    {"algorithms", cmd_algorithms, kAlgorithmsHelp, {}, {}},
 };
+
+const Command* find_command(const std::string& name) {
+  for (const auto& c : kCommands)
+    if (name == c.name) return &c;
+  return nullptr;
+}
+
+bool takes_value_anywhere(const std::string& name) {
+  if (const Option* o = find_global(name)) return o->value;
+  for (const auto& c : kCommands)
+    if (const Option* o = find_option(c.options, name)) return o->value;
+  return false;
+}
 
 }  // namespace
 
@@ -558,24 +561,42 @@ int main(int argc, char** argv) {
   int exit_code = kExitOk;
   auto args = parse_args(argc, argv, &exit_code);
   if (!args) return exit_code;
-  bool help = args->has_flag("--help") || args->has_flag("-h") || args->command == "help";
   if (args->has_flag("--version")) {
     std::printf("tpmkey %s\n", TPMKEY_VERSION);
     return kExitOk;
   }
-  if (args->command.empty() || (help && (args->command == "help" || args->command.empty()))) {
-    std::fputs(kMainHelp, args->command.empty() && !help ? stderr : stdout);
-    return args->command.empty() && !help ? kExitUsage : kExitOk;
-  }
-  for (const auto& c : kCommands) {
-    if (args->command != c.name) continue;
-    if (help) {
-      std::fputs(c.help, stdout);
+  const bool help = args->has_flag("--help");
+  if (args->command == "help") {
+    // "tpmkey help" and "tpmkey help COMMAND".
+    if (args->positional.empty()) {
+      std::fputs(kMainHelp, stdout);
       return kExitOk;
     }
-    return c.run(*args);
+    if (args->positional.size() > 1)
+      return usage_error("", "unexpected argument \"" + args->positional[1] + "\" for \"tpmkey help\"");
+    const Command* c = find_command(args->positional[0]);
+    if (!c) return usage_error("", "unknown command \"" + args->positional[0] + "\"");
+    std::fputs(c->help, stdout);
+    return kExitOk;
   }
-  return usage_error("unknown command \"" + args->command + "\"");
+  if (args->command.empty()) {
+    std::fputs(kMainHelp, help ? stdout : stderr);
+    return help ? kExitOk : kExitUsage;
+  }
+  const Command* c = find_command(args->command);
+  if (!c) return usage_error("", "unknown command \"" + args->command + "\"");  // parse_args refused it already
+  if (help) {
+    std::fputs(c->help, stdout);
+    return kExitOk;
+  }
+  const size_t want = c->operands.size(), got = args->positional.size();
+  if (got < want)
+    return usage_error(c->name, "missing " + std::string(c->operands[got]) + " for " + quoted_command(c->name) +
+                                    " (it takes " + operands_text(*c) + ")");
+  if (got > want)
+    return usage_error(c->name, "unexpected argument \"" + args->positional[want] + "\" for " +
+                                    quoted_command(c->name) + " (it takes " + operands_text(*c) + ")");
+  return c->run(*args);
 }
 
 }  // namespace tpmkey::cli

@@ -26,14 +26,19 @@ void Tpm::read_limits() {
   }
 }
 
-Error Tpm::slot_error(const std::string& what, TSS2_RC rc) {
-  Error e = error(what, rc);
-  // with_room already evicted everything of ours it could.
-  if (tpm_base_code(rc) == TPM2_RC_OBJECT_MEMORY) {
-    read_limits();
-    e.detail = "the TPM's object slots (" + std::to_string(transient_limit_) + ") are held by other programs: " + e.detail;
-  }
-  return e;
+void Tpm::explain_shortage(Error& e, std::chrono::steady_clock::duration waited) {
+  // operation() already gave back every slot of tpmkey's and waited.
+  read_limits();
+  const uint32_t base = tpm_base_code(e.rc);
+  std::string which;
+  if (base == TPM2_RC_OBJECT_MEMORY || base == TPM2_RC_OBJECT_HANDLES)
+    which = "the TPM's object slots (" + std::to_string(transient_limit_) + ") are held by other programs";
+  else if (base == TPM2_RC_SESSION_MEMORY || base == TPM2_RC_SESSION_HANDLES)
+    which = "the TPM's session slots (" + std::to_string(session_limit_) + ") are held by other programs";
+  else
+    which = "the TPM stayed busy";
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(waited).count();
+  e.detail = which + " (waited " + std::to_string(ms) + " ms; busy-timeout): " + e.detail;
 }
 
 TSS2_RC Tpm::test_parms(const KeyOptions& opts) {

@@ -32,6 +32,7 @@ R Tpm::operation(Fn&& attempt) {
   for (unsigned round = 0;; ++round) {
     if (Status st = begin(); !st) return R(st.take_error());
     R r = attempt();
+    park_parents();
     if (r) return r;
     const TSS2_RC rc = r.error().rc;
     const auto waited = std::chrono::steady_clock::now() - started;
@@ -53,10 +54,9 @@ R Tpm::operation(Fn&& attempt) {
       e.where = "connect(" + (conn_.spec().empty() ? std::string("default TCTI") : conn_.spec()) + ")";
       return R(std::move(e));
     }
-    if (is_slot_shortage(rc) && round > 0) {
+    if (is_slot_shortage(rc)) {
       Error e = r.error();
-      e.detail += " (waited " + std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(waited).count()) +
-                  " ms for other programs to release them; busy-timeout)";
+      explain_shortage(e, waited);
       return R(std::move(e));
     }
     return r;

@@ -86,7 +86,7 @@ Result<Object*> Tpm::load(ObjectId id, const KeyFile& kf) {
         [&] { return Tss2_Sys_Load_Complete(run_.sys(), &handle, &name); });
   });
   if (rc != TSS2_RC_SUCCESS) {
-    Error err = slot_error("load", rc);
+    Error err = error("load", rc);
     if (tpm_base_code(rc) == TPM2_RC_INTEGRITY || classify_rc(rc) == Reason::kMalformedKey)
       err.detail = "the key was not made by this TPM under parent " + hex_handle(kf.parent) + ": " + err.detail;
     return err;
@@ -131,7 +131,7 @@ Result<KeyFile> Tpm::create_key(const KeyOptions& opts, const SecretBytes& auth,
     });
     OPENSSL_cleanse(&sensitive, sizeof sensitive);
     if (rc != TSS2_RC_SUCCESS) {
-      Error e = slot_error(what, rc);
+      Error e = error(what, rc);
       const uint32_t base = tpm_base_code(rc);
       const bool algorithm_problem = (rc & TSS2_RC_LAYER_MASK) == TSS2_TPM_RC_LAYER && !is_slot_shortage(rc) &&
                                      !is_stale(rc) && base != TPM2_RC_AUTH_FAIL && base != TPM2_RC_BAD_AUTH;

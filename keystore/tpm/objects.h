@@ -51,6 +51,10 @@ class ObjectCache {
     return it == keys_.end() ? nullptr : &it->second;
   }
   Object& parent(uint32_t handle) { return parents_[handle]; }
+  Object* find_parent(uint32_t handle) {
+    auto it = parents_.find(handle);
+    return it == parents_.end() ? nullptr : &it->second;
+  }
   void erase_key(ObjectId id) { keys_.erase(id); }
   void erase_parent(uint32_t handle) { parents_.erase(handle); }
 

@@ -98,7 +98,7 @@ Result<Object*> Tpm::create_srk(Object& e) {
   });
   if (s) run_.flush(tmp);
   if (rc != TSS2_RC_SUCCESS) {
-    Error err = slot_error(what, rc);
+    Error err = error(what, rc);
     if (err.reason == Reason::kAuthFailed)
       err.detail = "the owner hierarchy has a password, which tpmkey does not support: " + err.detail;
     return err;
@@ -197,14 +197,7 @@ Status Tpm::start_session(Session& s, const Object* salt_key) {
                                      TPM2_SE_HMAC, &sym, Session::kHash, &handle, &nonce_tpm, nullptr);
   });
   if (rc != TSS2_RC_SUCCESS) {
-    Error e = error(salt_key ? "start a salted session" : "start a session", rc);
-    if (tpm_base_code(rc) == TPM2_RC_SESSION_MEMORY || tpm_base_code(rc) == TPM2_RC_SESSION_HANDLES) {
-      read_limits();
-      e.detail = "the TPM's session slots (" + std::to_string(session_limit_) + ") are held by other programs: " + e.detail;
-    } else if (tpm_base_code(rc) == TPM2_RC_OBJECT_MEMORY) {
-      e = slot_error(salt_key ? "start a salted session" : "start a session", rc);
-    }
-    return e;
+    return error(salt_key ? "start a salted session" : "start a session", rc);
   }
   s.begin(crypto_, handle, salt, nonce_tpm);
   return Status::Ok();

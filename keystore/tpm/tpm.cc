@@ -68,6 +68,18 @@ void Tpm::make_way() {
   }
 }
 
+void Tpm::park_parents() {
+  if (!conn_.is_open()) return;
+  Object* srk = objects_.find_parent(kOwnerParent);
+  if (!srk || !srk->transient()) return;
+  TPMS_CONTEXT saved{};
+  const TPM2_HANDLE n = srk->tpm_handle();
+  if (srk->span == span_ && run_.plain([&] { return Tss2_Sys_ContextSave(run_.sys(), n, &saved); }) == TSS2_RC_SUCCESS) {
+    release(*srk);
+    srk->saved = saved;
+  }
+}
+
 Status Tpm::verify_session() {
   if (!session_.active() || session_span_ == span_) return Status::Ok();
   TPMS_TIME_INFO t{};
@@ -112,8 +124,10 @@ Status Tpm::verify(Object& o) {
       if (tpm_base_code(plain.error().rc) == TPM2_RC_HANDLE) o.abandon();
       else return plain.take_error();
     } else if (name == o.name) {
+      // The object is tpmkey's, so the TPM was not restarted and the session number is still
+      // tpmkey's, but out of step (a command timed out and ran later): flushed.
       o.span = span_;
-      session_.end();  // the object is tpmkey's, so the session was not
+      run_.flush(session_);
     } else {
       o.abandon();
     }

@@ -133,6 +133,9 @@ class Tpm {
   Status begin();
   // Gives the TPM back the slots tpmkey holds (saving its objects) before waiting for others'.
   void make_way();
+  // After an operation: a transient parent (the SRK) is saved and flushed, so that a process
+  // holds one object slot per loaded key and no more on a bare TPM (ContextLoad brings it back).
+  void park_parents();
   // The error for a failed command while doing `what` (transport failures in the transport's words).
   Error error(const std::string& what, TSS2_RC rc) const { return conn_.error(what, rc); }
   // Whether a failure means tpmkey's own state is stale (lost handle or session, broken connection).
@@ -189,7 +192,8 @@ class Tpm {
   // Reads TRANSIENT_MIN and LOADED_MIN once, when first needed (keeps the defaults on failure).
   void read_limits();
   TSS2_RC test_parms(const KeyOptions& opts);
-  Error slot_error(const std::string& what, TSS2_RC rc);
+  // Says whose slots are full, and how long tpmkey waited for them.
+  void explain_shortage(Error& e, std::chrono::steady_clock::duration waited);
 
   TpmOptions opts_;
   const Crypto& crypto_;

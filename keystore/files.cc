@@ -1,0 +1,158 @@
+#include "keystore/files.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include <openssl/rand.h>
+
+namespace tpmkey {
+namespace {
+
+constexpr const char* kTmpMarker = ".tmp-";
+constexpr size_t kTmpHex = 16;
+
+Error io_error(const std::string& what, int err) {
+  return make_error(err == ENOENT ? Reason::kKeyNotFound : Reason::kIo, std::strerror(err)).context(what);
+}
+
+const char* kind_of(mode_t m) {
+  if (S_ISFIFO(m)) return "a FIFO";
+  if (S_ISCHR(m) || S_ISBLK(m)) return "a device";
+  if (S_ISSOCK(m)) return "a socket";
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISLNK(m)) return "a symbolic link";
+  return "not a regular file";
+}
+
+Error not_regular(const std::string& what, mode_t m) {
+  return make_error(Reason::kMalformedKey, std::string("not a regular file (it is ") + kind_of(m) + ")").context(what);
+}
+
+}  // namespace
+
+Result<std::string> read_small_file(const std::string& path, size_t max, Symlinks symlinks) {
+  const std::string what = "read(" + path + ")";
+  struct stat st{};
+  // Look before opening: opening a FIFO blocks until a writer comes, a device may act on open.
+  const int rc = symlinks == Symlinks::kRefuse ? lstat(path.c_str(), &st) : stat(path.c_str(), &st);
+  if (rc != 0) return io_error(what, errno);
+  if (!S_ISREG(st.st_mode)) return not_regular(what, st.st_mode);
+  // O_NONBLOCK: should the path be swapped for a FIFO after the check, open still returns.
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY |
+                                  (symlinks == Symlinks::kRefuse ? O_NOFOLLOW : 0));
+  if (fd < 0) return io_error(what, errno);
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return not_regular(what, st.st_mode);
+  }
+  std::string buf;
+  buf.resize(max + 1);
+  size_t off = 0;
+  for (;;) {
+    ssize_t n = read(fd, buf.data() + off, buf.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      close(fd);
+      return io_error(what, err);
+    }
+    off += size_t(n);
+    if (n == 0 || off == buf.size()) break;
+  }
+  close(fd);
+  if (off > max) return make_error(Reason::kMalformedKey, "file is larger than " + std::to_string(max / 1024) + " KiB").context(what);
+  buf.resize(off);
+  return buf;
+}
+
+Status make_dirs(const std::string& dir) {
+  if (dir.empty()) return Status::Ok();
+  struct stat st{};
+  if (stat(dir.c_str(), &st) == 0) {
+    if (!S_ISDIR(st.st_mode)) return make_error(Reason::kIo, "not a directory").context("keystore(" + dir + ")");
+    return Status::Ok();
+  }
+  size_t slash = dir.find_last_of('/');
+  if (slash != std::string::npos && slash > 0) TPMKEY_TRY(make_dirs(dir.substr(0, slash)));
+  if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return io_error("mkdir(" + dir + ")", errno);
+  return Status::Ok();
+}
+
+Status fsync_dir(const std::string& dir) {
+  int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return io_error("open(" + dir + ")", errno);
+  int rc = fsync(fd);
+  int err = errno;
+  close(fd);
+  if (rc != 0) return io_error("fsync(" + dir + ")", err);
+  return Status::Ok();
+}
+
+bool is_temporary_name(const std::string& f) {
+  const size_t marker = std::strlen(kTmpMarker);
+  if (f.size() < 2 + marker + kTmpHex || f[0] != '.') return false;
+  const size_t at = f.size() - kTmpHex - marker;
+  if (f.compare(at, marker, kTmpMarker) != 0) return false;
+  for (size_t i = f.size() - kTmpHex; i < f.size(); ++i)
+    if (!std::isxdigit(static_cast<unsigned char>(f[i]))) return false;
+  return true;
+}
+
+void remove_orphaned_temporaries(const std::string& dir) {
+  DIR* d = opendir(dir.c_str());
+  if (!d) return;
+  const time_t now = time(nullptr);
+  const auto age = std::chrono::duration_cast<std::chrono::seconds>(kOrphanAge).count();
+  while (dirent* e = readdir(d)) {
+    const std::string f = e->d_name;
+    if (!is_temporary_name(f)) continue;
+    struct stat st{};
+    if (fstatat(dirfd(d), f.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || now - st.st_mtime < age) continue;
+    unlinkat(dirfd(d), f.c_str(), 0);
+  }
+  closedir(d);
+}
+
+Status write_file_exclusive(const std::string& path, const std::string& data) {
+  size_t slash = path.find_last_of('/');
+  std::string dir = slash == std::string::npos ? "." : path.substr(0, slash == 0 ? 1 : slash);
+  TPMKEY_TRY(make_dirs(dir));
+  if (access(path.c_str(), F_OK) == 0) return make_error(Reason::kInvalidArgument, "already exists").context(path);
+  remove_orphaned_temporaries(dir);
+
+  unsigned char rnd[kTmpHex / 2];
+  if (RAND_bytes(rnd, sizeof rnd) != 1) return make_error(Reason::kInternal, "the random generator failed");
+  char suffix[32];
+  std::snprintf(suffix, sizeof suffix, "%s%02x%02x%02x%02x%02x%02x%02x%02x", kTmpMarker, rnd[0], rnd[1], rnd[2], rnd[3],
+                rnd[4], rnd[5], rnd[6], rnd[7]);
+  std::string tmp = dir + "/." + path.substr(slash + 1) + suffix;
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return io_error("create(" + tmp + ")", errno);
+  size_t off = 0;
+  int err = 0;
+  while (off < data.size()) {
+    ssize_t n = write(fd, data.data() + off, data.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      err = errno ? errno : EIO;
+      break;
+    }
+    off += size_t(n);
+  }
+  if (!err && fsync(fd) != 0) err = errno;
+  close(fd);
+  if (!err && link(tmp.c_str(), path.c_str()) != 0) err = errno;
+  unlink(tmp.c_str());
+  if (err == EEXIST) return make_error(Reason::kInvalidArgument, "already exists").context(path);
+  if (err) return io_error("write(" + path + ")", err);
+  return fsync_dir(dir);
+}
+
+}  // namespace tpmkey

@@ -1,0 +1,135 @@
+// Keystore management: what the CLI's commands do (create, import-file, delete, init), as plain
+// functions returning Result/Status. Nothing here prompts, asks for confirmation or prints: the
+// caller obtains passwords (from a terminal or a file) and passes them in, and reports what was
+// done from the returned description. Errors carry the operation as their outer context
+// ("create(tpm2:NAME)", "import-file(tpm2:NAME)", "delete(tpm2:NAME)", "init(DIR)").
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "keystore/algorithm.h"
+#include "keystore/context.h"
+#include "keystore/error.h"
+#include "keystore/key.h"
+#include "keystore/keyfile.h"
+#include "keystore/keystore.h"
+#include "keystore/ossl.h"
+#include "keystore/tpm/tpm.h"
+
+namespace tpmkey {
+
+// ---- create ----
+
+struct CreateRequest {
+  std::string name;
+  const AlgorithmSpec* spec = nullptr;   // nullptr: ec-p256
+  std::optional<SecretBytes> password;   // nullopt: no password (the key gets noDA); empty is refused
+  std::string description;               // stored in the key file
+  uint32_t persistent = 0;               // also make it persistent here (0x81000000-0x81ffffff); 0: no
+};
+
+struct CreatedKey {
+  std::string path;                      // the keystore entry written
+  const AlgorithmSpec* spec = nullptr;
+  bool password = false;
+  uint32_t persistent = 0;               // 0: not persistent
+};
+
+// Whether a key named `name` can be created: a valid name that is not in the keystore yet.
+// create_key checks it again; a caller checks first so that nobody types a password in vain.
+Status check_create(const Context& ctx, const std::string& name);
+// Generates the key in the TPM under the owner SRK, optionally makes it persistent (after checking
+// that the handle is free), and writes the keystore entry. When the entry cannot be written, a key
+// made persistent is evicted again, so no orphan is left in the TPM.
+Result<CreatedKey> create_key(Context& ctx, const CreateRequest& req);
+
+// ---- import-file ----
+
+// A key file read for import, before the TPM is asked anything: the caller learns from it whether
+// the check needs a password.
+struct KeyFileImport {
+  std::string name;          // the keystore name it gets
+  std::string path;          // where it was read
+  KeyFile file;              // as read from `path`
+  std::shared_ptr<Key> key;  // the same key, labelled with `path`, for the self-test
+  bool needs_password() const { return !file.empty_auth; }
+};
+
+// Checks the name (valid, not taken), reads the file (PEM or DER) and checks that it is a signing
+// key tpmkey can use. No TPM command.
+Result<KeyFileImport> open_import(Context& ctx, const std::string& name, const std::string& path);
+
+struct ImportOptions {
+  // The key's password, for the self-test only (never stored). Used only when the file says the key
+  // has one; without it such a key fails the self-test ("needs a password and none was given").
+  std::optional<SecretBytes> password;
+  std::optional<std::string> description;  // replaces the file's own
+};
+
+struct ImportedKey {
+  std::string path;                      // the keystore entry written
+  const AlgorithmSpec* spec = nullptr;
+  uint32_t parent = kOwnerParent;        // the parent the TPM loaded it under
+  bool password = false;                 // the stored copy says the key has a password
+  // The file said the key has a password, but the TPM accepted an empty one: the copy is stored
+  // as a key without a password (tpm2-tools 5.4's tpm2_encodeobject writes emptyAuth inverted).
+  bool empty_auth_corrected = false;
+};
+
+// Runs the self-test (below) and, only when it passes, adds the key file to the keystore (0600,
+// atomic, never overwriting). A key from another TPM or parent, or under a persistent parent that
+// is not there, is refused with an explanation.
+Result<ImportedKey> import_key_file(Context& ctx, KeyFileImport import, ImportOptions opts);
+
+// The check that a key works on this TPM: the TPM loads it under the parent its file names
+// (TPM2_Load), signs a fixed self-test digest (TPM2_Sign), and the signature must verify in
+// software with the public key from the file.
+Status self_test(Key& key, const Crypto& crypto);
+
+// ---- delete ----
+
+enum class Eviction {
+  kNotPersistent,  // the key was not made persistent
+  kEvicted,        // its persistent handle held this key and was evicted
+  kAlreadyGone,    // its persistent handle was empty already
+};
+
+struct DeletedKey {
+  uint32_t persistent = 0;  // the key's persistent handle, 0 if none
+  Eviction eviction = Eviction::kNotPersistent;
+};
+
+// Whether `name` is a key in the keystore (checked before asking for confirmation).
+Status check_delete(const Context& ctx, const std::string& name);
+// Evicts a persistent key if its handle still holds this very key (a handle holding another key is
+// an error, and nothing is deleted), then removes the keystore entry.
+Result<DeletedKey> delete_key(Context& ctx, const std::string& name);
+
+// ---- init ----
+
+struct InitOptions {
+  bool persistent = true;  // make the SRK persistent at kSrkHandle (false: --transient)
+  bool repin = false;      // replace a pin that names another SRK
+};
+
+enum class PinOutcome {
+  kAlreadyPinned,  // the keystore already had exactly this pin: nothing written
+  kPinned,         // there was no pin: written
+  kReplaced,       // there was another pin (another handle, or with repin another SRK): replaced
+};
+
+struct InitResult {
+  Tpm::Provisioned srk = Tpm::Provisioned::kTransient;  // what was done with the SRK
+  SrkPin pin;
+  PinOutcome pin_outcome = PinOutcome::kPinned;
+  std::string pin_path;
+};
+
+// Provisions the SRK (Tpm::provision_srk), compares its name with the keystore's pin, and writes
+// the pin when it is new. A pin naming another SRK is an error unless `repin`.
+Result<InitResult> init_keystore(Context& ctx, const InitOptions& opts);
+
+}  // namespace tpmkey
