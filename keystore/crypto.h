@@ -1,5 +1,5 @@
 // Internal software crypto, always fetched from OpenSSL's default provider by explicit property
-// ("provider=default"), so nothing tpmkey computes itself can recurse into tpmkey (design.md §2.5).
+// ("provider=default"), so nothing tpmkey computes itself can recurse into tpmkey (docs/architecture.md).
 // It lives in the process's global library context when tpmkey itself was loaded there and the
 // default provider is available in it: the algorithm tables OpenSSL builds on first fetch are then
 // built once per process instead of twice (docs/performance.md, one-shot processes). Otherwise

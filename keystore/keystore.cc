@@ -168,7 +168,8 @@ Result<std::optional<SrkPin>> Keystore::read_pin() const {
       have_handle = (pin.handle >> 24) == 0x81;
       if (!have_handle) return make_error(Reason::kMalformedKey, "handle is not persistent").context(what);
     } else {
-      return make_error(Reason::kMalformedKey, "unexpected line \"" + std::string(line.substr(0, 40)) + "\"").context(what);
+      // Not repeated: whatever the file holds is no business of a message.
+      return make_error(Reason::kMalformedKey, "a line is neither \"name ...\" nor \"handle ...\"").context(what);
     }
   }
   if (pin.name.empty() || !have_handle) return make_error(Reason::kMalformedKey, "missing name or handle line").context(what);

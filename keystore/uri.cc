@@ -147,8 +147,9 @@ Status parse_path_attr(std::string_view attr, TpmUri& uri) {
 
 Status parse_query_attr(std::string_view attr, TpmUri& uri) {
   size_t eq = attr.find('=');
+  // The query may hold a password: no part of it is ever repeated in a message.
   if (eq == std::string_view::npos)
-    return uri_error("query attribute without a value: \"" + std::string(attr.substr(0, 32)) + "\"");
+    return uri_error("a query attribute has no value (the query takes pin-source=PATH or pin-value=PIN)");
   std::string_view key = attr.substr(0, eq), val = attr.substr(eq + 1);
   if (key == "pin-source") {
     if (uri.pin_source) return duplicate(key);
@@ -161,7 +162,7 @@ Status parse_query_attr(std::string_view attr, TpmUri& uri) {
     TPMKEY_TRY(pct_decode(val, key, pin));
     uri.pin_value = std::move(pin);
   } else {
-    return uri_error("unknown query attribute \"" + std::string(key) + "\"");
+    return uri_error("unknown query attribute (the query takes pin-source=PATH or pin-value=PIN)");
   }
   return Status::Ok();
 }

@@ -1,5 +1,5 @@
 // keymgmt for EC and RSA TPM keys: generate inside the TPM, load store/decoder references,
-// answer parameters from the public half, export only public parts (design.md §2.1-2.2).
+// answer parameters from the public half, export only public parts (docs/architecture.md, "Export fails for any selection that includes the private key").
 #include <cstring>
 
 #include <openssl/core_names.h>

@@ -87,7 +87,7 @@ const OSSL_ALGORITHM* query_operation(void*, int operation_id, int* no_cache) no
     case OSSL_OP_STORE: return kStoreAlgs;
     case OSSL_OP_ENCODER: return kEncoderAlgs;
     case OSSL_OP_DECODER: return kDecoderAlgs;
-    default: return nullptr;  // no RAND, digests or ciphers: the TPM only signs (design.md §2.3)
+    default: return nullptr;  // no RAND, digests or ciphers: the TPM only signs (docs/architecture.md, "No RAND, digests or ciphers")
   }
 }
 

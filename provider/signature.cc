@@ -254,7 +254,7 @@ const OSSL_PARAM* rsa_settable(void*, void*) noexcept { return kRsaSettable.list
 
 // --- signing ---
 
-// Only our own private keys: a foreign or public-only key never reaches the TPM (design.md §2.2).
+// Only our own private keys: a foreign or public-only key never reaches the TPM (docs/architecture.md, "Import is refused").
 Status init(SigCtx& c, void* vkd, const OSSL_PARAM params[]) {
   auto* kd = static_cast<KeyData*>(vkd);
   if (!kd || !kd->key || kd->kind != c.kind)

@@ -9,12 +9,12 @@ bash tools/deps.sh
 export TSS2_LOG=all+none
 
 echo "== build (RelWithDebInfo) and test"
-cmake -S . -B build-test -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTPMKEY_BENCH=OFF >/dev/null
+cmake -S . -B build-test -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTPMKEY_WERROR=ON -DTPMKEY_BENCH=OFF >/dev/null
 cmake --build build-test -j"$(nproc)"
 (cd build-test && ctest --output-on-failure --timeout 900)
 
 echo "== build with AddressSanitizer + UndefinedBehaviorSanitizer and test"
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DTPMKEY_SANITIZE=ON -DTPMKEY_BENCH=OFF >/dev/null
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DTPMKEY_WERROR=ON -DTPMKEY_SANITIZE=ON -DTPMKEY_BENCH=OFF >/dev/null
 cmake --build build-asan -j"$(nproc)"
 # The openssl binary is not instrumented: preload the sanitizer runtime for the provider it loads.
 asan_rt=$(gcc -print-file-name=libasan.so)
