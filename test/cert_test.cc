@@ -17,6 +17,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "test/fixture.h"
 #include "test/support.h"
 
 namespace tpmkey::test {
@@ -29,12 +30,13 @@ constexpr const char* kPasswordUri = "tpm2:pw?pin-value=cert%20secret";  // the 
 
 // The keys are made once for the binary (key generation is the slow part); each test has its own
 // directory for what it produces.
-class CertTest : public ::testing::Test {
+class CertTest : public TpmTest {
  protected:
+  CertTest() : TpmTest("tpmkey-cert-test") {}
   static void SetUpTestSuite() {
-    tcti_ = shared_swtpm().tcti();
+    const std::string tcti = shared_swtpm().tcti();
     suite_dir_ = make_temp_dir("tpmkey-cert-keys");
-    keystore_ = suite_dir_ + "/keystore";
+    suite_keystore_ = suite_dir_ + "/keystore";
     write_file(suite_dir_ + "/pw", std::string(kPassword) + "\n");
     struct Spec {
       const char *name, *alg;
@@ -42,30 +44,25 @@ class CertTest : public ::testing::Test {
     };
     for (const Spec& k : {Spec{"ec256", "ec-p256", false}, Spec{"ec384", "ec-p384", false},
                           Spec{"rsa", "rsa2048", false}, Spec{"ca", "ec-p256", false}, Spec{"pw", "ec-p256", true}}) {
-      std::vector<std::string> a = {tpmkey_bin(), "--tcti", tcti_, "--keystore", keystore_, "create", k.name,
+      std::vector<std::string> a = {tpmkey_bin(), "--tcti", tcti, "--keystore", suite_keystore_, "create", k.name,
                                     "--algorithm", k.alg};
       if (k.password) a.insert(a.end(), {"--password-file", suite_dir_ + "/pw"});
-      auto r = run(a, {"TSS2_LOG=all+none"});
-      ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+      ASSERT_OK(run(a, {"TSS2_LOG=all+none"}));
     }
   }
   static void TearDownTestSuite() { remove_tree(suite_dir_); }
 
   void SetUp() override {
-    dir_ = make_temp_dir("tpmkey-cert-test");
+    TpmTest::SetUp();
+    keystore_ = suite_keystore_;  // the suite's keys; dir_ is this test's own
     env_ = {"TPMKEY_TCTI=" + tcti_, "TPMKEY_KEYSTORE=" + keystore_, "OPENSSL_CONF=/dev/null", "TSS2_LOG=all+none"};
     // Line ends and bytes that text-mode S/MIME would change: -binary must keep them.
     static constexpr char kMsg[] = "a message to sign\r\nwith a NUL \0 byte\n";
     write_file(dir_ + "/msg", std::string(kMsg, sizeof kMsg - 1));
   }
-  void TearDown() override {
-    TpmHandles h = tpm_handles(tcti_);
-    EXPECT_TRUE(h.clean()) << "left in the TPM: " << h.describe();
-    remove_tree(dir_);
-  }
 
   std::string path(const std::string& name) const { return dir_ + "/" + name; }
-  static std::string key_file(const std::string& name) { return keystore_ + "/" + name + ".pem"; }
+  std::string key_file(const std::string& name) const { return keystore_ + "/" + name + ".pem"; }
 
   // openssl with the providers on the command line, in the given order.
   CommandResult openssl(const std::string& cmd, std::vector<std::string> args, bool tpmkey_first = true) {
@@ -131,12 +128,11 @@ class CertTest : public ::testing::Test {
     return r.out;
   }
 
-  static std::string tcti_, suite_dir_, keystore_;
-  std::string dir_;
+  static std::string suite_dir_, suite_keystore_;
   std::vector<std::string> env_;
 };
 
-std::string CertTest::tcti_, CertTest::suite_dir_, CertTest::keystore_;
+std::string CertTest::suite_dir_, CertTest::suite_keystore_;
 
 struct Variant {
   std::string key, digest, padding;  // padding: "" (EC), "pkcs1" (RSA default) or "pss"
@@ -221,9 +217,8 @@ TEST_F(CertTest, TpmCaIssuesCertificatesWithX509Req) {
   EXPECT_EQ(plain({"x509", "-in", path("tpm.pem"), "-noout", "-pubkey"}).out, pub.out);
   // Another self-signed certificate is no issuer of these.
   self_signed("tpm2:ec384", "not the CA", path("other.pem"));
-  auto wrong_ca = plain({"verify", "-CAfile", path("other.pem"), path("soft.pem")});
-  EXPECT_NE(wrong_ca.exit_code, 0);
-  EXPECT_TRUE(contains(wrong_ca.err, "unable to get local issuer certificate")) << wrong_ca.err;
+  EXPECT_FAILS_WITH(plain({"verify", "-CAfile", path("other.pem"), path("soft.pem")}),
+                    "unable to get local issuer certificate");
   // openssl checks that the CA key belongs to the CA certificate, also for TPM keys.
   EXPECT_FAILS_WITH(openssl("x509", {"-req", "-in", path("soft.csr"), "-CA", ca, "-CAkey", "tpm2:ec256",
                                      "-CAcreateserial", "-out", path("bad.pem")}),
@@ -319,10 +314,9 @@ TEST_F(CertTest, CmsSignAndVerify) {
   }
   // A changed message does not verify.
   write_file(path("msg.changed"), "a message to sign, changed\n");
-  auto bad = plain({"cms", "-verify", "-binary", "-CAfile", path("ec256.crt"), "-in", path("ec256.p7s"), "-inform",
-                    "PEM", "-content", path("msg.changed"), "-out", path("x")});
-  EXPECT_NE(bad.exit_code, 0);
-  EXPECT_TRUE(contains(bad.err, "Verification failure")) << bad.err;
+  EXPECT_FAILS_WITH(plain({"cms", "-verify", "-binary", "-CAfile", path("ec256.crt"), "-in", path("ec256.p7s"),
+                           "-inform", "PEM", "-content", path("msg.changed"), "-out", path("x")}),
+                    "Verification failure");
 
   // S/MIME (text, multipart/signed).
   write_file(path("mail.txt"), "Hello from the TPM\n");
@@ -378,12 +372,10 @@ TEST_F(CertTest, CertificatesMatchTheirKeys) {
   // default provider alone. Matching uses the public half only: no TPM command is sent.
   for (bool first : {true, false}) {
     SCOPED_TRACE(first ? "tpmkey first" : "default first");
-    std::unique_ptr<OSSL_LIB_CTX, decltype(&OSSL_LIB_CTX_free)> libctx(
-        new_configured_libctx(write_openssl_cnf(dir_, first, tcti_, keystore_)), OSSL_LIB_CTX_free);
-    OSSL_LIB_CTX* lib = libctx.get();
+    OSSL_LIB_CTX* libctx = lib(tcti_, "", first);
     {  // the keys go before their library context
-      auto ec256 = load_key(lib, "tpm2:ec256"), rsa = load_key(lib, "tpm2:rsa"), ca = load_key(lib, "tpm2:ca");
-      auto pw = load_key(lib, kPasswordUri), by_path = load_key(lib, key_file("ec384"));
+      auto ec256 = load_key(libctx, "tpm2:ec256"), rsa = load_key(libctx, "tpm2:rsa"), ca = load_key(libctx, "tpm2:ca");
+      auto pw = load_key(libctx, kPasswordUri), by_path = load_key(libctx, key_file("ec384"));
       ASSERT_TRUE(ec256 && rsa && ca && pw && by_path) << drain_errors();
       auto c_ec256 = read_cert(path("ec256.crt")), c_ec384 = read_cert(path("ec384.crt")),
            c_rsa = read_cert(path("rsa.crt")), c_ca = read_cert(path("ca.crt")), c_pw = read_cert(path("pw.crt"));
@@ -400,8 +392,9 @@ TEST_F(CertTest, CertificatesMatchTheirKeys) {
       EXPECT_EQ(X509_check_private_key(c_rsa.get(), ec256.get()), 0);
       EXPECT_EQ(X509_check_private_key(c_ec256.get(), rsa.get()), 0);
       drain_errors();
-      EXPECT_EQ(tpm_commands(lib), 0u);
+      EXPECT_EQ(tpm_commands(libctx), 0u);
     }
+    release(libctx);
   }
 }
 

@@ -7,26 +7,23 @@
 #include <functional>
 
 #include "keystore/keyfile.h"
+#include "test/fixture.h"
 #include "test/support.h"
 
 namespace tpmkey::test {
 namespace {
 
-class CliTest : public ::testing::Test {
+class CliTest : public TpmTest {
  protected:
+  CliTest() : TpmTest("tpmkey-cli-test") {}
   void SetUp() override {
-    tcti_ = shared_swtpm().tcti();
-    dir_ = make_temp_dir("tpmkey-cli-test");
-    keystore_ = dir_ + "/keystore";
+    TpmTest::SetUp();
     env_ = {"TPMKEY_TCTI=" + tcti_, "TPMKEY_KEYSTORE=" + keystore_, "OPENSSL_CONF=/dev/null", "TSS2_LOG=all+none"};
     write_file(dir_ + "/msg", "a file to sign\n");
   }
-  void TearDown() override {
-    TpmHandles h = tpm_handles(tcti_);
-    EXPECT_TRUE(h.clean()) << "left in the TPM: " << h.describe();
-    remove_tree(dir_);
-  }
 
+  // The tpmkey CLI with exactly `args`: the TPM and keystore come from the environment (env_), so
+  // the tests see where the CLI takes its options.
   CommandResult tpmkey(std::vector<std::string> args) {
     args.insert(args.begin(), tpmkey_bin());
     return run(args, env_);
@@ -83,7 +80,6 @@ class CliTest : public ::testing::Test {
     return r.out.find(alg + std::string(10 - alg.size(), ' ') + "supported") != std::string::npos;
   }
 
-  std::string tcti_, dir_, keystore_;
   std::vector<std::string> env_;
 };
 
@@ -331,7 +327,7 @@ TEST_F(CliTest, OneShotProcessSendsTheFewestCommands) {
   auto v = plain_openssl({"pkeyutl", "-verify", "-pubin", "-inkey", dir_ + "/k.pub", "-rawin", "-digest", "sha256",
                           "-in", dir_ + "/msg", "-sigfile", dir_ + "/sig"});
   EXPECT_NE(v.out.find("Signature Verified Successfully"), std::string::npos) << v.out << v.err;
-  EXPECT_OK(run({"tpm2_evictcontrol", "-T", tcti_, "-C", "o", "-c", "0x81000001"}, {"TSS2_LOG=all+none"}));
+  EXPECT_OK(evict_persistent_srk());
 }
 
 #ifndef TPMKEY_SANITIZED
@@ -382,7 +378,9 @@ TEST_F(CliTest, OneShotLoadsOnlyTheLibrariesItUses) {
                    "default", "-sign", "-inkey", "tpm2:k", "-rawin", "-in", dir_ + "/msg", "-out", dir_ + "/s"},
                   env);
   EXPECT_NE(dflt.err.find("file=libtss2-tctildr.so.0"), std::string::npos);
-  if (dflt.exit_code != 0) EXPECT_FAILS_WITH(dflt, "sign(tpm2:k): connect(default TCTI): TPM unreachable: ");
+  if (dflt.exit_code != 0) {
+    EXPECT_FAILS_WITH(dflt, "sign(tpm2:k): connect(default TCTI): TPM unreachable: ");
+  }
 }
 
 TEST_F(CliTest, OpensslConfigFileAndPrehashedSign) {
@@ -648,11 +646,9 @@ class Tpm2ToolsTest : public CliTest {
   // The owner primary made from tpmkey's SRK template (srk_template(): ECC P-256, AES-128-CFB,
   // empty unique), saved as a context file.
   void create_primary(const std::string& ctx, const std::string& tcti = "") {
-    ASSERT_EQ(tool({"tpm2_createprimary", "-C", "o", "-G", "ecc256:aes128cfb", "-g", "sha256", "-a", kSrkAttributes,
+    ASSERT_OK(tool({"tpm2_createprimary", "-C", "o", "-G", "ecc256:aes128cfb", "-g", "sha256", "-a", kSrkAttributes,
                     "-c", ctx},
-                   tcti)
-                  .exit_code,
-              0);
+                   tcti));
   }
   // tpm2_create + tpm2_encodeobject: a signing key under `parent` (a context file or a
   // persistent handle), written as a TSS2 key file at `out`. tpm2-tools 5.4 (Debian 12) writes
@@ -662,14 +658,12 @@ class Tpm2ToolsTest : public CliTest {
                   const std::string& password = "", const std::string& tcti = "") {
     std::vector<std::string> create = {"tpm2_create", "-C", parent, "-G", alg, "-u", out + ".pub", "-r", out + ".priv"};
     if (!password.empty()) create.insert(create.end(), {"-p", password});
-    auto c = tool(create, tcti);
-    ASSERT_EQ(c.exit_code, 0) << c.err;
+    ASSERT_OK(tool(create, tcti));
     for (bool flag : {false, true}) {
       std::vector<std::string> encode = {"tpm2_encodeobject", "-C", parent, "-u", out + ".pub", "-r", out + ".priv",
                                          "-o", out};
       if (flag) encode.push_back("-p");
-      auto e = tool(encode, tcti);
-      ASSERT_EQ(e.exit_code, 0) << e.err;
+      ASSERT_OK(tool(encode, tcti));
       if (file_says_password(out) == !password.empty()) return;
     }
     FAIL() << "tpm2_encodeobject cannot record whether the key has a password";

@@ -25,6 +25,7 @@
 #include "keystore/algorithm.h"
 #include "keystore/files.h"
 #include "keystore/keystore.h"
+#include "test/fixture.h"
 #include "test/support.h"
 
 // LeakSanitizer asks this at exit; forked children end with _exit and leak on purpose.
@@ -36,49 +37,16 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-class LifetimeTest : public ::testing::Test {
+class LifetimeTest : public TpmTest {
  protected:
-  void SetUp() override {
-    tcti_ = shared_swtpm().tcti();
-    dir_ = make_temp_dir("tpmkey-lifetime-test");
-    keystore_ = dir_ + "/keystore";
-  }
-  void TearDown() override {
-    for (OSSL_LIB_CTX* l : libs_) OSSL_LIB_CTX_free(l);
-    libs_.clear();
-    TpmHandles h = tpm_handles(tcti_);
-    EXPECT_TRUE(h.clean()) << "left in the TPM: " << h.describe();
-    remove_tree(dir_);
-    ERR_clear_error();
-  }
+  LifetimeTest() : TpmTest("tpmkey-lifetime-test") {}
 
-  OSSL_LIB_CTX* lib(const std::string& tcti, const std::string& extra = "") {
-    static int n = 0;
-    std::string sub = dir_ + "/cnf" + std::to_string(n++);
-    std::filesystem::create_directories(sub);
-    OSSL_LIB_CTX* l = new_configured_libctx(write_openssl_cnf(sub, true, tcti, keystore_, extra));
-    libs_.push_back(l);
-    return l;
-  }
-  void release(OSSL_LIB_CTX* l) {
-    std::erase(libs_, l);
-    OSSL_LIB_CTX_free(l);
-  }
+  using TpmTest::make_key;
+  // Makes key NAME (EC P-256) in the keystore through a library context of its own.
   void make_key(const std::string& name, const char* password = nullptr) {
     OSSL_LIB_CTX* l = lib(tcti_);
-    PkeyPtr k = generate_key(l, "EC", "P-256", 0, password);
-    ASSERT_TRUE(k) << drain_errors();
-    ASSERT_TRUE(store_key(k.get(), keystore_ + "/" + name + ".pem")) << drain_errors();
-    k.reset();
+    make_key(l, name, password);
     release(l);
-  }
-  static bool sign_verifies(OSSL_LIB_CTX* l, EVP_PKEY* k, const std::string& msg) {
-    auto sig = digest_sign(l, k, msg, {});
-    return !sig.empty() && digest_verify(public_copy(k).get(), msg, sig, {});
-  }
-  CommandResult tpmkey(std::vector<std::string> args, const std::string& tcti = "", int timeout_s = 120) {
-    args.insert(args.begin(), {tpmkey_bin(), "--tcti", tcti.empty() ? tcti_ : tcti, "--keystore", keystore_});
-    return run(args, {"TSS2_LOG=all+none"}, "", timeout_s);
   }
   CommandResult pkeyutl_sign(const std::string& uri, const std::string& tcti, int timeout_s = 120,
                              std::vector<std::string> env = {}) {
@@ -89,12 +57,6 @@ class LifetimeTest : public ::testing::Test {
                 "-sign", "-inkey", uri, "-rawin", "-in", dir_ + "/msg", "-out", dir_ + "/sig." + std::to_string(getpid())},
                env, "", timeout_s);
   }
-  void evict_persistent_srk() {
-    run({"tpm2_evictcontrol", "-T", tcti_, "-C", "o", "-c", "0x81000001"}, {"TSS2_LOG=all+none"});
-  }
-
-  std::string tcti_, dir_, keystore_;
-  std::vector<OSSL_LIB_CTX*> libs_;
 };
 
 // Waits for `pid` at most `limit`; a child still running then is a hang: killed, and reported.
@@ -268,7 +230,7 @@ TEST_F(LifetimeTest, TpmThatNeverAnswers) {
 // counter does not move, and its signature still succeeds. (A wrong password, for comparison,
 // costs exactly one strike.)
 TEST_F(LifetimeTest, RestartWithHandleReuseCostsNoStrike) {
-  ASSERT_EQ(tpmkey({"init"}).exit_code, 0);
+  ASSERT_OK(tpmkey({"init"}));
   make_key("mine", "pw1");
   make_key("theirs", "pw2");
   OSSL_LIB_CTX* a = lib(tcti_);
@@ -312,7 +274,7 @@ TEST_F(LifetimeTest, RestartWithHandleReuseCostsNoStrike) {
 // the next signature is a hard error that says so, no authorized command or salted session
 // reaches the new TPM, and nothing of tpmkey's is left on it.
 TEST_F(LifetimeTest, ReplacedTpmIsRefused) {
-  ASSERT_EQ(tpmkey({"init"}).exit_code, 0);
+  ASSERT_OK(tpmkey({"init"}));
   make_key("k");
   BusProxy bus(shared_swtpm().port());
   OSSL_LIB_CTX* l = lib(bus.tcti());
@@ -342,15 +304,9 @@ TEST_F(LifetimeTest, ReplacedTpmIsRefused) {
 // With one slot taken, a Load under the persistent SRK (which needs two on libtpms) still works;
 // with all taken, tpmkey waits (busy-timeout) and then says so; once they are released it works.
 TEST_F(LifetimeTest, WaitsForSlotsHeldByOthers) {
-  ASSERT_EQ(tpmkey({"init"}).exit_code, 0);
+  ASSERT_OK(tpmkey({"init"}));
   make_key("k0");
   make_key("k1");
-  auto hold_slot = [&] {
-    std::string ctx = dir_ + "/other" + std::to_string(rand()) + ".ctx";
-    auto r = run({"tpm2_createprimary", "-T", tcti_, "-C", "o", "-c", ctx}, {"TSS2_LOG=all+none"});
-    ASSERT_EQ(r.exit_code, 0) << r.err;
-  };
-  auto release_others = [&] { run({"tpm2_flushcontext", "-T", tcti_, "-t"}, {"TSS2_LOG=all+none"}); };
   hold_slot();
   OSSL_LIB_CTX* l = lib(tcti_, "busy-timeout = 0.5\n");
   for (int round = 0; round < 3; ++round)
@@ -386,7 +342,7 @@ TEST_F(LifetimeTest, RacingOneShotProcessesAllSucceed) {
   for (bool persistent : {false, true}) {
     SCOPED_TRACE(persistent ? "persistent SRK" : "transient SRK");
     if (persistent) {
-      ASSERT_EQ(tpmkey({"init"}).exit_code, 0);
+      ASSERT_OK(tpmkey({"init"}));
     }
     std::atomic<int> failures{0};
     std::string first_error;
@@ -460,7 +416,7 @@ TEST_F(LifetimeTest, OrphanedTemporaryFilesAreCleanedUp) {
   auto names = Keystore(keystore_).list();
   ASSERT_TRUE(names);
   EXPECT_TRUE(names->empty());
-  ASSERT_EQ(tpmkey({"create", "k"}).exit_code, 0);
+  ASSERT_OK(tpmkey({"create", "k"}));
   EXPECT_FALSE(std::filesystem::exists(old_tmp));
   EXPECT_TRUE(std::filesystem::exists(young_tmp));
   // Killed writers, for real: `tpmkey create` killed while it works never leaves a key that does
@@ -470,7 +426,7 @@ TEST_F(LifetimeTest, OrphanedTemporaryFilesAreCleanedUp) {
     if (pid == 0) {
       g_child = true;
       execl(tpmkey_bin().c_str(), "tpmkey", "--tcti", tcti_.c_str(), "--keystore", keystore_.c_str(), "create",
-            ("c" + std::to_string(i)).c_str(), static_cast<char*>(nullptr));
+            numbered("c", i).c_str(), static_cast<char*>(nullptr));
       _exit(127);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5 + 3 * i));
@@ -491,7 +447,7 @@ TEST_F(LifetimeTest, OversizedKeyFileIsRefusedAtCreation) {
   auto r = tpmkey({"create", "big", "--description", std::string(70000, 'd')});
   EXPECT_FAILS_WITH(r, "more than the 64 KiB a key file may have");
   EXPECT_FALSE(std::filesystem::exists(keystore_ + "/big.pem"));
-  EXPECT_EQ(tpmkey({"create", "small", "--description", std::string(1000, 'd')}).exit_code, 0);
+  EXPECT_OK(tpmkey({"create", "small", "--description", std::string(1000, 'd')}));
   EXPECT_TRUE(Keystore(keystore_).read("small"));
 }
 
@@ -613,15 +569,15 @@ TEST_F(SlotNeedsTest, AsDocumented) {
   Needs sign = measure([&] { return one_shot_sign(); });
   EXPECT_EQ(sign.objects, 2);
   EXPECT_EQ(sign.sessions, 1);
-  Needs gen = measure([&] { return create("t" + std::to_string(n++)); });
+  Needs gen = measure([&] { return create(numbered("t", n++)); });
   EXPECT_EQ(gen.objects, 2);
   EXPECT_EQ(gen.sessions, 1);
   // Persistent SRK: libtpms loads it into a slot while a command uses it.
-  ASSERT_EQ(tpmkey({"init"}).exit_code, 0);
+  ASSERT_OK(tpmkey({"init"}));
   sign = measure([&] { return one_shot_sign(); });
   EXPECT_EQ(sign.objects, 2);
   EXPECT_EQ(sign.sessions, 1);
-  gen = measure([&] { return create("p" + std::to_string(n++)); });
+  gen = measure([&] { return create(numbered("p", n++)); });
   EXPECT_EQ(gen.objects, 2);
   EXPECT_EQ(gen.sessions, 1);
   // A warm signature in a running process needs no free slot at all.

@@ -6,62 +6,48 @@
 
 #include <openssl/err.h>
 
+#include "test/fixture.h"
 #include "test/support.h"
 
 namespace tpmkey::test {
 namespace {
 
-class PersistentTest : public ::testing::Test {
+class PersistentTest : public TpmTest {
  protected:
+  PersistentTest() : TpmTest("tpmkey-persistent-test") {}
   void SetUp() override {
-    tcti_ = shared_swtpm().tcti();
-    dir_ = make_temp_dir("tpmkey-persistent-test");
-    keystore_ = dir_ + "/keystore";
-    std::filesystem::create_directories(dir_ + "/cnf");
-    lib_ = new_configured_libctx(write_openssl_cnf(dir_ + "/cnf", true, tcti_, keystore_));
+    TpmTest::SetUp();
+    lib_ = lib(tcti_);
   }
   void TearDown() override {
-    OSSL_LIB_CTX_free(lib_);
-    TpmHandles h = tpm_handles(tcti_);
-    EXPECT_TRUE(h.clean()) << "left in the TPM: " << h.describe();
+    TpmTest::TearDown();  // frees lib_
+    lib_ = nullptr;
     EXPECT_EQ(persistent_handles().find("0x810000"), std::string::npos) << "persistent keys left behind";
-    remove_tree(dir_);
-    ERR_clear_error();
-  }
-  CommandResult tpmkey(std::vector<std::string> args) {
-    args.insert(args.begin(), {tpmkey_bin(), "--tcti", tcti_, "--keystore", keystore_});
-    return run(args, {"TSS2_LOG=all+none"});
   }
   CommandResult tools(std::vector<std::string> args) {
     args.insert(args.begin() + 1, {"-T", tcti_});
     return run(args, {"TSS2_LOG=all+none"});
   }
   std::string persistent_handles() { return tools({"tpm2_getcap", "handles-persistent"}).out; }
-  bool sign_and_verify(const std::string& uri) {
-    PkeyPtr k = load_key(lib_, uri);
-    if (!k) return false;
-    auto sig = digest_sign(lib_, k.get(), "persistent", {});
-    return !sig.empty() && digest_verify(public_copy(k.get()).get(), "persistent", sig, {});
-  }
+  bool sign_and_verify(const std::string& uri) { return TpmTest::sign_and_verify(lib_, uri, "persistent"); }
   // A signing key made by tpm2-tools (a primary key under the owner hierarchy) and made
   // persistent at `handle` with tpm2_evictcontrol.
   void tools_persistent_key(const std::string& alg, const std::string& attrs, const std::string& handle) {
     const std::string k = dir_ + "/k.ctx";
     auto r = tools({"tpm2_createprimary", "-C", "o", "-G", alg, "-a", attrs, "-c", k});
-    ASSERT_EQ(r.exit_code, 0) << r.err;
+    ASSERT_OK(r);
     r = tools({"tpm2_evictcontrol", "-C", "o", "-c", k, handle});
-    ASSERT_EQ(r.exit_code, 0) << r.err;
+    ASSERT_OK(r);
     tools({"tpm2_flushcontext", "-t"});
   }
   void evict(const std::string& handle) { tools({"tpm2_evictcontrol", "-C", "o", "-c", handle}); }
 
-  std::string tcti_, dir_, keystore_;
   OSSL_LIB_CTX* lib_ = nullptr;
 };
 
 TEST_F(PersistentTest, CreatePersistentSignsInPlaceAndDeleteEvicts) {
   auto r = tpmkey({"create", "pk", "--persistent", "0x81000010"});
-  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_OK(r);
   EXPECT_NE(r.out.find("persistent at 0x81000010"), std::string::npos) << r.out;
   EXPECT_NE(persistent_handles().find("0x81000010"), std::string::npos);
   EXPECT_NE(tpmkey({"list"}).out.find("persistent 0x81000010"), std::string::npos);
@@ -80,11 +66,10 @@ TEST_F(PersistentTest, CreatePersistentSignsInPlaceAndDeleteEvicts) {
   }
   EXPECT_TRUE(sign_and_verify("tpm2:handle=0x81000010")) << drain_errors();
   // A handle in use is refused before anything is created; a non-persistent handle is a usage error.
-  r = tpmkey({"create", "other", "--persistent", "0x81000010"});
-  EXPECT_NE(r.err.find("the persistent handle is already in use"), std::string::npos) << r.err;
+  EXPECT_FAILS_WITH(tpmkey({"create", "other", "--persistent", "0x81000010"}), "the persistent handle is already in use");
   EXPECT_EQ(tpmkey({"create", "other", "--persistent", "0x40000001"}).exit_code, 2);
   r = tpmkey({"delete", "pk", "--yes"});
-  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_OK(r);
   EXPECT_NE(r.out.find("evicted 0x81000010"), std::string::npos) << r.out;
   EXPECT_EQ(persistent_handles().find("0x81000010"), std::string::npos);
   EXPECT_FALSE(load_key(lib_, "tpm2:handle=0x81000010"));
@@ -106,13 +91,13 @@ TEST_F(PersistentTest, KeysMadePersistentByTpm2Tools) {
     };
     auto r = with({"openssl", "pkeyutl", "-sign", "-inkey", "tpm2:handle=0x81000020", "-rawin", "-digest", "sha256",
                    "-in", msg, "-out", sig});
-    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_OK(r);
     r = with({"openssl", "pkey", "-in", "tpm2:handle=0x81000020", "-pubout", "-out", pub});
-    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_OK(r);
     r = run({"openssl", "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-rawin", "-digest", "sha256", "-in", msg,
              "-sigfile", sig},
             {"OPENSSL_CONF=/dev/null"});
-    EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+    EXPECT_OK(r);
     evict("0x81000020");
   }
 }
@@ -155,7 +140,7 @@ TEST_F(PersistentTest, RestrictedKeysSignWholeMessages) {
 // Key generation takes the option names tpm2-openssl users know: parent (here the persistent SRK
 // that `tpmkey init` made) and digest (the key's name algorithm).
 TEST_F(PersistentTest, GenerateUnderAPersistentParentWithADigest) {
-  ASSERT_EQ(tpmkey({"init"}).exit_code, 0);
+  ASSERT_OK(tpmkey({"init"}));
   const std::string key = dir_ + "/k.pem", pub = dir_ + "/k.pub", msg = dir_ + "/msg", sig = dir_ + "/sig";
   write_file(msg, "under a persistent parent");
   std::vector<std::string> prov = {"-provider-path", provider_dir(), "-provider", "tpmkey", "-provider", "default"};
@@ -165,19 +150,17 @@ TEST_F(PersistentTest, GenerateUnderAPersistentParentWithADigest) {
   };
   auto r = openssl({"openssl", "genpkey", "-propquery", "provider=tpmkey", "-algorithm", "EC", "-pkeyopt", "group:P-384",
                     "-pkeyopt", "parent:0x81000001", "-pkeyopt", "digest:sha384", "-out", key});
-  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_OK(r);
   r = openssl({"openssl", "pkey", "-in", key, "-text", "-noout"});
   EXPECT_NE(r.out.find("TPM parent: 0x81000001"), std::string::npos) << r.out;
-  EXPECT_EQ(openssl({"openssl", "pkeyutl", "-sign", "-inkey", key, "-rawin", "-digest", "sha384", "-in", msg, "-out", sig})
-                .exit_code,
-            0);
-  EXPECT_EQ(openssl({"openssl", "pkey", "-in", key, "-pubout", "-out", pub}).exit_code, 0);
+  EXPECT_OK(openssl({"openssl", "pkeyutl", "-sign", "-inkey", key, "-rawin", "-digest", "sha384", "-in", msg, "-out", sig}));
+  EXPECT_OK(openssl({"openssl", "pkey", "-in", key, "-pubout", "-out", pub}));
   r = run({"openssl", "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-rawin", "-digest", "sha384", "-in", msg, "-sigfile",
            sig},
           {"OPENSSL_CONF=/dev/null"});
-  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_OK(r);
   r = openssl({"openssl", "genpkey", "-propquery", "provider=tpmkey", "-algorithm", "EC", "-pkeyopt", "digest:md5", "-out", key});
-  EXPECT_NE(r.err.find("digest md5 (use sha256, sha384 or sha512)"), std::string::npos) << r.err;
+  EXPECT_FAILS_WITH(r, "digest md5 (use sha256, sha384 or sha512)");
   evict("0x81000001");
 }
 

@@ -22,6 +22,7 @@
 #include <openssl/x509.h>
 
 #include "keystore/keyfile.h"
+#include "test/fixture.h"
 #include "test/support.h"
 
 // LeakSanitizer asks this at exit; the forked child below leaks on purpose.
@@ -42,22 +43,14 @@ const Alg kAlgs[] = {{"ec-p256", "EC", "P-256", 0}, {"ec-p384", "EC", "P-384", 0
                      {"rsa4096", "RSA", nullptr, 4096}};
 
 
-class ProviderTest : public ::testing::TestWithParam<bool> {
+// The parameter is the provider order: tpmkey first, or default first.
+class ProviderTest : public TpmTest, public ::testing::WithParamInterface<bool> {
  protected:
+  ProviderTest() : TpmTest("tpmkey-provider-test") {}
   void SetUp() override {
-    tcti_ = shared_swtpm().tcti();
-    dir_ = make_temp_dir("tpmkey-provider-test");
-    keystore_ = dir_ + "/keystore";
-    cnf_ = write_openssl_cnf(dir_, tpmkey_first(), tcti_, keystore_);
-    lib_ = new_configured_libctx(cnf_);
-  }
-  void TearDown() override {
-    OSSL_LIB_CTX_free(lib_);  // provider teardown flushes what it loaded
-    lib_ = nullptr;
-    TpmHandles h = tpm_handles(tcti_);
-    EXPECT_TRUE(h.clean()) << "left in the TPM: " << h.describe();
-    remove_tree(dir_);
-    ERR_clear_error();
+    TpmTest::SetUp();
+    cnf_ = cnf(tcti_, "", tpmkey_first());
+    lib_ = track(new_configured_libctx(cnf_));  // freed in TearDown
   }
   bool tpmkey_first() const { return GetParam(); }
 
@@ -80,7 +73,7 @@ class ProviderTest : public ::testing::TestWithParam<bool> {
 
   PkeyPtr load(const std::string& uri, int expect = 0) { return load_key(lib_, uri, expect); }
 
-  std::string tcti_, dir_, keystore_, cnf_;
+  std::string cnf_;
   OSSL_LIB_CTX* lib_ = nullptr;
 };
 
@@ -604,7 +597,7 @@ TEST_P(ProviderTest, ExitWhileHoldingKeysLeavesTheTpmClean) {
   ASSERT_TRUE(key);
   store(key.get(), "held");
   key.reset();
-  OSSL_LIB_CTX_free(lib_);
+  release(lib_);
   lib_ = nullptr;
   pid_t pid = fork();
   if (pid == 0) {
@@ -618,7 +611,7 @@ TEST_P(ProviderTest, ExitWhileHoldingKeysLeavesTheTpmClean) {
   int status = 0;
   waitpid(pid, &status, 0);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-  lib_ = new_configured_libctx(cnf_);  // for TearDown
+  lib_ = track(new_configured_libctx(cnf_));
   // A pin given for a key without a password is ignored, not sent to the TPM.
   PkeyPtr with_pin = load("tpm2:held?pin-value=unused");
   ASSERT_TRUE(with_pin);

@@ -16,6 +16,7 @@
 #include "keystore/context.h"
 #include "keystore/key.h"
 #include "keystore/keystore.h"
+#include "test/fixture.h"
 #include "test/support.h"
 
 namespace tpmkey::test {
@@ -23,59 +24,9 @@ namespace {
 
 constexpr uint32_t kSignCC = TPM2_CC_Sign;
 
-class SessionTest : public ::testing::Test {
+class SessionTest : public TpmTest {
  protected:
-  void SetUp() override {
-    tcti_ = shared_swtpm().tcti();
-    dir_ = make_temp_dir("tpmkey-session-test");
-    keystore_ = dir_ + "/keystore";
-  }
-  void TearDown() override {
-    for (OSSL_LIB_CTX* l : libs_) OSSL_LIB_CTX_free(l);  // provider teardown flushes what it loaded
-    libs_.clear();
-    TpmHandles h = tpm_handles(tcti_);
-    EXPECT_TRUE(h.clean()) << "left in the TPM: " << h.describe();
-    remove_tree(dir_);
-    ERR_clear_error();
-  }
-
-  // A library context with tpmkey (first) and default, talking to `tcti`.
-  OSSL_LIB_CTX* lib(const std::string& tcti, const std::string& extra = "") {
-    static int n = 0;
-    std::string sub = dir_ + "/cnf" + std::to_string(n++);
-    std::filesystem::create_directories(sub);
-    OSSL_LIB_CTX* l = new_configured_libctx(write_openssl_cnf(sub, true, tcti, keystore_, extra));
-    libs_.push_back(l);
-    return l;
-  }
-  void release(OSSL_LIB_CTX* l) {
-    std::erase(libs_, l);
-    OSSL_LIB_CTX_free(l);
-  }
-  // Makes key NAME (EC P-256 unless `bits`) in the keystore through `l`.
-  void make_key(OSSL_LIB_CTX* l, const std::string& name, const char* password = nullptr, size_t bits = 0) {
-    PkeyPtr k = bits ? generate_key(l, "RSA", nullptr, bits, password) : generate_key(l, "EC", "P-256", 0, password);
-    ASSERT_TRUE(k) << drain_errors();
-    ASSERT_TRUE(store_key(k.get(), keystore_ + "/" + name + ".pem")) << drain_errors();
-  }
-  // Signs `msg` with `uri` and verifies the signature with the default provider alone.
-  bool sign_and_verify(OSSL_LIB_CTX* l, const std::string& uri, const std::string& msg) {
-    PkeyPtr k = load_key(l, uri);
-    if (!k) return false;
-    auto sig = digest_sign(l, k.get(), msg, {});
-    return !sig.empty() && digest_verify(public_copy(k.get()).get(), msg, sig, {});
-  }
-  std::string tpmkey(std::vector<std::string> args) {
-    args.insert(args.begin(), {tpmkey_bin(), "--tcti", tcti_, "--keystore", keystore_});
-    auto r = run(args);
-    return r.out + r.err + "exit=" + std::to_string(r.exit_code);
-  }
-  void evict_persistent_srk() {
-    run({"tpm2_evictcontrol", "-T", tcti_, "-C", "o", "-c", "0x81000001"}, {"TSS2_LOG=all+none"});
-  }
-
-  std::string tcti_, dir_, keystore_;
-  std::vector<OSSL_LIB_CTX*> libs_;
+  SessionTest() : TpmTest("tpmkey-session-test") {}
 };
 
 // A man in the middle sees the commands: no password and no digest in clear, even for a key
@@ -148,17 +99,20 @@ TEST_F(SessionTest, SrkPinMismatchIsAHardError) {
   EXPECT_NE(err.find("TPM identity check failed: the storage root key's name is"), std::string::npos) << err;
   EXPECT_NE(err.find("tpmkey init --repin"), std::string::npos) << err;
   // `tpmkey init` refuses too, and --repin replaces the pin.
-  EXPECT_NE(tpmkey({"init", "--transient"}).find("run again with --repin"), std::string::npos);
-  EXPECT_NE(tpmkey({"init", "--transient", "--repin"}).find("exit=0"), std::string::npos);
+  EXPECT_FAILS_WITH(tpmkey({"init", "--transient"}), "run again with --repin");
+  EXPECT_OK(tpmkey({"init", "--transient", "--repin"}));
   OSSL_LIB_CTX* l3 = lib(tcti_);
   EXPECT_TRUE(sign_and_verify(l3, "tpm2:k", "m")) << drain_errors();
 }
 
 // `tpmkey init` makes the SRK persistent: a cold signature then needs no primary key.
 TEST_F(SessionTest, InitMakesTheSrkPersistent) {
-  std::string out = tpmkey({"init"});
-  ASSERT_NE(out.find("made the storage root key persistent at 0x81000001"), std::string::npos) << out;
-  EXPECT_NE(tpmkey({"init"}).find("already persistent"), std::string::npos);
+  auto made = tpmkey({"init"});
+  ASSERT_OK(made);
+  ASSERT_NE(made.out.find("made the storage root key persistent at 0x81000001"), std::string::npos) << made.out;
+  auto again = tpmkey({"init"});
+  EXPECT_OK(again);
+  EXPECT_NE(again.out.find("already persistent"), std::string::npos) << again.out;
   auto pin = Keystore(keystore_).read_pin();
   ASSERT_TRUE(pin && *pin);
   EXPECT_EQ((*pin)->handle, 0x81000001u);
@@ -237,9 +191,9 @@ TEST_F(SessionTest, SurvivesALostSession) {
 // Several threads on one key and on more keys than the TPM has slots: every signature verifies.
 TEST_F(SessionTest, ThreadsSignCorrectly) {
   OSSL_LIB_CTX* l = lib(tcti_);
-  for (int i = 0; i < 4; ++i) make_key(l, "k" + std::to_string(i), nullptr, i == 3 ? 2048 : 0);
+  for (int i = 0; i < 4; ++i) make_key(l, numbered("k", i), nullptr, i == 3 ? 2048 : 0);
   std::vector<PkeyPtr> keys;
-  for (int i = 0; i < 4; ++i) keys.push_back(load_key(l, "tpm2:k" + std::to_string(i)));
+  for (int i = 0; i < 4; ++i) keys.push_back(load_key(l, numbered("tpm2:k", i)));
   for (auto& k : keys) ASSERT_TRUE(k);
   std::atomic<int> good{0}, bad{0};
   auto worker = [&](int t, bool same_key) {
@@ -291,7 +245,7 @@ TEST_F(SessionTest, ForkedChildUsesItsOwnSession) {
 TEST_F(SessionTest, WorksBehindTpm2Abrmd) {
   {
     OSSL_LIB_CTX* l = lib(tcti_);
-    for (int i = 0; i < 4; ++i) make_key(l, "k" + std::to_string(i));
+    for (int i = 0; i < 4; ++i) make_key(l, numbered("k", i));
     release(l);
   }
   Abrmd rm(tcti_);
@@ -300,7 +254,7 @@ TEST_F(SessionTest, WorksBehindTpm2Abrmd) {
   std::atomic<int> bad{0};
   auto worker = [&](OSSL_LIB_CTX* l) {
     std::vector<PkeyPtr> keys;
-    for (int i = 0; i < 4; ++i) keys.push_back(load_key(l, "tpm2:k" + std::to_string(i)));
+    for (int i = 0; i < 4; ++i) keys.push_back(load_key(l, numbered("tpm2:k", i)));
     for (int round = 0; round < 5; ++round)
       for (auto& k : keys) {
         std::string msg = "round " + std::to_string(round);
@@ -326,22 +280,14 @@ TEST_F(SessionTest, WorksBehindTpm2Abrmd) {
 // Other programs hold object slots on a bare TPM (tpm2-tools leave their objects loaded):
 // tpmkey works in what is left, and says clearly when nothing is left.
 TEST_F(SessionTest, SharesTheTpmWithOtherPrograms) {
-  auto hold_slot = [&] {
-    std::string ctx = dir_ + "/other" + std::to_string(rand()) + ".ctx";
-    auto r = run({"tpm2_createprimary", "-T", tcti_, "-C", "o", "-c", ctx}, {"TSS2_LOG=all+none"});
-    ASSERT_EQ(r.exit_code, 0) << r.err;
-  };
-  auto release_others = [&] {
-    run({"tpm2_flushcontext", "-T", tcti_, "-t"}, {"TSS2_LOG=all+none"});
-  };
   OSSL_LIB_CTX* l = lib(tcti_);
-  for (int i = 0; i < 3; ++i) make_key(l, "k" + std::to_string(i));
+  for (int i = 0; i < 3; ++i) make_key(l, numbered("k", i));
   release(l);
 
   hold_slot();  // one of three slots taken: SRK + one key at a time, keys evicted in turn
   OSSL_LIB_CTX* l2 = lib(tcti_);
   for (int round = 0; round < 2; ++round)
-    for (int i = 0; i < 3; ++i) EXPECT_TRUE(sign_and_verify(l2, "tpm2:k" + std::to_string(i), "m")) << drain_errors();
+    for (int i = 0; i < 3; ++i) EXPECT_TRUE(sign_and_verify(l2, numbered("tpm2:k", i), "m")) << drain_errors();
   release(l2);
 
   hold_slot();

@@ -1,0 +1,36 @@
+// Test support: a man in the middle on the TPM bus (swtpm's TCP protocol).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace tpmkey::test {
+
+// A man in the middle on the TPM bus: listens on a free loopback port pair and forwards to a swtpm
+// (data and control channels), recording every command sent to the TPM. It can also corrupt the
+// response to a command, as an interposer on a real bus could.
+class BusProxy {
+ public:
+  explicit BusProxy(int swtpm_port);
+  ~BusProxy();
+  BusProxy(const BusProxy&) = delete;
+  BusProxy& operator=(const BusProxy&) = delete;
+  std::string tcti() const;
+  // Every command byte the TPM was sent so far, and whether `needle` is among them.
+  std::string sent() const;
+  bool saw(const std::string& needle) const { return sent().find(needle) != std::string::npos; }
+  // The command codes of those commands, in order.
+  std::vector<uint32_t> command_codes() const;
+  void clear();
+  // Flips one byte in the parameters of the next response to a command with this code.
+  void corrupt_next_response(uint32_t command_code);
+  int corrupted() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tpmkey::test

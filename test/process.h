@@ -1,0 +1,53 @@
+// Test support: running commands (exit code, stdout and stderr kept apart), child processes in
+// the background, temporary directories and files, and the paths of what the build made.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace tpmkey::test {
+
+std::string make_temp_dir(const std::string& prefix);
+void remove_tree(const std::string& dir);
+void write_file(const std::string& path, const std::string& data);
+std::string read_file(const std::string& path);
+
+// The one command runner: what a command said on stdout and on stderr, and how it ended.
+struct CommandResult {
+  int exit_code = -1;  // the exit status, or 128 + the signal that ended it
+  std::string out, err;
+  bool timed_out = false;
+};
+// Runs `argv` (no shell) with extra environment entries "K=V", optional stdin text. A command
+// still running after `timeout_s` seconds is killed (exit code 128 + SIGKILL) and `timed_out` set.
+CommandResult run(const std::vector<std::string>& argv, const std::vector<std::string>& env = {},
+                  const std::string& stdin_text = "", int timeout_s = 120);
+
+// Starts `argv` in the background, stdin from /dev/null, stdout and stderr to the file `log`
+// (and, with `extra_fd_target`, that descriptor to the file `extra_fd_file`).
+pid_t spawn(const std::vector<std::string>& argv, const std::string& log, int extra_fd_target = -1,
+            const std::string& extra_fd_file = "");
+// SIGTERM, up to 5 s for it to exit, then SIGKILL; sets `pid` to -1.
+void stop_child(pid_t& pid);
+
+// Paths from the build: the provider module directory, the tpmkey CLI.
+std::string provider_dir();
+std::string tpmkey_bin();
+
+// gtest predicate formatters for EXPECT_OK and EXPECT_FAILS_WITH (each evaluates its command once).
+::testing::AssertionResult command_succeeded(const char* expr, const CommandResult& r);
+::testing::AssertionResult command_failed_with(const char* expr, const char* text_expr, const CommandResult& r,
+                                               std::string_view text);
+
+}  // namespace tpmkey::test
+
+// A command's result: it succeeded (exit code 0), or it failed cleanly (a non-zero exit code, no
+// crash) saying `text` on stderr. A failure shows the command's stdout and stderr.
+#define EXPECT_OK(r) EXPECT_PRED_FORMAT1(::tpmkey::test::command_succeeded, r)
+#define ASSERT_OK(r) ASSERT_PRED_FORMAT1(::tpmkey::test::command_succeeded, r)
+#define EXPECT_FAILS_WITH(r, text) EXPECT_PRED_FORMAT2(::tpmkey::test::command_failed_with, r, text)
