@@ -10,15 +10,19 @@
 namespace tpmkey {
 namespace {
 
+// secure_getenv: in a setuid or otherwise privileged program the environment is the caller's,
+// and TPMKEY_TCTI names a library to load, TPMKEY_AUTHORIZATION can ask for cleartext passwords.
+const char* env(const char* name) { return secure_getenv(name); }
+
 const char* first_set(const char* a, const char* env_name) {
   if (a && *a) return a;
-  const char* e = std::getenv(env_name);
+  const char* e = env(env_name);
   return e && *e ? e : nullptr;
 }
 
 std::string default_keystore() {
-  if (const char* xdg = std::getenv("XDG_DATA_HOME"); xdg && *xdg == '/') return std::string(xdg) + "/tpmkey";
-  const char* home = std::getenv("HOME");
+  if (const char* xdg = env("XDG_DATA_HOME"); xdg && *xdg == '/') return std::string(xdg) + "/tpmkey";
+  const char* home = env("HOME");
   if (!home || !*home) {
     if (const passwd* pw = getpwuid(getuid())) home = pw->pw_dir;
   }

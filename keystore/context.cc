@@ -39,8 +39,22 @@ Result<Tpm*> Context::tpm() {
     auto pin = keystore_.read_pin();
     if (!pin) return pin.take_error();
     o.pin = std::move(*pin);
-    // Trust on first use: the first SRK seen is recorded, when the keystore can be written.
-    o.on_first_srk = [ks = keystore_](const SrkPin& p) { (void)ks.write_pin(p, false); };
+    // Trust on first use: the first SRK seen is recorded. Another process may have recorded it a
+    // moment before: then it must be the same SRK.
+    o.on_first_srk = [ks = keystore_](const SrkPin& p) -> Status {
+      Status written = ks.write_pin(p, false);
+      if (written) return written;
+      auto now = ks.read_pin();
+      if (now && *now && (*now)->name == p.name) return Status::Ok();
+      if (now && *now)
+        return make_error(Reason::kUntrustedTpm, "another process pinned a different storage root key in " +
+                                                     ks.pin_path() + " meanwhile");
+      return make_error(Reason::kIo, "the keystore has no SRK pin and tpmkey cannot record one (" +
+                                         written.error().text() +
+                                         "): without a pin any TPM's storage root key would be trusted. Make " +
+                                         ks.dir() + " writable, or run `tpmkey init` as its owner")
+          .context("pin the storage root key");
+    };
     o.reread_pin = [ks = keystore_]() -> std::optional<SrkPin> {
       auto p = ks.read_pin();
       return p ? *p : std::nullopt;

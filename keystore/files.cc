@@ -17,8 +17,10 @@ namespace {
 constexpr const char* kTmpMarker = ".tmp-";
 constexpr size_t kTmpHex = 16;
 
+// A missing file, or a path through something that is not a directory: it does not exist.
 Error io_error(const std::string& what, int err) {
-  return make_error(err == ENOENT ? Reason::kKeyNotFound : Reason::kIo, std::strerror(err)).context(what);
+  return make_error(err == ENOENT || err == ENOTDIR ? Reason::kKeyNotFound : Reason::kIo, std::strerror(err))
+      .context(what);
 }
 
 const char* kind_of(mode_t m) {

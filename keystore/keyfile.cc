@@ -92,10 +92,16 @@ bool looks_like_tss2_der(const uint8_t* data, size_t size) {
 }
 
 Result<KeyFile> parse_keyfile(const uint8_t* data, size_t size) {
+  // DER is a SEQUENCE from its first byte; anything else is read as PEM (text, possibly after
+  // explanatory lines). A DER file whose description happens to contain "-----BEGIN " stays DER.
+  if (size > 0 && data[0] == der::kSequence) return parse_der(data, size);
   static constexpr char kPemStart[] = "-----BEGIN ";
   bool pem = false;
-  for (size_t i = 0; i + sizeof kPemStart - 1 <= size && i < 64; ++i) {
-    if (std::memcmp(data + i, kPemStart, sizeof kPemStart - 1) == 0) { pem = true; break; }
+  for (size_t i = 0; i + sizeof kPemStart - 1 <= size; ++i) {
+    if (std::memcmp(data + i, kPemStart, sizeof kPemStart - 1) == 0) {
+      pem = true;
+      break;
+    }
   }
   if (!pem) return parse_der(data, size);
 

@@ -209,7 +209,10 @@ Result<InitResult> init_keystore(Context& ctx, const InitOptions& opts) {
   auto tpm = ctx.tpm();
   if (!tpm) return tpm.take_error().context(what);
   InitResult out;
-  auto pin = (*tpm)->provision_srk(opts.persistent, &out.srk);
+  // The pin is checked before the SRK is made persistent: a TPM that presents another SRK gets
+  // nothing persistent from tpmkey unless the user asked to repin.
+  const Bytes* expected = *old_pin && !opts.repin ? &(*old_pin)->name : nullptr;
+  auto pin = (*tpm)->provision_srk(opts.persistent, expected, &out.srk);
   if (!pin) return pin.take_error().context(what);
   const std::optional<SrkPin>& old = *old_pin;
   if (old && old->name != pin->name && !opts.repin)

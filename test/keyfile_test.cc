@@ -21,6 +21,23 @@ TEST(KeyFile, ParsesAFileMadeByTpm2Openssl) {
   EXPECT_GT(kf->priv.size, 0);
 }
 
+// DER is recognised by its first byte: text that looks like PEM inside it (here in the
+// description) does not make the parser read it as PEM.
+TEST(KeyFile, DerWithPemLikeTextStaysDer) {
+  auto kf = read_keyfile(data_file("tpm2-openssl-ec-p256.pem"));
+  ASSERT_TRUE(kf);
+  kf->description = "-----BEGIN TSS2 PRIVATE KEY----- is how the PEM form starts";
+  Bytes der = keyfile_der(*kf);
+  auto back = parse_keyfile(der.data(), der.size());
+  ASSERT_TRUE(back) << back.error().text();
+  EXPECT_EQ(back->description, kf->description);
+  // PEM after explanatory lines still reads as PEM.
+  std::string pem = "A key made by tpmkey.\n" + keyfile_pem(*kf);
+  auto from_pem = parse_keyfile(reinterpret_cast<const uint8_t*>(pem.data()), pem.size());
+  ASSERT_TRUE(from_pem) << from_pem.error().text();
+  EXPECT_EQ(from_pem->description, kf->description);
+}
+
 TEST(KeyFile, FormatParseRoundTripPemAndDer) {
   auto kf = read_keyfile(data_file("tpm2-openssl-ec-p256.pem"));
   ASSERT_TRUE(kf);

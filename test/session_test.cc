@@ -84,6 +84,74 @@ TEST_F(SessionTest, TamperedResponseIsRejected) {
 }
 
 // A keystore pinned to another SRK refuses this TPM before any key is loaded.
+// A keystore that has no pin and cannot record one refuses to go on: without a pin, every later
+// process would trust whatever SRK it meets.
+TEST_F(SessionTest, AKeystoreThatCannotRecordThePinRefuses) {
+  OSSL_LIB_CTX* l = lib(tcti_);
+  make_key(l, "k");
+  release(l);
+  const std::string key_file = dir_ + "/k.pem";
+  std::filesystem::copy_file(keystore_ + "/k.pem", key_file);
+  write_file(dir_ + "/not-a-dir", "a file where the keystore's parent directory should be");
+  keystore_ = dir_ + "/not-a-dir/keystore";
+  OSSL_LIB_CTX* nopin = lib(tcti_);
+  EXPECT_FALSE(sign_and_verify(nopin, "tpm2:file=" + key_file, "m"));
+  std::string err = drain_errors();
+  EXPECT_NE(err.find("the keystore has no SRK pin and tpmkey cannot record one"), std::string::npos) << err;
+}
+
+// `tpmkey init` compares the SRK with the pin before it makes anything persistent: a TPM that
+// presents another SRK gets no persistent key from it.
+TEST_F(SessionTest, InitChecksThePinBeforeMakingTheSrkPersistent) {
+  ASSERT_OK(tpmkey({"init", "--transient"}));
+  auto pin = Keystore(keystore_).read_pin();
+  ASSERT_TRUE(pin && *pin);
+  SrkPin wrong = **pin;
+  wrong.name.back() ^= 0xff;
+  ASSERT_TRUE(Keystore(keystore_).write_pin(wrong, true));
+  EXPECT_FAILS_WITH(tpmkey({"init"}), "run again with --repin");
+  auto r = run({"tpm2_getcap", "-T", tcti_, "handles-persistent"}, {"TSS2_LOG=all+none"});
+  EXPECT_EQ(r.out.find("0x81000001"), std::string::npos) << "init made the SRK persistent for a TPM it refused";
+  EXPECT_OK(tpmkey({"init", "--repin"}));
+  evict_persistent_srk();
+}
+
+// A restricted key's hash sequence gets a random password, sent encrypted in the session.
+TEST_F(SessionTest, HashSequenceStartsInTheSession) {
+  BusProxy bus(shared_swtpm().port());
+  // A restricted signing primary, made persistent (as persistent_test.cc makes them).
+  ASSERT_OK(run({"tpm2_createprimary", "-T", tcti_, "-C", "o", "-G", "ecc256:ecdsa-sha256:null", "-a",
+                 "restricted|sign|fixedtpm|fixedparent|sensitivedataorigin|userwithauth", "-c", dir_ + "/r.ctx"},
+                {"TSS2_LOG=all+none"}));
+  ASSERT_OK(run({"tpm2_evictcontrol", "-T", tcti_, "-C", "o", "-c", dir_ + "/r.ctx", "0x81000031"}, {"TSS2_LOG=all+none"}));
+  release_others();
+  OSSL_LIB_CTX* l = lib(bus.tcti());
+  PkeyPtr k = load_key(l, "tpm2:handle=0x81000031");
+  ASSERT_TRUE(k) << drain_errors();
+  bus.clear();
+  EXPECT_TRUE(sign_verifies(l, k.get(), std::string(3000, 'm'))) << drain_errors();
+  const std::string sent = bus.sent();
+  bool seen = false;
+  for (size_t at = 0; at + 10 <= sent.size();) {
+    auto be = [&](size_t i, int n) {
+      uint32_t v = 0;
+      for (int j = 0; j < n; ++j) v = v << 8 | uint8_t(sent[i + j]);
+      return v;
+    };
+    const uint32_t size = be(at + 2, 4);
+    if (size < 10) break;
+    if (be(at + 6, 4) == TPM2_CC_HashSequenceStart) {
+      seen = true;
+      EXPECT_EQ(be(at, 2), uint32_t(TPM2_ST_SESSIONS)) << "HashSequenceStart was sent outside the session";
+    }
+    at += size;
+  }
+  EXPECT_TRUE(seen);
+  k.reset();
+  release(l);
+  run({"tpm2_evictcontrol", "-T", tcti_, "-C", "o", "-c", "0x81000031"}, {"TSS2_LOG=all+none"});
+}
+
 TEST_F(SessionTest, SrkPinMismatchIsAHardError) {
   OSSL_LIB_CTX* l = lib(tcti_);
   make_key(l, "k");
@@ -292,7 +360,7 @@ TEST_F(SessionTest, SharesTheTpmWithOtherPrograms) {
 
   hold_slot();
   hold_slot();  // all three taken
-  OSSL_LIB_CTX* l3 = lib(tcti_);
+  OSSL_LIB_CTX* l3 = lib(tcti_, "busy-timeout = 0.3\n");  // it waits, then says so
   EXPECT_FALSE(sign_and_verify(l3, "tpm2:k0", "m"));
   std::string err = drain_errors();
   EXPECT_NE(err.find("TPM busy or out of resources"), std::string::npos) << err;

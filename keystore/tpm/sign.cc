@@ -57,12 +57,28 @@ TSS2_RC Tpm::tpm_hash(Session* s, TPM2_ALG_ID hash, const Bytes& message, TPMI_R
         [&] { return Tss2_Sys_Hash_Prepare(run_.sys(), &data, hash, hierarchy); },
         [&] { return Tss2_Sys_Hash_Complete(run_.sys(), digest, ticket); });
   }
-  // A hash sequence (an object with an empty password) takes a slot until it completes.
-  TPM2B_AUTH empty{};
+  // A hash sequence takes a slot until it completes. It gets a random password, sent encrypted
+  // in the session (it is parameter 1), so that only tpmkey can add data to it: with an empty one,
+  // a party on the bus could inject its own TPM2_SequenceUpdate.
+  SecretBytes seq_auth;
+  {
+    uint8_t r[32];
+    if (!crypto_.random(r, sizeof r)) return TSS2_ESYS_RC_GENERAL_FAILURE;
+    seq_auth = SecretBytes(r, sizeof r);
+    OPENSSL_cleanse(r, sizeof r);
+  }
+  TPM2B_AUTH auth{};
+  auth.size = uint16_t(seq_auth.size());
+  std::memcpy(auth.buffer, seq_auth.data(), seq_auth.size());
   TPMI_DH_OBJECT seq = 0;
   TSS2_RC rc = with_room(1, nullptr, nullptr, [&] {
-    return run_.plain([&] { return Tss2_Sys_HashSequenceStart(run_.sys(), nullptr, &empty, hash, &seq, nullptr); });
+    if (!s) return run_.plain([&] { return Tss2_Sys_HashSequenceStart(run_.sys(), nullptr, &auth, hash, &seq, nullptr); });
+    return run_.run(
+        s, TPM2_CC_HashSequenceStart, {}, no_auth(), {.encrypt_command = true},
+        [&] { return Tss2_Sys_HashSequenceStart_Prepare(run_.sys(), &auth, hash); },
+        [&] { return Tss2_Sys_HashSequenceStart_Complete(run_.sys(), &seq); });
   });
+  OPENSSL_cleanse(&auth, sizeof auth);
   if (rc != TSS2_RC_SUCCESS) return rc;
   TransientHandle sequence(seq);
   const Bytes seq_name;  // a sequence object has no public area: its Name is empty
@@ -70,14 +86,14 @@ TSS2_RC Tpm::tpm_hash(Session* s, TPM2_ALG_ID hash, const Bytes& message, TPMI_R
   for (; rc == TSS2_RC_SUCCESS && message.size() - off > kChunk; off += kChunk) {
     TPM2B_MAX_BUFFER data = chunk(off);
     rc = run_.run(
-        s, TPM2_CC_SequenceUpdate, {&seq_name}, no_auth(), {.encrypt_command = true},
+        s, TPM2_CC_SequenceUpdate, {&seq_name}, seq_auth, {.encrypt_command = true},
         [&] { return Tss2_Sys_SequenceUpdate_Prepare(run_.sys(), seq, &data); },
         [&] { return Tss2_Sys_SequenceUpdate_Complete(run_.sys()); });
   }
   if (rc == TSS2_RC_SUCCESS) {
     TPM2B_MAX_BUFFER data = chunk(off);
     rc = run_.run(
-        s, TPM2_CC_SequenceComplete, {&seq_name}, no_auth(), {.encrypt_command = true},
+        s, TPM2_CC_SequenceComplete, {&seq_name}, seq_auth, {.encrypt_command = true},
         [&] { return Tss2_Sys_SequenceComplete_Prepare(run_.sys(), seq, &data, hierarchy); },
         [&] { return Tss2_Sys_SequenceComplete_Complete(run_.sys(), digest, ticket); });
   }

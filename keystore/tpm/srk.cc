@@ -64,8 +64,9 @@ Status Tpm::check_pin(const Bytes& name, uint32_t handle, bool created) {
                           to_hex(opts_.pin->name) + ": the TPM was cleared or replaced, or something is impersonating it; " +
                           sent + ". If the TPM was cleared on purpose, run `tpmkey init --repin`");
   }
-  opts_.pin = SrkPin{name, handle};
-  if (opts_.on_first_srk) opts_.on_first_srk(*opts_.pin);
+  const SrkPin pin{name, handle};
+  if (opts_.on_first_srk) TPMKEY_TRY(opts_.on_first_srk(pin));
+  opts_.pin = pin;
   return Status::Ok();
 }
 
@@ -223,7 +224,7 @@ Result<Session*> Tpm::session() {
   return &session_;
 }
 
-Result<SrkPin> Tpm::provision_srk(bool persistent, Provisioned* how) {
+Result<SrkPin> Tpm::provision_srk(bool persistent, const Bytes* expected, Provisioned* how) {
   return operation<Result<SrkPin>>([&]() -> Result<SrkPin> {
     const std::string what = "provision the storage root key";
     Bytes name;
@@ -239,6 +240,12 @@ Result<SrkPin> Tpm::provision_srk(bool persistent, Provisioned* how) {
     release(e);
     auto created = create_srk(e);
     if (!created) return created.take_error().context(what);
+    if (expected && e.name != *expected) {  // the caller refuses it: nothing is made persistent
+      SrkPin pin{e.name, 0};
+      release(e);
+      objects_.erase_parent(kOwnerParent);
+      return pin;
+    }
     if (*how != Provisioned::kCreated) {
       SrkPin pin{e.name, 0};
       release(e);

@@ -63,8 +63,10 @@ struct TpmOptions {
   bool password_auth = false;    // opt-out: cleartext TPM_RS_PW instead of salted sessions
   Timeouts timeouts;
   std::optional<SrkPin> pin;     // the recorded SRK; nullopt = trust on first use
-  // Called once when there was no pin and the SRK's name has been learnt (to record it).
-  std::function<void(const SrkPin&)> on_first_srk;
+  // Called once when there was no pin and the SRK's name has been learnt, to record it. A failure
+  // is the operation's failure: without a recorded pin every later process would trust whatever
+  // SRK it meets.
+  std::function<Status(const SrkPin&)> on_first_srk;
   // Reads the recorded pin again (after `tpmkey init --repin` by another process), when the
   // SRK's name differs from the pin this Tpm started with.
   std::function<std::optional<SrkPin>()> reread_pin;
@@ -105,9 +107,11 @@ class Tpm {
 
   // `tpmkey init`: makes the standard SRK persistent at kSrkHandle, or adopts the one there when it
   // matches the standard template, and returns its pin. With `persistent` false, or when another
-  // key holds kSrkHandle, only learns the name of the transient SRK (pin handle 0).
+  // key holds kSrkHandle, only learns the name of the transient SRK (pin handle 0). With
+  // `expected` (the name the keystore already pinned), an SRK of another name is refused before
+  // anything is made persistent.
   enum class Provisioned { kCreated, kAdopted, kTransient, kHandleTaken };
-  Result<SrkPin> provision_srk(bool persistent, Provisioned* how);
+  Result<SrkPin> provision_srk(bool persistent, const Bytes* expected, Provisioned* how);
 
   // At exit: flushes every transient object and the session this connection created and can
   // still prove are its own (owning process only).
