@@ -44,10 +44,8 @@ TPM2B_PUBLIC key_template(bool rsa) {
 }
 
 TPMT_SIG_SCHEME scheme_for(Alg a) {
-  TPMT_SIG_SCHEME s{};
-  s.scheme = a == Alg::kEcdsaP256 ? TPM2_ALG_ECDSA : a == Alg::kRsaPkcs1 ? TPM2_ALG_RSASSA : TPM2_ALG_RSAPSS;
-  s.details.any.hashAlg = TPM2_ALG_SHA256;
-  return s;
+  const SigAlg alg = a == Alg::kEcdsaP256 ? SigAlg::kEcdsa : a == Alg::kRsaPkcs1 ? SigAlg::kRsaPkcs1 : SigAlg::kRsaPss;
+  return tpm_scheme(SignScheme{alg, TPM2_ALG_SHA256});
 }
 
 // A loaded key (and optionally the session) for one run; flushed by the destructor.

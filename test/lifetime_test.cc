@@ -48,6 +48,15 @@ class LifetimeTest : public TpmTest {
     make_key(l, name, password);
     release(l);
   }
+  // The key at `uri`, loaded through `l`, after one signature that verified (nullptr otherwise).
+  static PkeyPtr warm_key(OSSL_LIB_CTX* l, const std::string& uri = "tpm2:k") {
+    PkeyPtr k = load_key(l, uri);
+    if (!k || !sign_verifies(l, k.get(), "warm")) {
+      ADD_FAILURE() << "cannot sign with " << uri << ": " << drain_errors();
+      return PkeyPtr(nullptr, EVP_PKEY_free);
+    }
+    return k;
+  }
   CommandResult pkeyutl_sign(const std::string& uri, const std::string& tcti, int timeout_s = 120,
                              std::vector<std::string> env = {}) {
     write_file(dir_ + "/msg", "a message");
@@ -88,9 +97,8 @@ int open_sockets() {
 TEST_F(LifetimeTest, ForkWhileAThreadSigns) {
   make_key("k");
   OSSL_LIB_CTX* l = lib(tcti_);
-  PkeyPtr k = load_key(l, "tpm2:k");
+  PkeyPtr k = warm_key(l);
   ASSERT_TRUE(k);
-  ASSERT_TRUE(sign_verifies(l, k.get(), "warm"));
   std::atomic<bool> stop{false};
   std::atomic<int> parent_bad{0}, parent_good{0};
   std::thread signer([&] {
@@ -157,9 +165,8 @@ TEST_F(LifetimeTest, HoldsNoConnectionBetweenCommands) {
 TEST_F(LifetimeTest, SurvivesTenOutages) {
   make_key("k");
   OSSL_LIB_CTX* l = lib(tcti_);
-  PkeyPtr k = load_key(l, "tpm2:k");
+  PkeyPtr k = warm_key(l);
   ASSERT_TRUE(k);
-  ASSERT_TRUE(sign_verifies(l, k.get(), "warm"));
   for (int round = 0; round < 10; ++round) {
     SCOPED_TRACE("outage " + std::to_string(round));
     ASSERT_TRUE(sign_verifies(l, k.get(), "before"));
@@ -582,9 +589,8 @@ TEST_F(SlotNeedsTest, AsDocumented) {
   EXPECT_EQ(gen.sessions, 1);
   // A warm signature in a running process needs no free slot at all.
   OSSL_LIB_CTX* l = lib(tcti_);
-  PkeyPtr k = load_key(l, "tpm2:k");
+  PkeyPtr k = warm_key(l);
   ASSERT_TRUE(k);
-  ASSERT_TRUE(sign_verifies(l, k.get(), "warm"));
   {
     SlotHolder others(tcti_, 2, 2);  // all that is left
     EXPECT_TRUE(sign_verifies(l, k.get(), "warm, TPM full")) << drain_errors();

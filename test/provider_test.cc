@@ -488,6 +488,16 @@ TEST_P(ProviderTest, SettableAndGettableLists) {
 
 // Every parameter set ignores keys it does not know, as OpenSSL's own providers do, and refuses a
 // known key of the wrong type with a message.
+// Sets one parameter on `ctx`: refused with a message containing `says`, or (nullptr) accepted.
+void expect_set_params(EVP_PKEY_CTX* ctx, const OSSL_PARAM& param, const char* says) {
+  OSSL_PARAM params[] = {param, OSSL_PARAM_construct_end()};
+  EXPECT_EQ(EVP_PKEY_CTX_set_params(ctx, params), says ? 0 : 1);
+  std::string err = drain_errors();
+  if (says) {
+    EXPECT_NE(err.find(says), std::string::npos) << err;
+  }
+}
+
 TEST_P(ProviderTest, ParametersOfTheWrongTypeAreRefusedClearly) {
   int number = 7;
   char text[] = "text";
@@ -515,12 +525,7 @@ TEST_P(ProviderTest, ParametersOfTheWrongTypeAreRefusedClearly) {
     SCOPED_TRACE(std::string("keygen ") + c.alg + " " + c.param.key);
     EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_name(lib_, c.alg, "provider=tpmkey");
     ASSERT_EQ(EVP_PKEY_keygen_init(ctx), 1) << drain_errors();
-    OSSL_PARAM params[] = {c.param, OSSL_PARAM_construct_end()};
-    EXPECT_EQ(EVP_PKEY_CTX_set_params(ctx, params), c.says ? 0 : 1);
-    std::string err = drain_errors();
-    if (c.says) {
-      EXPECT_NE(err.find(c.says), std::string::npos) << err;
-    }
+    expect_set_params(ctx, c.param, c.says);
     EVP_PKEY_CTX_free(ctx);
   }
 
@@ -548,12 +553,7 @@ TEST_P(ProviderTest, ParametersOfTheWrongTypeAreRefusedClearly) {
     SCOPED_TRACE(std::string("signature ") + c.alg + " " + c.param.key);
     EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_pkey(lib_, std::string(c.alg) == "EC" ? ec.get() : rsa.get(), nullptr);
     ASSERT_EQ(EVP_PKEY_sign_init(ctx), 1) << drain_errors();
-    OSSL_PARAM params[] = {c.param, OSSL_PARAM_construct_end()};
-    EXPECT_EQ(EVP_PKEY_CTX_set_params(ctx, params), c.says ? 0 : 1);
-    std::string err = drain_errors();
-    if (c.says) {
-      EXPECT_NE(err.find(c.says), std::string::npos) << err;
-    }
+    expect_set_params(ctx, c.param, c.says);
     EVP_PKEY_CTX_free(ctx);
   }
 
