@@ -68,13 +68,16 @@ class LifetimeTest : public TpmTest {
   }
 };
 
-// Waits for `pid` at most `limit`; a child still running then is a hang: killed, and reported.
+// Waits for `pid` at most `limit`; a child still running then is a hang: its stacks are reported
+// (gdb), and it is killed.
 bool wait_child(pid_t pid, std::chrono::seconds limit, int* status) {
   const auto deadline = Clock::now() + limit;
   while (Clock::now() < deadline) {
     if (waitpid(pid, status, WNOHANG) == pid) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
+  auto stacks = run({"gdb", "-p", std::to_string(pid), "-batch", "-ex", "thread apply all bt 30"}, {}, "", 60);
+  ADD_FAILURE() << "child " << pid << " hung; its threads:\n" << stacks.out;
   kill(pid, SIGKILL);
   waitpid(pid, status, 0);
   return false;
@@ -131,7 +134,8 @@ TEST_F(LifetimeTest, ForkWhileAThreadSigns) {
     }
     ASSERT_GT(pid, 0);
     int status = 0;
-    if (!wait_child(pid, std::chrono::seconds(30), &status)) ++hung;
+    // A generous limit: on a loaded machine (the sanitizer build) 20 signatures can take a while.
+    if (!wait_child(pid, std::chrono::seconds(120), &status)) ++hung;
     else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
       ++failed;
       ADD_FAILURE() << "child " << i << " (kind " << kind << ") ended with status " << status;
