@@ -5,6 +5,7 @@
 #include <openssl/pem.h>
 
 #include "keystore/algorithm.h"
+#include "keystore/ssh_wire.h"
 
 namespace tpmkey {
 namespace {
@@ -15,22 +16,6 @@ void append_padded(Bytes& out, const uint8_t* p, size_t n, size_t width) {
   while (n > width && *p == 0) { ++p; --n; }
   out.insert(out.end(), width > n ? width - n : 0, 0);
   out.insert(out.end(), p, p + n);
-}
-
-void ssh_string(Bytes& out, const uint8_t* p, size_t n) {
-  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(uint8_t(n >> shift));
-  out.insert(out.end(), p, p + n);
-}
-void ssh_string(Bytes& out, const std::string& s) {
-  ssh_string(out, reinterpret_cast<const uint8_t*>(s.data()), s.size());
-}
-// An SSH mpint from an unsigned big-endian number.
-void ssh_mpint(Bytes& out, const uint8_t* p, size_t n) {
-  while (n && *p == 0) { ++p; --n; }
-  Bytes v;
-  if (n && (p[0] & 0x80)) v.push_back(0);
-  v.insert(v.end(), p, p + n);
-  ssh_string(out, v.data(), v.size());
 }
 
 }  // namespace
@@ -99,26 +84,23 @@ Result<std::string> spki_pem(EVP_PKEY* pkey) {
 Result<std::string> openssh_public(const TPMT_PUBLIC& pub, const std::string& comment) {
   auto spec = spec_of(pub);
   if (!spec) return spec.take_error();
-  Bytes blob;
+  SshWriter blob;
   std::string type;
   if ((*spec)->kind == KeyKind::kEc) {
     std::string curve = "nistp" + std::to_string((*spec)->bits);
     type = "ecdsa-sha2-" + curve;
-    Bytes q = ec_point(pub);
-    ssh_string(blob, type);
-    ssh_string(blob, curve);
-    ssh_string(blob, q.data(), q.size());
+    blob.string(type);
+    blob.string(curve);
+    blob.string(ec_point(pub));
   } else {
     type = "ssh-rsa";
     uint32_t e = rsa_exponent(pub);
     uint8_t eb[4] = {uint8_t(e >> 24), uint8_t(e >> 16), uint8_t(e >> 8), uint8_t(e)};
-    ssh_string(blob, type);
-    ssh_mpint(blob, eb, 4);
-    ssh_mpint(blob, pub.unique.rsa.buffer, pub.unique.rsa.size);
+    blob.string(type);
+    blob.mpint(eb, 4);
+    blob.mpint(pub.unique.rsa.buffer, pub.unique.rsa.size);
   }
-  std::string b64(4 * ((blob.size() + 2) / 3) + 1, '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(b64.data()), blob.data(), int(blob.size()));
-  b64.resize(size_t(n));
+  std::string b64 = base64(blob.bytes().data(), blob.bytes().size());
   std::string line = type + " " + b64;
   if (!comment.empty()) line += " " + comment;
   return line;

@@ -13,6 +13,7 @@
 #include "keystore/manage.h"
 #include "keystore/public_key.h"
 #include "keystore/uri.h"
+#include "tools/agent/main.h"
 #include "tools/prompt.h"
 
 namespace tpmkey::cli {
@@ -34,6 +35,8 @@ Commands:
                    add an existing TSS2 key file (tpm2-openssl, tpm2-tools, ...)
                    to the keystore as NAME, after checking that this TPM loads it
   algorithms       show which key algorithms this TPM supports
+  agent            an ssh-agent serving the keystore's keys (and ssh-add'ed
+                   ones); "tpmkey agent --help" and docs/ssh.md
 
 Options (for every command, before or after it):
   --tcti TCTI      the TPM to use, as a tpm2-tss TCTI string, for example
@@ -558,6 +561,20 @@ bool takes_value_anywhere(const std::string& name) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // The agent parses its own, ssh-agent-like options (the global ones included, wherever they are).
+  if (find_command_word(argc, argv) == "agent") {
+    std::vector<char*> args{const_cast<char*>("agent")};
+    bool skipped = false;
+    for (int i = 1; i < argc; ++i) {
+      if (!skipped && std::string(argv[i]) == "agent") {
+        skipped = true;
+        continue;
+      }
+      args.push_back(argv[i]);
+    }
+    args.push_back(nullptr);
+    return agent::agent_main(int(args.size() - 1), args.data());
+  }
   int exit_code = kExitOk;
   auto args = parse_args(argc, argv, &exit_code);
   if (!args) return exit_code;
@@ -574,6 +591,10 @@ int main(int argc, char** argv) {
     }
     if (args->positional.size() > 1)
       return usage_error("", "unexpected argument \"" + args->positional[1] + "\" for \"tpmkey help\"");
+    if (args->positional[0] == "agent") {
+      std::fputs(agent::kAgentHelp, stdout);
+      return kExitOk;
+    }
     const Command* c = find_command(args->positional[0]);
     if (!c) return usage_error("", "unknown command \"" + args->positional[0] + "\"");
     std::fputs(c->help, stdout);

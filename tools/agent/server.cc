@@ -1,0 +1,274 @@
+#include "tools/agent/server.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <list>
+
+#include "tools/agent/agent.h"
+#include "tools/agent/log.h"
+
+namespace tpmkey::agent {
+namespace {
+
+// More connections than this are accepted and closed at once.
+constexpr size_t kMaxClients = 256;
+
+uint32_t be32(const uint8_t* p) { return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3]; }
+
+std::string errno_text() { return std::strerror(errno); }
+
+// Makes `dir` (mode 0700) if needed and checks that it is a directory of ours that nobody else
+// can enter: the socket's own mode is not enough on every system.
+Status check_dir(const std::string& dir, bool create) {
+  if (create && mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+    return make_error(Reason::kIo, "cannot create " + dir + ": " + errno_text());
+  struct stat st{};
+  if (lstat(dir.c_str(), &st) != 0) return make_error(Reason::kIo, "cannot use " + dir + ": " + errno_text());
+  if (!S_ISDIR(st.st_mode)) return make_error(Reason::kIo, dir + " is not a directory");
+  if (create) {
+    if (st.st_uid != geteuid()) return make_error(Reason::kIo, dir + " belongs to another user: refusing to use it");
+    if (st.st_mode & 077) {
+      char mode[8];
+      std::snprintf(mode, sizeof mode, "%04o", unsigned(st.st_mode & 07777));
+      return make_error(Reason::kIo, dir + " has mode " + mode + ": other users can reach the socket; it must be 0700");
+    }
+  }
+  return Status::Ok();
+}
+
+std::string parent_of(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+struct Client {
+  int fd = -1;
+  Peer peer;
+  FrameReader in;
+  Bytes out;
+  size_t out_done = 0;
+};
+
+void close_client(Client& c) {
+  if (c.fd >= 0) close(c.fd);
+  c.fd = -1;
+}
+
+void accept_clients(int listen_fd, std::list<Client>& clients) {
+  for (;;) {
+    int fd = accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) log_error("accept: " + errno_text());
+      return;
+    }
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+      log_error("cannot check a client's credentials: " + errno_text() + "; closed");
+      close(fd);
+      continue;
+    }
+    if (cred.uid != geteuid() && cred.uid != 0) {
+      log_error("refused a client of uid " + std::to_string(cred.uid) + " (pid " + std::to_string(cred.pid) +
+                "): only uid " + std::to_string(geteuid()) + " and root may use this agent");
+      close(fd);
+      continue;
+    }
+    if (clients.size() >= kMaxClients) {
+      log_error("more than " + std::to_string(kMaxClients) + " clients at once: closed a new one");
+      close(fd);
+      continue;
+    }
+    Client& c = clients.emplace_back();
+    c.fd = fd;
+    c.peer.uid = cred.uid;
+    c.peer.pid = cred.pid;
+    log_debug("client pid " + std::to_string(cred.pid) + " connected");
+  }
+}
+
+// Sends what is queued; false when the connection is gone.
+bool flush(Client& c) {
+  while (c.out_done < c.out.size()) {
+    ssize_t n = send(c.fd, c.out.data() + c.out_done, c.out.size() - c.out_done, MSG_NOSIGNAL);
+    if (n > 0) {
+      c.out_done += size_t(n);
+      continue;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return true;
+    return false;
+  }
+  c.out.clear();
+  c.out_done = 0;
+  return true;
+}
+
+// Reads what arrived and answers every whole message; false when the connection is to close.
+bool serve_input(Agent& agent, Client& c) {
+  uint8_t buf[16384];
+  bool open = true;
+  for (;;) {
+    ssize_t n = recv(c.fd, buf, sizeof buf, 0);
+    if (n > 0) {
+      c.in.feed(buf, size_t(n));
+      OPENSSL_cleanse(buf, size_t(n));
+      if (size_t(n) < sizeof buf) break;
+      continue;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
+    open = false;  // closed, or an error: answer what came before it
+    break;
+  }
+  while (auto m = c.in.next()) {
+    Bytes reply = agent.handle(c.peer, m->data(), m->size());
+    Bytes f = frame(reply);
+    c.out.insert(c.out.end(), f.begin(), f.end());
+  }
+  if (c.in.broken()) {
+    log_error("client pid " + std::to_string(c.peer.pid) + " sent a message of length 0 or over " +
+              std::to_string(kMaxMessage) + " bytes: connection closed");
+    return false;
+  }
+  return open;
+}
+
+}  // namespace
+
+Bytes frame(const Bytes& message) {
+  Bytes out;
+  out.reserve(4 + message.size());
+  SshWriter w;
+  w.u32(uint32_t(message.size()));
+  out = w.take();
+  out.insert(out.end(), message.begin(), message.end());
+  return out;
+}
+
+void FrameReader::feed(const uint8_t* p, size_t n) {
+  if (broken_) return;
+  // Grow into a fresh buffer, wiping the old one, so no copy of a secret is left behind.
+  if (buf_.size() + n > buf_.capacity()) {
+    size_t want = buf_.size() + n;
+    if (buf_.size() >= 4) want = std::max(want, std::min<size_t>(4 + be32(buf_.data()), 4 + kMaxMessage));
+    Bytes next;
+    next.reserve(want);
+    next.insert(next.end(), buf_.begin(), buf_.end());
+    clear();
+    buf_ = std::move(next);
+  }
+  buf_.insert(buf_.end(), p, p + n);
+}
+
+std::optional<SecretBytes> FrameReader::next() {
+  if (broken_ || buf_.size() < 4) return std::nullopt;
+  const uint32_t len = be32(buf_.data());
+  if (len == 0 || len > kMaxMessage) {
+    broken_ = true;
+    clear();
+    return std::nullopt;
+  }
+  if (buf_.size() < 4 + size_t(len)) return std::nullopt;
+  SecretBytes m(buf_.data() + 4, len);
+  const size_t rest = buf_.size() - 4 - len;
+  std::memmove(buf_.data(), buf_.data() + 4 + len, rest);
+  OPENSSL_cleanse(buf_.data() + rest, buf_.size() - rest);
+  buf_.resize(rest);
+  return m;
+}
+
+void FrameReader::clear() {
+  if (!buf_.empty()) OPENSSL_cleanse(buf_.data(), buf_.size());
+  buf_.clear();
+}
+
+std::string default_socket() {
+  const char* xdg = std::getenv("XDG_RUNTIME_DIR");
+  struct stat st{};
+  if (xdg && *xdg == '/' && stat(xdg, &st) == 0 && S_ISDIR(st.st_mode)) return std::string(xdg) + "/tpmkey/agent.sock";
+  return "/tmp/tpmkey-" + std::to_string(geteuid()) + "/agent.sock";
+}
+
+Result<int> listen_on(const std::string& path, bool create_dir) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof addr.sun_path)
+    return make_error(Reason::kInvalidArgument, "the socket path must have 1 to " +
+                                                    std::to_string(sizeof addr.sun_path - 1) + " characters");
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  TPMKEY_TRY(check_dir(parent_of(path), create_dir));
+
+  struct stat st{};
+  if (lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) return make_error(Reason::kIo, path + " exists and is not a socket: refusing to replace it");
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    bool live = probe >= 0 && connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    if (probe >= 0) close(probe);
+    if (live) return make_error(Reason::kIo, "an agent is already listening at " + path);
+    unlink(path.c_str());  // left by an agent that died
+  }
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return make_error(Reason::kIo, "socket: " + errno_text());
+  mode_t old = umask(0177);  // the socket is made 0600
+  int rc = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  int bind_errno = errno;
+  umask(old);
+  if (rc != 0) {
+    close(fd);
+    return make_error(Reason::kIo, "cannot bind " + path + ": " + std::strerror(bind_errno));
+  }
+  if (chmod(path.c_str(), 0600) != 0 || listen(fd, 128) != 0) {
+    std::string why = errno_text();
+    close(fd);
+    unlink(path.c_str());
+    return make_error(Reason::kIo, "cannot listen on " + path + ": " + why);
+  }
+  return fd;
+}
+
+void serve(Agent& agent, int listen_fd, const volatile std::sig_atomic_t& stop) {
+  std::list<Client> clients;
+  std::vector<pollfd> fds;
+  std::vector<Client*> order;
+  while (!stop) {
+    const int expiry_ms = agent.expire();
+    fds.clear();
+    order.clear();
+    fds.push_back({listen_fd, POLLIN, 0});
+    for (auto& c : clients) {
+      fds.push_back({c.fd, short(POLLIN | (c.out.empty() ? 0 : POLLOUT)), 0});
+      order.push_back(&c);
+    }
+    int n = poll(fds.data(), fds.size(), expiry_ms < 0 ? 60000 : std::min(expiry_ms + 1, 60000));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      log_error("poll: " + errno_text());
+      return;
+    }
+    for (size_t i = 1; i < fds.size(); ++i) {
+      Client& c = *order[i - 1];
+      bool ok = true;
+      if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) ok = serve_input(agent, c);
+      if (ok && !c.out.empty()) ok = flush(c);
+      if (!ok) {
+        if (!c.out.empty()) flush(c);  // the answers to what came before, if they fit
+        close_client(c);
+      }
+    }
+    if (fds[0].revents & POLLIN) accept_clients(listen_fd, clients);
+    clients.remove_if([](const Client& c) { return c.fd < 0; });
+  }
+  for (auto& c : clients) close_client(c);
+}
+
+}  // namespace tpmkey::agent
