@@ -356,10 +356,12 @@ int agent_main(int argc, char** argv) {
     if (chdir("/") != 0) _exit(1);
     redirect_stdio();
     set_log({true, debug ? LogLevel::kDebug : LogLevel::kInfo});
-    Cleanup cleanup{socket, dir};
-    serve(**agent, *fd, g_stop);
-    agent->reset();
-    std::exit(0);
+    {
+      Cleanup cleanup{socket, dir};
+      serve(**agent, *fd, g_stop);
+      agent->reset();  // gives its TPM objects back
+    }
+    std::exit(0);  // exit handlers: what the core still holds is flushed
   }
   close(*fd);
   if (command.empty()) {
