@@ -1,7 +1,11 @@
 #include "bench/common.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <fstream>
 #include <mutex>
@@ -11,6 +15,7 @@
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/params.h>
+#include <openssl/pem.h>
 #include <openssl/provider.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
@@ -19,6 +24,8 @@
 
 #include "keystore/ossl.h"
 #include "provider/tpm_commands.h"
+
+extern char** environ;
 
 namespace tpmkey::bench {
 namespace {
@@ -208,6 +215,63 @@ bool verify(EVP_PKEY* key, Alg a, const std::vector<unsigned char>& sig) {
   return pub && md &&
          EVP_DigestVerifyInit_ex(md.get(), nullptr, "SHA256", nullptr, "provider=default", pub.get(), params.p) == 1 &&
          EVP_DigestVerify(md.get(), sig.data(), sig.size(), message(), message_size()) == 1;
+}
+
+PkeyPtr read_public_key(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "r");
+  if (!f) return nullptr;
+  PkeyPtr key(PEM_read_PUBKEY(f, nullptr, nullptr, nullptr));
+  std::fclose(f);
+  return key;
+}
+
+pid_t spawn(const Command& c, const std::string& log) {
+  std::vector<std::string> env_store;
+  for (char** e = environ; *e; ++e) {
+    std::string entry(*e);
+    std::string key = entry.substr(0, entry.find('='));
+    bool replaced = false;
+    for (const auto& o : c.env) replaced = replaced || o.substr(0, o.find('=')) == key;
+    if (!replaced) env_store.push_back(entry);
+  }
+  for (const auto& o : c.env)
+    if (o.find('=') != std::string::npos) env_store.push_back(o);  // bare names only remove
+  std::vector<char*> envp, argv;
+  for (auto& e : env_store) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  std::vector<std::string> args = c.argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  pid_t pid = -1;
+  int rc = posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&fa);
+  return rc == 0 ? pid : -1;
+}
+
+int wait_for(pid_t pid) {
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) return 127;
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+int run(const Command& c, const std::string& log) {
+  pid_t pid = spawn(c, log);
+  return pid < 0 ? 127 : wait_for(pid);
+}
+
+std::string read_all(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::ostringstream s;
+  s << f.rdbuf();
+  return s.str();
 }
 
 std::string ossl_errors() { return drain_openssl_errors("; "); }

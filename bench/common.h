@@ -1,10 +1,12 @@
 // Shared pieces of the tpmkey benchmarks: options, the three signature algorithms, OpenSSL library
-// contexts for tpmkey and tpm2-openssl, signing through EVP, TPM command counting and the check
-// that every benchmark leaves the TPM without transient objects or sessions.
+// contexts for tpmkey and tpm2-openssl, signing through EVP, TPM command counting, child processes
+// and the check that every benchmark leaves the TPM without transient objects or sessions.
 //
 // swtpm serves one TCP connection at a time: every benchmark opens its TPM connection (a raw ESYS
 // context or a library context whose provider connects) and closes it before it returns.
 #pragma once
+
+#include <sys/types.h>
 
 #include <cstdint>
 #include <memory>
@@ -32,9 +34,12 @@ struct Options {
   std::string provider_dir;  // directory of tpmkey.so
   std::string counting_tcti_module;  // libtpmkey-bench-tcti.so
   std::string tss_floor;             // the tpmkey_tss_floor program
+  std::string tpmkey_program;        // the tpmkey CLI, whose `tpmkey agent` the agent rows run
+  int sshd_port = 0;         // the private sshd run.sh started (0: no login rows); see agent_bench.cc
   double min_time = 0.3;     // seconds per repetition of an in-process benchmark
   int cold_iterations = 15;  // per repetition
   int process_iterations = 20;
+  int login_iterations = 10;
   int repetitions = 5;       // the summary reports the median
 };
 const Options& options();
@@ -83,6 +88,24 @@ bool digest_sign(OSSL_LIB_CTX* libctx, EVP_PKEY* key, Alg a, const char* propq, 
 bool pkey_sign(OSSL_LIB_CTX* libctx, EVP_PKEY* key, Alg a, const char* propq, std::vector<unsigned char>& sig);
 // Verifies `sig` over message() with the key's public half, in software (default provider).
 bool verify(EVP_PKEY* key, Alg a, const std::vector<unsigned char>& sig);
+
+// A public key from a PEM file (SubjectPublicKeyInfo), or nullptr.
+PkeyPtr read_public_key(const std::string& path);
+
+// A child process: argv[0] is looked up in PATH; `env` entries "K=V" replace or add to this
+// process's environment, a bare "K" removes it.
+struct Command {
+  std::vector<std::string> argv;
+  std::vector<std::string> env;
+};
+// Starts it with stdin from /dev/null and stdout/stderr to `log`; -1 if it could not start.
+pid_t spawn(const Command& c, const std::string& log);
+// Waits for it; the exit status (128 + signal if it died of one).
+int wait_for(pid_t pid);
+// spawn and wait_for; 127 if it could not start.
+int run(const Command& c, const std::string& log);
+// A whole file ("" if it cannot be read).
+std::string read_all(const std::string& path);
 
 // The OpenSSL error queue as text (and clears it).
 std::string ossl_errors();

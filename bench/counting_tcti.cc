@@ -5,8 +5,11 @@
 //
 // The count is read in-process with tpmkey_bench_tcti_commands() (dlsym), or, when the
 // environment variable TPMKEY_BENCH_COUNT_FILE names a file, appended to that file as one line when
-// the module is unloaded (at dlclose or at process exit).
+// the module is unloaded (at dlclose or at process exit). For a process that keeps running (the
+// agent), TPMKEY_BENCH_COUNT_MAP names a file of 8 bytes that the module maps shared and counts
+// into as it goes, so another process can read the count between two requests.
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -24,6 +27,21 @@ constexpr uint64_t kMagic = 0x626e63686374696cull;  // "bnchctil"
 
 std::atomic<uint64_t> g_commands{0};
 
+// The counter in the file TPMKEY_BENCH_COUNT_MAP names (mapped on first use), or nullptr. Counted
+// with atomic adds: the reader is another process mapping the same page.
+uint64_t* shared_counter() {
+  static uint64_t* const counter = []() -> uint64_t* {
+    const char* path = std::getenv("TPMKEY_BENCH_COUNT_MAP");
+    if (!path || !*path) return nullptr;
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0) return nullptr;
+    void* p = mmap(nullptr, sizeof(uint64_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    return p == MAP_FAILED ? nullptr : static_cast<uint64_t*>(p);
+  }();
+  return counter;
+}
+
 struct Counting {
   TSS2_TCTI_CONTEXT_COMMON_V2 common;  // first: the TSS casts to it
   TSS2_TCTI_CONTEXT* inner;
@@ -33,6 +51,7 @@ Counting* self(TSS2_TCTI_CONTEXT* c) { return reinterpret_cast<Counting*>(c); }
 
 TSS2_RC transmit(TSS2_TCTI_CONTEXT* c, size_t size, const uint8_t* cmd) {
   g_commands.fetch_add(1, std::memory_order_relaxed);
+  if (uint64_t* shared = shared_counter()) __atomic_fetch_add(shared, 1, __ATOMIC_RELAXED);
   return Tss2_Tcti_Transmit(self(c)->inner, size, cmd);
 }
 TSS2_RC receive(TSS2_TCTI_CONTEXT* c, size_t* size, uint8_t* rsp, int32_t timeout) {
@@ -59,6 +78,7 @@ TSS2_RC init(TSS2_TCTI_CONTEXT* ctx, size_t* size, const char* conf) {
   if (*size < sizeof(Counting)) return TSS2_TCTI_RC_INSUFFICIENT_BUFFER;
   Counting* t = self(ctx);
   std::memset(t, 0, sizeof *t);
+  shared_counter();  // mapped now, not during the first command
   TSS2_RC rc = Tss2_TctiLdr_Initialize(conf && *conf ? conf : nullptr, &t->inner);
   if (rc != TSS2_RC_SUCCESS) return rc;
   t->common.v1.magic = kMagic;

@@ -6,11 +6,6 @@
 //   tss-floor   what tpm2-tss and the transport alone cost a process (tss_floor.cc)
 // The timed runs use the plain swtpm TCTI. One more run per kind after the timed loop goes through
 // the counting TCTI (commands per process, written by the module at exit); its signature is verified.
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -23,12 +18,9 @@
 #include <vector>
 
 #include <benchmark/benchmark.h>
-#include <openssl/pem.h>
 
 #include "bench/benchmarks.h"
 #include "bench/common.h"
-
-extern char** environ;
 
 namespace tpmkey::bench {
 namespace {
@@ -44,13 +36,6 @@ const char* kind_name(Kind k) {
   return "?";
 }
 
-std::string read_all(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::ostringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
 std::string message_file() {
   static const std::string path = [] {
     std::string p = options().workdir + "/message.bin";
@@ -60,11 +45,6 @@ std::string message_file() {
   }();
   return path;
 }
-
-struct Command {
-  std::vector<std::string> argv;
-  std::vector<std::string> env;  // K=V entries replacing or adding to this process's environment
-};
 
 Command pkeyutl(Kind k, Alg a, const std::string& tcti, const std::string& sig_out) {
   Command c;
@@ -94,49 +74,10 @@ Command pkeyutl(Kind k, Alg a, const std::string& tcti, const std::string& sig_o
   return c;
 }
 
-// Runs the command with stdout/stderr to `log`; returns the exit status (127: could not start).
-int run(const Command& c, const std::string& log) {
-  std::vector<std::string> env_store;
-  for (char** e = environ; *e; ++e) {
-    std::string entry(*e);
-    std::string key = entry.substr(0, entry.find('='));
-    bool replaced = false;
-    for (const auto& o : c.env) replaced = replaced || o.substr(0, o.find('=')) == key;
-    if (!replaced) env_store.push_back(entry);
-  }
-  for (const auto& o : c.env)
-    if (o.find('=') != std::string::npos) env_store.push_back(o);  // bare names only remove
-  std::vector<char*> envp, argv;
-  for (auto& e : env_store) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  std::vector<std::string> args = c.argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  pid_t pid = -1;
-  int rc = posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) return 127;
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0) {
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
 PkeyPtr public_key(Kind k, Alg a) {
   // run.sh wrote the public halves next to the keys: soft-ec.pub, bench-ec.pub, tpm2-openssl-ec.pub, ...
   std::string base = k == Kind::kSoftware ? "soft" : k == Kind::kTpmkey ? "bench" : "tpm2-openssl";
-  std::string path = options().workdir + "/" + base + (is_rsa(a) ? "-rsa.pub" : "-ec.pub");
-  FILE* f = std::fopen(path.c_str(), "r");
-  if (!f) return nullptr;
-  PkeyPtr key(PEM_read_PUBKEY(f, nullptr, nullptr, nullptr));
-  std::fclose(f);
-  return key;
+  return read_public_key(options().workdir + "/" + base + (is_rsa(a) ? "-rsa.pub" : "-ec.pub"));
 }
 
 // One kind's untimed check after the timed loop: a run through the counting TCTI (TPM commands

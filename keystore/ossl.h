@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -39,7 +40,29 @@ using LibCtxPtr = OsslPtr<OSSL_LIB_CTX, OSSL_LIB_CTX_free>;
 
 using Bytes = std::vector<uint8_t>;
 
-// A byte buffer that is wiped (OPENSSL_cleanse) when it is destroyed or cleared.
+// Memory for secrets: OpenSSL's secure heap (locked in RAM, so never swapped out, and wiped when
+// freed) in a process that set one up with CRYPTO_secure_malloc_init, as tpmkey agent does;
+// elsewhere the ordinary heap, still wiped when freed.
+template <typename T>
+struct SecureAllocator {
+  using value_type = T;
+  SecureAllocator() = default;
+  template <typename U>
+  SecureAllocator(const SecureAllocator<U>&) {}
+  T* allocate(size_t n) {
+    void* p = OPENSSL_secure_malloc(n * sizeof(T));
+    // A full secure heap: the ordinary one (OPENSSL_secure_clear_free frees either kind).
+    if (!p) p = OPENSSL_malloc(n * sizeof(T));
+    if (!p) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t n) { OPENSSL_secure_clear_free(p, n * sizeof(T)); }
+  template <typename U>
+  bool operator==(const SecureAllocator<U>&) const { return true; }
+};
+
+// A byte buffer for secrets (passwords, PINs, keys): in SecureAllocator's memory, and wiped
+// (OPENSSL_cleanse) when it is destroyed or cleared.
 class SecretBytes {
  public:
   SecretBytes() = default;
@@ -61,7 +84,7 @@ class SecretBytes {
   }
   void append(const uint8_t* p, size_t n) {
     // Grow by copying into a fresh buffer so no stale copy is left behind unwiped.
-    std::vector<uint8_t> next;
+    Buffer next;
     next.reserve(v_.size() + n);
     next.insert(next.end(), v_.begin(), v_.end());
     next.insert(next.end(), p, p + n);
@@ -74,7 +97,8 @@ class SecretBytes {
   bool empty() const { return v_.empty(); }
 
  private:
-  std::vector<uint8_t> v_;
+  using Buffer = std::vector<uint8_t, SecureAllocator<uint8_t>>;
+  Buffer v_;
 };
 
 // Empties this thread's OpenSSL error queue into text, one entry per error with its data, joined
