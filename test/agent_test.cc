@@ -76,7 +76,7 @@ TEST_P(AgentLoginTest, LogsInWithATpmKey) {
   EXPECT_TRUE(accepted(sshd, pub)) << sshd.log();
   // And through SSH_AUTH_SOCK, as ssh finds an agent by default.
   EXPECT_OK(login(sshd, "", {}, {"SSH_AUTH_SOCK=" + a->socket()}));
-  a->stop();
+  EXPECT_EQ(a->stop(), 0) << a->log();
 }
 
 INSTANTIATE_TEST_SUITE_P(Algorithms, AgentLoginTest, ::testing::Values("ec-p256", "ec-p384", "ec-p521", "rsa2048"),
@@ -98,10 +98,10 @@ TEST_F(AgentTest, RsaSignsWithTheHashTheServerAsksFor) {
   Sshd sha1({.authorized_keys = {pub}, .config = {"PubkeyAcceptedAlgorithms ssh-rsa"}});
   EXPECT_NE(login(sha1, a->socket(), {"-o", "PubkeyAcceptedAlgorithms=ssh-rsa"}).exit_code, 0);
   EXPECT_NE(a->log().find("ssh-rsa (SHA-1)"), std::string::npos) << a->log();
-  a->stop();
+  EXPECT_EQ(a->stop(), 0) << a->log();
   auto allowing = agent({"--allow-sha1"});
   EXPECT_OK(login(sha1, allowing->socket(), {"-o", "PubkeyAcceptedAlgorithms=ssh-rsa"})) << allowing->log();
-  allowing->stop();
+  EXPECT_EQ(allowing->stop(), 0) << allowing->log();
 }
 
 TEST_F(AgentTest, OneTpmSignPerLogin) {
@@ -119,7 +119,7 @@ TEST_F(AgentTest, OneTpmSignPerLogin) {
     // apart for a bare swtpm socket (docs/sessions.md).
     EXPECT_LE(codes.size(), 2u);
   }
-  a->stop();
+  EXPECT_EQ(a->stop(), 0) << a->log();
 }
 
 TEST_F(AgentTest, PasswordKeyAddedWithItsPin) {
@@ -150,7 +150,7 @@ TEST_F(AgentTest, PasswordKeyAddedWithItsPin) {
   // ssh-add -e removes it again.
   EXPECT_OK(a->ssh_add({"-e", "tpm2:locked"}));
   EXPECT_EQ(a->ssh_add({"-l"}).out.find(ssh_fingerprint(pub)), std::string::npos);
-  a->stop();
+  EXPECT_EQ(a->stop(), 0) << a->log();
 }
 
 TEST_F(AgentTest, KeyFileByPathWithSshAddS) {
@@ -164,7 +164,7 @@ TEST_F(AgentTest, KeyFileByPathWithSshAddS) {
   EXPECT_NE(l.out.find(path), std::string::npos) << l.out;
   // A relative path is refused (the agent does not run in the client's directory).
   EXPECT_NE(a->ssh_add({"-s", "byfile.pem"}, empty).exit_code, 0);
-  a->stop();
+  EXPECT_EQ(a->stop(), 0) << a->log();
 }
 
 TEST_F(AgentTest, ConfirmationAsksBeforeEachUse) {
@@ -176,7 +176,7 @@ TEST_F(AgentTest, ConfirmationAsksBeforeEachUse) {
     ASSERT_OK(a->ssh_add({"-c", key}));
     EXPECT_OK(login(sshd, a->socket())) << a->log();
     EXPECT_NE(read_file(dir_ + "/yes.prompts").find("Allow use of key"), std::string::npos);
-    a->stop();
+    EXPECT_EQ(a->stop(), 0) << a->log();
   }
   {
     auto a = agent({"--no-keystore", "--askpass", askpass_script(dir_, "no", "", 1)});
@@ -184,7 +184,7 @@ TEST_F(AgentTest, ConfirmationAsksBeforeEachUse) {
     EXPECT_NE(login(sshd, a->socket()).exit_code, 0);
     EXPECT_NE(read_file(dir_ + "/no.prompts").find("Allow use of key"), std::string::npos);
     EXPECT_NE(a->log().find("denied"), std::string::npos) << a->log();
-    a->stop();
+    EXPECT_EQ(a->stop(), 0) << a->log();
   }
 }
 
@@ -204,7 +204,7 @@ TEST_F(AgentTest, SoftwareKeysLikeSshAgent) {
   EXPECT_NE(a->ssh_add({"-l"}).out.find("brief"), std::string::npos);
   std::this_thread::sleep_for(std::chrono::milliseconds(2200));
   EXPECT_EQ(a->ssh_add({"-l"}).out.find("brief"), std::string::npos);
-  a->stop();
+  EXPECT_EQ(a->stop(), 0) << a->log();
 }
 
 TEST_F(AgentTest, SshAddOperations) {
@@ -244,7 +244,7 @@ TEST_F(AgentTest, SshAddOperations) {
   CommandResult none = a->ssh_add({"-l"});
   EXPECT_EQ(none.exit_code, 1);
   EXPECT_NE(none.out.find("no identities"), std::string::npos) << none.out;
-  a->stop();
+  EXPECT_EQ(a->stop(), 0) << a->log();
 }
 
 TEST_F(AgentTest, KeysOfAnotherAgent) {
@@ -265,7 +265,7 @@ TEST_F(AgentTest, KeysOfAnotherAgent) {
   Sshd sshd({.authorized_keys = {read_file(key + ".pub")}});
   EXPECT_OK(login(sshd, a->socket())) << a->log();
   EXPECT_TRUE(accepted(sshd, read_file(key + ".pub")));
-  a->stop();
+  EXPECT_EQ(a->stop(), 0) << a->log();
   stop_child(upstream);
 }
 
@@ -287,7 +287,7 @@ TEST_F(AgentTest, GitCloneAndPushOverSsh) {
   ASSERT_OK(run({"git", "-C", work, "push", "-q", "origin", "HEAD"}, env)) << a->log();
   CommandResult log = run({"git", "--git-dir=" + bare, "log", "--oneline"});
   EXPECT_NE(log.out.find("first"), std::string::npos) << log.out << log.err;
-  a->stop();
+  EXPECT_EQ(a->stop(), 0) << a->log();
 }
 
 TEST_F(AgentTest, TpmHostKeyForSshd) {
@@ -299,7 +299,7 @@ TEST_F(AgentTest, TpmHostKeyForSshd) {
   // its key exchange with the TPM key through the agent.
   CommandResult r = login(sshd, a->socket(), {"-o", "HostKeyAlgorithms=ecdsa-sha2-nistp256"});
   EXPECT_OK(r) << a->log() << sshd.log();
-  a->stop();
+  EXPECT_EQ(a->stop(), 0) << a->log();
 }
 
 TEST_F(AgentTest, SurvivesATpmRestart) {
@@ -312,7 +312,7 @@ TEST_F(AgentTest, SurvivesATpmRestart) {
   shared_swtpm().start();
   EXPECT_OK(login(sshd, a->socket())) << a->log();
   EXPECT_OK(a->ssh_add({"-l"}));
-  a->stop();
+  EXPECT_EQ(a->stop(), 0) << a->log();
 }
 
 // ---- running it like ssh-agent ----

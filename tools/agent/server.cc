@@ -22,6 +22,8 @@ namespace {
 
 // More connections than this are accepted and closed at once.
 constexpr size_t kMaxClients = 256;
+// Answers queued for one client beyond which the agent stops reading its requests.
+constexpr size_t kMaxUnread = 1 << 20;
 
 uint32_t be32(const uint8_t* p) { return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3]; }
 
@@ -246,7 +248,9 @@ void serve(Agent& agent, int listen_fd, const volatile std::sig_atomic_t& stop) 
     order.clear();
     fds.push_back({listen_fd, POLLIN, 0});
     for (auto& c : clients) {
-      fds.push_back({c.fd, short(POLLIN | (c.out.empty() ? 0 : POLLOUT)), 0});
+      // A client that does not read its answers is not read from either, until it catches up.
+      const short in = c.out.size() < kMaxUnread ? POLLIN : 0;
+      fds.push_back({c.fd, short(in | (c.out.empty() ? 0 : POLLOUT)), 0});
       order.push_back(&c);
     }
     int n = poll(fds.data(), fds.size(), expiry_ms < 0 ? 60000 : std::min(expiry_ms + 1, 60000));
@@ -258,7 +262,8 @@ void serve(Agent& agent, int listen_fd, const volatile std::sig_atomic_t& stop) 
     for (size_t i = 1; i < fds.size(); ++i) {
       Client& c = *order[i - 1];
       bool ok = true;
-      if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) ok = serve_input(agent, c);
+      if (fds[i].revents & (POLLIN | POLLHUP | POLLERR) && (fds[i].events & POLLIN)) ok = serve_input(agent, c);
+      else if (fds[i].revents & (POLLHUP | POLLERR)) ok = false;
       if (ok && !c.out.empty()) ok = flush(c);
       if (!ok) {
         if (!c.out.empty()) flush(c);  // the answers to what came before, if they fit
