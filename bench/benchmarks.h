@@ -13,5 +13,8 @@ void register_cold(bool tpmkey);
 void register_threads();
 // pkeyutl-{software,tpmkey,tpm2-openssl}/ALG: one `openssl pkeyutl -sign` process per iteration.
 void register_processes();
+// agent-sign/ALG with 1 and 4 clients: SIGN_REQUEST round trips to a `tpmkey agent` process;
+// login/ALG (only with an sshd port): `ssh ... true` through tpmkey agent, ssh-agent, a key file.
+void register_agent();
 
 }  // namespace tpmkey::bench

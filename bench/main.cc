@@ -3,7 +3,7 @@
 //
 //   tpmkey_bench --tcti=swtpm:host=127.0.0.1,port=N --workdir=DIR [--keystore=DIR]
 //                [--min-time=SECONDS] [--repetitions=N] [--cold-iterations=N] [--process-iterations=N]
-//                [--table-out=FILE] [--benchmark_* flags of Google Benchmark]
+//                [--sshd-port=N] [--login-iterations=N] [--table-out=FILE] [--benchmark_* flags of Google Benchmark]
 #include <unistd.h>
 
 #include <cstdlib>
@@ -31,7 +31,8 @@ bool take(const char* arg, const char* flag, std::string& out) {
 int usage(const char* msg) {
   std::cerr << "tpmkey_bench: " << msg
             << "\nusage: tpmkey_bench --tcti=TCTI --workdir=DIR [--keystore=DIR] [--min-time=S]"
-               " [--repetitions=N] [--cold-iterations=N] [--process-iterations=N] [--table-out=FILE] [--benchmark_...]\n";
+               " [--repetitions=N] [--cold-iterations=N] [--process-iterations=N] [--sshd-port=N]"
+               " [--login-iterations=N] [--table-out=FILE] [--benchmark_...]\n";
   return 2;
 }
 
@@ -43,6 +44,7 @@ int main(int argc, char** argv) {
   o.provider_dir = TPMKEY_BENCH_PROVIDER_DIR;
   o.counting_tcti_module = TPMKEY_BENCH_COUNTING_TCTI;
   o.tss_floor = TPMKEY_BENCH_TSS_FLOOR;
+  o.tpmkey_program = TPMKEY_BENCH_TPMKEY;
   std::string table_out, v;
   // Repetitions of different benchmarks run interleaved in random order, so a burst of load from
   // elsewhere on the machine spreads over all rows instead of skewing one ratio. Overridable.
@@ -58,6 +60,8 @@ int main(int argc, char** argv) {
       if (take(a, "--min-time", v)) o.min_time = std::stod(v);
       else if (take(a, "--cold-iterations", v)) o.cold_iterations = std::stoi(v);
       else if (take(a, "--process-iterations", v)) o.process_iterations = std::stoi(v);
+      else if (take(a, "--login-iterations", v)) o.login_iterations = std::stoi(v);
+      else if (take(a, "--sshd-port", v)) o.sshd_port = std::stoi(v);
       else if (take(a, "--repetitions", v)) o.repetitions = std::stoi(v);
       else rest.push_back(argv[i]);
     }
@@ -66,7 +70,8 @@ int main(int argc, char** argv) {
   }
   if (o.tcti.empty() || o.workdir.empty()) return usage("--tcti and --workdir are required");
   if (o.keystore.empty()) o.keystore = o.workdir + "/keystore";
-  if (o.min_time <= 0 || o.cold_iterations < 1 || o.process_iterations < 1 || o.repetitions < 1) return usage("bad number");
+  if (o.min_time <= 0 || o.cold_iterations < 1 || o.process_iterations < 1 || o.login_iterations < 1 ||
+      o.repetitions < 1 || o.sshd_port < 0 || o.sshd_port > 65535) return usage("bad number");
   set_options(o);
   // tpm2-openssl 1.1.1 reads its TCTI only from this variable: its openssl.cnf "tcti" key is
   // ignored (OSSL_PARAM_utf8_ptr gets the pointer instead of its address; tpm2-openssl issue #107).
@@ -85,6 +90,7 @@ int main(int argc, char** argv) {
   register_cold(false);
   register_threads();
   register_processes();
+  register_agent();
 
   int rest_argc = int(rest.size());
   benchmark::Initialize(&rest_argc, rest.data());

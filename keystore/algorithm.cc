@@ -127,6 +127,13 @@ TPM2B_PUBLIC key_template(const KeyOptions& opts) {
   return t;
 }
 
+TPM2B_PUBLIC import_template(const KeyOptions& opts) {
+  TPM2B_PUBLIC t = key_template(opts);
+  t.publicArea.objectAttributes &=
+      ~TPMA_OBJECT(TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN);
+  return t;
+}
+
 TPM2B_PUBLIC srk_template() {
   TPM2B_PUBLIC t{};
   TPMT_PUBLIC& p = t.publicArea;

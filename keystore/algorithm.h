@@ -57,6 +57,14 @@ Result<std::optional<SignScheme>> bound_scheme(const TPMT_PUBLIC& pub);
 // Public template for a signing key: fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth, sign;
 // scheme NULL so that each TPM2_Sign picks the scheme and hash.
 TPM2B_PUBLIC key_template(const KeyOptions& opts);
+// The public area of a key made outside the TPM and brought in with TPM2_Import (its unique field
+// is left for the caller): sign, userWithAuth, noDA without a password, scheme NULL, and fixedTPM,
+// fixedParent and sensitiveDataOrigin CLEAR. TPM2_Import refuses fixedTPM and fixedParent, and a
+// clear sensitiveDataOrigin says that the TPM did not generate the key.
+TPM2B_PUBLIC import_template(const KeyOptions& opts);
+// Whether a key's public area says it was made outside the TPM (sensitiveDataOrigin clear). The TPM
+// generates every key TPM2_Create makes with the flag set (it refuses an asymmetric key without it).
+inline bool is_imported(const TPMT_PUBLIC& pub) { return !(pub.objectAttributes & TPMA_OBJECT_SENSITIVEDATAORIGIN); }
 // The standard ECC P-256 storage primary (the parent 0x40000001 stands for).
 TPM2B_PUBLIC srk_template();
 

@@ -22,7 +22,20 @@ bool is_persistent(uint32_t h) { return (h & 0xff000000u) == 0x81000000u; }
 
 std::string create_what(const std::string& name) { return "create(tpm2:" + name + ")"; }
 std::string import_what(const std::string& name) { return "import-file(tpm2:" + name + ")"; }
+std::string import_key_what(const std::string& name) { return "import(tpm2:" + name + ")"; }
 std::string delete_what(const std::string& name) { return "delete(tpm2:" + name + ")"; }
+
+// A new key's password: not empty (no password is nullopt), and no longer than the TPM takes.
+Status check_new_password(const std::optional<SecretBytes>& password, const std::string& what) {
+  if (!password) return Status::Ok();
+  if (password->empty()) return make_error(Reason::kInvalidArgument, "the password is empty").context(what);
+  if (password->size() > kMaxPasswordBytes)
+    return make_error(Reason::kInvalidArgument,
+                      "the password is " + std::to_string(password->size()) + " bytes long; a key's password can be at most " +
+                          std::to_string(kMaxPasswordBytes) + " bytes (the size of a SHA-256 digest, the key's name algorithm)")
+        .context(what);
+  return Status::Ok();
+}
 
 }  // namespace
 
@@ -41,8 +54,7 @@ Result<CreatedKey> create_key(Context& ctx, const CreateRequest& req) {
   const std::string what = create_what(req.name);
   const AlgorithmSpec* spec = req.spec ? req.spec : find_algorithm("ec-p256");
   if (!spec) return make_error(Reason::kInternal, "no default algorithm").context(what);
-  if (req.password && req.password->empty())
-    return make_error(Reason::kInvalidArgument, "the password is empty").context(what);
+  TPMKEY_TRY(check_new_password(req.password, what));
   if (req.persistent && !is_persistent(req.persistent))
     return make_error(Reason::kInvalidArgument,
                       "the persistent handle " + hex32(req.persistent) + " is not in 0x81000000-0x81ffffff")
@@ -104,7 +116,7 @@ Result<KeyFileImport> open_import(Context& ctx, const std::string& name, const s
 }
 
 // Key and Tpm have no "load only" call, so this takes the path every later signature takes.
-Status self_test(Key& key, const Crypto& crypto) {
+Status self_test(Key& key, const Crypto& crypto, EVP_PKEY* verify_with) {
   static constexpr char kSelfTest[] = "tpmkey import-file self-test";
   const bool rsa = key.spec().kind == KeyKind::kRsa;
   // A key bound to a scheme signs only with it; a NULL scheme lets the command choose.
@@ -119,7 +131,8 @@ Status self_test(Key& key, const Crypto& crypto) {
     return make_error(Reason::kInternal, "cannot hash the self-test message");
   auto sig = key.sign(scheme, digest, digest_len);
   if (!sig) return sig.take_error();
-  EvpPkeyCtxPtr v(EVP_PKEY_CTX_new_from_pkey(crypto.libctx(), key.public_pkey(), "provider=default"));
+  EvpPkeyCtxPtr v(
+      EVP_PKEY_CTX_new_from_pkey(crypto.libctx(), verify_with ? verify_with : key.public_pkey(), "provider=default"));
   bool ok = v && EVP_PKEY_verify_init(v.get()) == 1 && EVP_PKEY_CTX_set_signature_md(v.get(), md) == 1;
   if (ok && rsa) {
     const bool pss = scheme.alg == SigAlg::kRsaPss;
@@ -128,6 +141,9 @@ Status self_test(Key& key, const Crypto& crypto) {
   }
   ok = ok && EVP_PKEY_verify(v.get(), sig->data(), sig->size(), digest, digest_len) == 1;
   ERR_clear_error();
+  if (!ok && verify_with)
+    return make_error(Reason::kInternal,
+                      "the TPM's self-test signature does not verify with the original key's public half");
   if (!ok)
     return make_error(Reason::kMalformedKey,
                       "the TPM's self-test signature does not verify with the public key in the file (the public and "
@@ -171,6 +187,83 @@ Result<ImportedKey> import_key_file(Context& ctx, KeyFileImport import, ImportOp
   out.path = ctx.keystore().path_of(import.name);
   out.parent = stored.parent;
   out.password = !stored.empty_auth;
+  return out;
+}
+
+// ---- import (software private keys) ----
+
+Status check_import(const Context& ctx, const std::string& name) {
+  TPMKEY_TRY(validate_name(name));
+  if (ctx.keystore().exists(name))
+    return make_error(Reason::kInvalidArgument, "a key named \"" + name + "\" already exists in " +
+                                                    ctx.keystore().dir() + "; nothing was changed")
+        .context(import_key_what(name));
+  return {};
+}
+
+Result<PrivateKeyImport> open_private_key(Context& ctx, const std::string& name, const std::string& path,
+                                          const PassphraseSource& passphrase) {
+  TPMKEY_TRY(check_import(ctx, name));
+  const std::string what = import_key_what(name);
+  auto crypto = ctx.crypto();
+  if (!crypto) return crypto.take_error().context(what);
+  auto key = read_private_key(**crypto, path, passphrase);
+  if (!key) return key.take_error().context(what);
+  auto form = import_form(key->pkey.get(), false);
+  if (!form) return form.take_error().context("read(" + path + ")").context(what);
+  PrivateKeyImport out;
+  out.name = name;
+  out.path = path;
+  out.key = std::move(*key);
+  out.spec = form->spec;
+  return out;
+}
+
+Result<ImportedPrivateKey> import_private_key(Context& ctx, PrivateKeyImport import, PrivateKeyOptions opts) {
+  const std::string what = import_key_what(import.name);
+  if (!import.key.pkey) return make_error(Reason::kInternal, "no private key was read").context(what);
+  // Everything that can be refused without the TPM is refused first.
+  TPMKEY_TRY(check_new_password(opts.password, what));
+  TPMKEY_TRY(check_import(ctx, import.name));
+  const SecretBytes no_password;
+  const SecretBytes& auth = opts.password ? *opts.password : no_password;
+  auto form = import_form(import.key.pkey.get(), !auth.empty());
+  if (!form) return form.take_error().context(what);
+  auto crypto = ctx.crypto();
+  if (!crypto) return crypto.take_error().context(what);
+  auto tpm = ctx.tpm();
+  if (!tpm) return tpm.take_error().context(what);
+  // TPM2_TestParms costs the TPM nothing; an algorithm it lacks is refused before anything else.
+  if (Status st = (*tpm)->supports(*form->spec); !st) {
+    Error e = st.take_error();
+    if (e.reason == Reason::kUnsupported)
+      e.detail = std::string("this TPM does not support ") + form->spec->name + " keys: " + e.detail;
+    return e.context(what);
+  }
+  auto priv = (*tpm)->import_key(form->pub, form->secret, auth, kOwnerParent);
+  form->secret.wipe();
+  if (!priv) return priv.take_error().context(what);
+
+  KeyFile kf;
+  kf.parent = kOwnerParent;
+  kf.empty_auth = auth.empty();
+  kf.pub = form->pub;
+  kf.priv = *priv;
+  kf.description = opts.description;
+  {
+    // TPM2_Load and a signature, verified with the original key: the TPM holds this very key.
+    auto key = Key::from_file(ctx, kf, "tpm2:" + import.name);
+    if (!key) return key.take_error().context(what);
+    if (!auth.empty()) (*key)->set_auth(auth);
+    if (Status st = self_test(**key, **crypto, import.key.pkey.get()); !st) return st.take_error().context(what);
+  }  // the key's handle is flushed here, before anything is written
+  if (Status st = ctx.keystore().add(import.name, kf); !st) return st.take_error().context(what);
+  ImportedPrivateKey out;
+  out.path = ctx.keystore().path_of(import.name);
+  out.spec = form->spec;
+  out.format = import.key.format;
+  out.encrypted = import.key.encrypted;
+  out.password = !auth.empty();
   return out;
 }
 

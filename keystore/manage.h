@@ -1,8 +1,9 @@
-// Keystore management: what the CLI's commands do (create, import-file, delete, init), as plain
-// functions returning Result/Status. Nothing here prompts, asks for confirmation or prints: the
-// caller obtains passwords (from a terminal or a file) and passes them in, and reports what was
-// done from the returned description. Errors carry the operation as their outer context
-// ("create(tpm2:NAME)", "import-file(tpm2:NAME)", "delete(tpm2:NAME)", "init(DIR)").
+// Keystore management: what the CLI's commands do (create, import, import-file, delete, init), as
+// plain functions returning Result/Status. Nothing here prompts, asks for confirmation or prints:
+// the caller obtains passwords (from a terminal or a file) and passes them in (a source file's
+// passphrase as a callback, asked only when the file is encrypted), and reports what was done from
+// the returned description. Errors carry the operation as their outer context ("create(tpm2:NAME)",
+// "import(tpm2:NAME)", "import-file(tpm2:NAME)", "delete(tpm2:NAME)", "init(DIR)").
 #pragma once
 
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include "keystore/keyfile.h"
 #include "keystore/keystore.h"
 #include "keystore/ossl.h"
+#include "keystore/private_key.h"
 #include "keystore/tpm/tpm.h"
 
 namespace tpmkey {
@@ -86,8 +88,55 @@ Result<ImportedKey> import_key_file(Context& ctx, KeyFileImport import, ImportOp
 
 // The check that a key works on this TPM: the TPM loads it under the parent its file names
 // (TPM2_Load), signs a fixed self-test digest (TPM2_Sign), and the signature must verify in
-// software with the public key from the file.
-Status self_test(Key& key, const Crypto& crypto);
+// software with the public key from the file, or with `verify_with` when given (an imported key's
+// original).
+Status self_test(Key& key, const Crypto& crypto, EVP_PKEY* verify_with = nullptr);
+
+// ---- import (software private keys) ----
+
+// A new key's password is its authValue, which the TPM takes only up to the digest size of the
+// key's name algorithm (SHA-256 for every key tpmkey creates or imports): create_key and
+// import_private_key refuse a longer one before the TPM is asked anything.
+inline constexpr size_t kMaxPasswordBytes = 32;
+
+// A software private key read for import and found importable, before the TPM is asked anything.
+struct PrivateKeyImport {
+  std::string name;  // the keystore name it gets
+  std::string path;  // where it was read (and is left as it was)
+  SoftwareKey key;   // as decoded
+  const AlgorithmSpec* spec = nullptr;
+};
+
+// Whether a key named `name` can be imported: a valid name that is not in the keystore yet (the
+// caller checks first, so that nobody types a passphrase in vain).
+Status check_import(const Context& ctx, const std::string& name);
+// Checks the name, reads PATH with OpenSSL's decoders (`passphrase` is called only when the file is
+// encrypted) and checks that tpmkey can import the key (algorithm, size, curve). No TPM command.
+Result<PrivateKeyImport> open_private_key(Context& ctx, const std::string& name, const std::string& path,
+                                          const PassphraseSource& passphrase);
+
+struct PrivateKeyOptions {
+  // The new key's password: nullopt, no password (the key gets noDA); empty, or longer than
+  // kMaxPasswordBytes, is refused before the TPM is asked anything.
+  std::optional<SecretBytes> password;
+  std::string description;  // stored in the key file
+};
+
+struct ImportedPrivateKey {
+  std::string path;                     // the keystore entry written
+  const AlgorithmSpec* spec = nullptr;
+  std::string format;                   // what was read: "PKCS#8 PEM", "encrypted PKCS#8 PEM", "DER", ...
+  bool encrypted = false;               // the source file was encrypted (a passphrase was used)
+  bool password = false;                // the new key has a password
+};
+
+// Asks the TPM whether it has the algorithm (TPM2_TestParms), wraps the key in software for the
+// SRK, brings it in (TPM2_Import in the salted session), loads it and signs the self-test digest
+// (TPM2_Load, TPM2_Sign), verifying the signature with the ORIGINAL key's public half; only then
+// writes the keystore entry (0600, atomic, never overwriting). Leaves no object in the TPM. The key
+// is neither fixedTPM nor fixedParent (TPM2_Import refuses those) and has sensitiveDataOrigin
+// clear; with an empty authPolicy, TPM2_Duplicate can never be authorized for it.
+Result<ImportedPrivateKey> import_private_key(Context& ctx, PrivateKeyImport import, PrivateKeyOptions opts);
 
 // ---- delete ----
 

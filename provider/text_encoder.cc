@@ -1,6 +1,7 @@
 // Text encoder: `openssl pkey -text` for a TPM key. Prints the size, the public components as
-// OpenSSL prints them, and what the TPM adds: the algorithm, the parent and whether a password
-// is needed. There is no private material to print: it never leaves the TPM.
+// OpenSSL prints them, and what the TPM adds: the algorithm, the parent, whether a password is
+// needed and where the key was made (in the TPM, or imported). There is no private material to
+// print: it never leaves the TPM.
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 
@@ -44,6 +45,15 @@ Result<std::string> public_body(EVP_PKEY* pub) {
   return eol == std::string::npos ? std::string() : text.substr(eol + 1);
 }
 
+// Where the private key was made, as its public area says. The TPM generates every key made with
+// TPM2_Create with sensitiveDataOrigin set (it refuses an asymmetric key without it), and
+// TPM2_Import takes only keys that are neither fixedTPM nor fixedParent.
+std::string origin_text(const TPMT_PUBLIC& pub) {
+  if (is_imported(pub)) return "imported (was outside the TPM once)";
+  if (pub.objectAttributes & TPMA_OBJECT_FIXEDTPM) return "generated in the TPM";
+  return "generated in a TPM, duplicable (not fixedTPM: it may have left that TPM)";
+}
+
 // The description comes from the file: control characters are shown as \xNN, never sent to a
 // terminal as they are.
 std::string printable(const std::string& s) {
@@ -69,6 +79,7 @@ std::string describe(const Key& key, const std::string& body, bool private_part)
   out += "TPM algorithm: " + std::string(spec.name) + "\n";
   out += "TPM parent: " + parent_text(key.file().parent) + "\n";
   out += std::string("TPM password: ") + (key.needs_auth() ? "needed" : "not needed") + "\n";
+  out += "TPM origin: " + origin_text(key.file().pub.publicArea) + "\n";
   if (!key.file().description.empty()) out += "Description: " + printable(key.file().description) + "\n";
   return out;
 }

@@ -144,8 +144,18 @@ TEST_F(CliTest, PersistentKeyWhoseHandleIsGone) {
   EXPECT_FALSE(std::filesystem::exists(keystore_ + "/pk.handle"));
 }
 
+// The TPM takes a key's password only up to its name algorithm's digest size (32 bytes for
+// SHA-256): a longer one is refused before the TPM is asked anything, in words that say the limit.
+TEST_F(CliTest, CreateRefusesAnOverlongPassword) {
+  write_file(dir_ + "/pw33", std::string(33, 'x') + "\n");
+  EXPECT_FAILS_WITH(tpmkey({"create", "long", "--password-file", dir_ + "/pw33"}), "can be at most 32 bytes");
+  EXPECT_FALSE(std::filesystem::exists(keystore_ + "/long.pem"));
+  write_file(dir_ + "/pw32", std::string(32, 'x') + "\n");
+  EXPECT_OK(tpmkey({"create", "long", "--password-file", dir_ + "/pw32"}));
+}
+
 TEST_F(CliTest, HelpForEveryCommand) {
-  for (const char* cmd : {"init", "create", "list", "pubkey", "delete", "import-file", "algorithms"}) {
+  for (const char* cmd : {"init", "create", "list", "pubkey", "delete", "import", "import-file", "algorithms", "agent"}) {
     SCOPED_TRACE(cmd);
     for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
              {cmd, "--help"}, {cmd, "-h"}, {"help", cmd}, {"--help", cmd}}) {

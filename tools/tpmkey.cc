@@ -1,8 +1,10 @@
 // tpmkey: the command line. Parses arguments (one option table per command), asks for passwords
-// and confirmation, prints, and maps results to exit codes 0 (done), 1 (failed), 2 (usage error).
+// and passphrases and for confirmation, prints, and maps results to exit codes 0 (done), 1
+// (failed), 2 (usage error).
 // What the commands do lives in the core (keystore/manage.h).
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <optional>
 #include <string>
@@ -11,6 +13,7 @@
 #include "keystore/context.h"
 #include "keystore/key.h"
 #include "keystore/manage.h"
+#include "keystore/private_key.h"
 #include "keystore/public_key.h"
 #include "keystore/uri.h"
 #include "tools/agent/main.h"
@@ -31,6 +34,9 @@ Commands:
   list             list the keys in the keystore
   pubkey NAME      print a key's public key (PEM or OpenSSH)
   delete NAME      delete a key from the keystore
+  import NAME FILE
+                   move an existing RSA or EC private key (PEM or DER: PKCS#1,
+                   SEC1, PKCS#8, encrypted or not) into the TPM, stored as NAME
   import-file NAME PATH
                    add an existing TSS2 key file (tpm2-openssl, tpm2-tools, ...)
                    to the keystore as NAME, after checking that this TPM loads it
@@ -110,7 +116,9 @@ Undo the persistent SRK with: tpm2_evictcontrol -C o -c 0x81000001
 const char* kListHelp = R"(Usage: tpmkey list
 
 Lists the keys in the keystore: name, algorithm, size in bits, whether a password is
-needed, and the parent the key was created under. Does not use the TPM.
+needed, and the parent the key was created under, followed by ", persistent HANDLE"
+for keys made persistent and ", imported" for keys that were made outside the TPM
+and brought in ("tpmkey import"; sensitiveDataOrigin clear). Does not use the TPM.
 )";
 
 const char* kPubkeyHelp = R"(Usage: tpmkey pubkey NAME [--format pem|openssh] [--comment TEXT]
@@ -168,6 +176,72 @@ Examples:
   openssl genpkey -provider tpm2 -algorithm EC -pkeyopt group:P-256 -out k.pem
   tpmkey import-file web k.pem --description "from tpm2-openssl"
   tpmkey import-file tools-key key.pem      # made by tpm2_create + tpm2_encodeobject
+)";
+
+const char* kImportHelp = R"(Usage: tpmkey import NAME FILE [--passphrase-file F]
+                    [--password | --password-file F] [--description TEXT]
+
+Moves an existing RSA or EC private key into this TPM and stores it in the keystore
+as NAME.pem (a standard TSS2 PRIVATE KEY file, mode 0600, written atomically; an
+existing key is never overwritten). From then on the key signs in the TPM, as
+tpm2:NAME, like a key made with "tpmkey create".
+
+FILE is read with OpenSSL's decoders, PEM or DER:
+  PKCS#1          -----BEGIN RSA PRIVATE KEY-----
+  SEC1            -----BEGIN EC PRIVATE KEY-----
+  PKCS#8          -----BEGIN PRIVATE KEY-----
+  encrypted       -----BEGIN ENCRYPTED PRIVATE KEY----- (PKCS#8), or PKCS#1 and
+                  SEC1 with "Proc-Type: 4,ENCRYPTED" (legacy PEM encryption)
+and holds an RSA key of 2048, 3072 or 4096 bits or an EC key on P-256, P-384 or
+P-521, as far as the TPM supports it ("tpmkey algorithms").
+
+How: the key is wrapped in software for this TPM's storage root key (a duplication
+blob, which only this TPM can open) and sent with TPM2_Import in tpmkey's salted
+session. The TPM then loads it (TPM2_Load) and signs a fixed self-test digest
+(TPM2_Sign), and the signature is verified in software with the ORIGINAL key.
+Only then is NAME.pem written.
+
+The imported key
+  - cannot leave this TPM from now on: TPM2_Import needs keys whose fixedTPM and
+    fixedParent are clear, but the key has no authorization policy, and without
+    one TPM2_Duplicate can never be authorized;
+  - is marked as imported (sensitiveDataOrigin clear in its public area): "tpmkey
+    list" and "openssl pkey -text" show that it was outside the TPM once.
+
+FILE is left as it was: it still holds the private key in software, and whoever
+has a copy of it (or of a backup of it) can use the key. Once you have checked
+your backups, remove it, for example with "shred -u FILE" (on journaling, copy-on-
+write and flash file systems, shred cannot promise that no copy remains).
+
+A TPM key file (TSS2 PRIVATE KEY, PEM or DER) given as FILE is added as "tpmkey
+import-file" does; --password-file is then the key's existing password.
+
+  NAME                 letters, digits, "-", "_" and "." (not first); at most 128
+  FILE                 the private key file; it is only read
+  --passphrase-file F  FILE's passphrase is the first line of F. Without it, an
+                       encrypted FILE's passphrase is asked for on the terminal
+  --password           give the new key a password, asked twice on the terminal
+  --password-file F    give the new key the password in the first line of F.
+                       Without either, the key has no password (and, like keys
+                       "tpmkey create" makes without one, is not subject to the
+                       TPM's dictionary-attack lockout). A password is at most
+                       32 bytes: a TPM key's authValue is at most the size of
+                       its name algorithm's digest (SHA-256)
+  --description TEXT   a note stored in the key file
+
+Refused with the reason, before anything is written or sent to the TPM: a public
+key or certificate instead of a private key, a damaged file, a wrong passphrase,
+Ed25519, X25519 and other key types, curves and RSA sizes tpmkey does not import,
+a NAME that is taken, a password longer than 32 bytes. An algorithm the TPM lacks
+is refused after TPM2_TestParms alone. OpenSSH's own format (BEGIN OPENSSH PRIVATE
+KEY) is not read yet: convert a copy first with
+"cp KEY COPY && ssh-keygen -p -m PKCS8 -f COPY".
+
+Examples:
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out web.key
+  tpmkey import web web.key --description "web server"
+  tpmkey import signer signer-enc.pem --passphrase-file pass.txt --password
+  shred -u web.key
 )";
 
 // ---- options ----
@@ -419,8 +493,9 @@ int cmd_list(const Args& a) {
     auto spec = spec_of(kf->pub.publicArea);
     char parent[16];
     std::snprintf(parent, sizeof parent, "0x%08x", kf->parent);
-    char where[40] = "";
+    char where[64] = "";
     if (kf->persistent) std::snprintf(where, sizeof where, ", persistent 0x%08x", kf->persistent);
+    if (is_imported(kf->pub.publicArea)) std::strncat(where, ", imported", sizeof where - std::strlen(where) - 1);
     std::printf("%-24s %-10s %-6d %-9s %s%s%s\n", n.c_str(), spec ? (*spec)->name : "unknown", spec ? (*spec)->bits : 0,
                 kf->empty_auth ? "no" : "yes", parent, kf->parent == kOwnerParent ? " (owner SRK)" : "", where);
   }
@@ -486,10 +561,8 @@ int cmd_algorithms(const Args& a) {
   return kExitOk;
 }
 
-int cmd_import_file(const Args& a) {
-  const std::string& name = a.positional[0];
-  const std::string& path = a.positional[1];
-  Context ctx = make_context(a);
+// import-file, and import of a TPM key file.
+int import_tss2_file(const Args& a, Context& ctx, const std::string& name, const std::string& path) {
   auto import = open_import(ctx, name, path);
   if (!import) return fail(import.error());
   ImportOptions opts;
@@ -528,6 +601,69 @@ int cmd_import_file(const Args& a) {
   return kExitOk;
 }
 
+int cmd_import_file(const Args& a) {
+  Context ctx = make_context(a);
+  return import_tss2_file(a, ctx, a.positional[0], a.positional[1]);
+}
+
+int cmd_import(const Args& a) {
+  const std::string& name = a.positional[0];
+  const std::string& path = a.positional[1];
+  const std::string what = "import(tpm2:" + name + ")";
+  if (a.has_flag("--password") && a.option("--password-file"))
+    return usage_error("import", "--password and --password-file exclude each other");
+  Context ctx = make_context(a);
+  // Before any question: the name must be free.
+  if (Status st = check_import(ctx, name); !st) return fail(st.error());
+  auto kind = identify_key_file(path);
+  if (!kind) return fail(kind.take_error().context(what));
+  if (*kind == KeyFileKind::kTss2) {
+    // The key is in a TPM already: what import-file does (its --password-file is the key's own).
+    if (a.option("--passphrase-file"))
+      std::fprintf(stderr, "tpmkey: %s is a TPM key file; --passphrase-file is not used\n", path.c_str());
+    if (a.has_flag("--password"))
+      std::fprintf(stderr, "tpmkey: %s is a TPM key file, which keeps its own password; --password is not used\n",
+                   path.c_str());
+    return import_tss2_file(a, ctx, name, path);
+  }
+  const auto passphrase_file = a.option("--passphrase-file");
+  PassphraseSource passphrase = [&]() -> Result<SecretBytes> {
+    if (passphrase_file) return read_pin_source(*passphrase_file);
+    if (have_tty()) return prompt_password("Passphrase of " + path + ": ", false);
+    return make_error(Reason::kAuthFailed, path + " is encrypted: give its passphrase with --passphrase-file (there "
+                                                  "is no terminal to ask on)");
+  };
+  auto import = open_private_key(ctx, name, path, passphrase);
+  if (!import) return fail(import.error());
+  if (passphrase_file && !import->key.encrypted)
+    std::fprintf(stderr, "tpmkey: %s is not encrypted; --passphrase-file is not used\n", path.c_str());
+  PrivateKeyOptions opts;
+  opts.description = a.option("--description").value_or("");
+  if (auto file = a.option("--password-file")) {
+    auto pw = read_pin_source(*file);
+    if (!pw) return fail(pw.take_error().context(what));
+    if (pw->empty()) return fail(make_error(Reason::kInvalidArgument, "the password file is empty").context(what));
+    opts.password = std::move(*pw);
+  } else if (a.has_flag("--password")) {
+    auto pw = prompt_password("Password for the new key " + name + ": ", true);
+    if (!pw) return fail(pw.take_error().context(what));
+    opts.password = std::move(*pw);  // import_private_key refuses an empty or too long one
+  }
+  auto done = import_private_key(ctx, std::move(*import), std::move(opts));
+  if (!done) return fail(done.error());
+  std::printf("imported tpm2:%s (%s%s, imported) from %s (%s) into %s\n", name.c_str(), done->spec->name,
+              done->password ? ", password" : "", path.c_str(), done->format.c_str(), done->path.c_str());
+  std::printf("checked: this TPM took it in under 0x%08x (owner SRK) with TPM2_Import, loaded it, and its self-test "
+              "signature verified with the original key\n",
+              kOwnerParent);
+  std::printf("tpm2:%s cannot leave this TPM. %s is unchanged and still holds the private key in software:\n"
+              "once you have checked your backups, remove it, for example with: shred -u %s\n"
+              "(shred cannot reach copies in backups or snapshots, nor always on journaling, copy-on-write or flash "
+              "file systems)\n",
+              name.c_str(), path.c_str(), path.c_str());
+  return kExitOk;
+}
+
 // Each command's own options (kGlobalOptions are allowed everywhere) and operands. The help texts
 // above document the same.
 const Command kCommands[] = {
@@ -540,6 +676,11 @@ const Command kCommands[] = {
     {"list", cmd_list, kListHelp, {}, {}},
     {"pubkey", cmd_pubkey, kPubkeyHelp, {{"--format", true}, {"--comment", true}}, {"NAME"}},
     {"delete", cmd_delete, kDeleteHelp, {{"--yes", false, "-y"}}, {"NAME"}},
+    {"import",
+     cmd_import,
+     kImportHelp,
+     {{"--passphrase-file", true}, {"--password"}, {"--password-file", true}, {"--description", true}},
+     {"NAME", "FILE"}},
     {"import-file", cmd_import_file, kImportFileHelp, {{"--password-file", true}, {"--description", true}},
      {"NAME", "PATH"}},
     {"algorithms", cmd_algorithms, kAlgorithmsHelp, {}, {}},

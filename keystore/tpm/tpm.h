@@ -2,8 +2,9 @@
 // connection (connection.h), a mutex, the authorization session (session.h) and the objects
 // tpmkey loaded (objects.h). docs/sessions.md explains the design; the command families live in
 // their own files: srk.cc (the storage root key and its pin), keys.cc (loading keys, the generic
-// key routine, TPM2_Create), sign.cc (TPM2_Sign, TPM2_Hash), persistent.cc (EvictControl,
-// ReadPublic of persistent handles), capability.cc (limits, TestParms), process.cc (exit, fork).
+// key routine, TPM2_Create), sign.cc (TPM2_Sign, TPM2_Hash), import.cc (TPM2_Import),
+// persistent.cc (EvictControl, ReadPublic of persistent handles), capability.cc (limits,
+// TestParms), process.cc (exit, fork).
 //
 // Every operation runs through operation(), which
 //   - opens the connection if it is closed (a TPM that is down fails this call, not all later ones);
@@ -90,6 +91,14 @@ class Tpm {
 
   // Generates a key under the key file parent `parent` (0x40000001 or a persistent handle).
   Result<KeyFile> create_key(const KeyOptions& opts, const SecretBytes& auth, uint32_t parent);
+  // Brings in a key made outside the TPM, under the key file parent `parent` (0x40000001 or a
+  // persistent ECC storage key): wrapped in software for the parent (duplicate.h), then
+  // TPM2_Import. `pub` is an import_template() public area with its unique field filled in,
+  // `secret` the RSA prime p or the ECC private d, `auth` the key's password (at most the digest
+  // size of its nameAlg). Returns the private blob that TPM2_Load takes with `pub`; nothing is
+  // left loaded.
+  Result<TPM2B_PRIVATE> import_key(const TPM2B_PUBLIC& pub, const SecretBytes& secret, const SecretBytes& auth,
+                                   uint32_t parent);
   // Signs with the key, loading it (once) if needed: one TPM command when it is already loaded.
   Result<TPMT_SIGNATURE> sign(ObjectId id, const KeyFile& kf, const SecretBytes& auth, const SignRequest& req);
   // Signs `message` with a restricted key: the TPM hashes it (TPM2_Hash, or a hash sequence for

@@ -84,10 +84,12 @@ Result<std::string> reader_uri(std::string_view reader) {
   return uri;
 }
 
-// The PIN ssh-add sent, handed to the provider's password callback (docs/ssh.md).
+// The PIN ssh-add sent, handed to the provider's password callback (docs/ssh.md). OpenSSL asks
+// only for a key whose file says it has a password: an empty PIN then fails here, before the TPM
+// sees an attempt that would cost a dictionary-attack strike.
 int pin_callback(char* buf, int size, int, void* u) {
   const auto* pin = static_cast<const SecretBytes*>(u);
-  if (!pin || pin->size() > size_t(size)) return -1;
+  if (!pin || pin->empty() || pin->size() > size_t(size)) return -1;
   std::memcpy(buf, pin->data(), pin->size());
   return int(pin->size());
 }
@@ -159,8 +161,7 @@ void Agent::refresh_keystore() {
     struct stat st{};
     if (stat(keystore_.path_of(name).c_str(), &st) != 0) continue;
     auto it = keystore_keys_.find(name);
-    if (it != keystore_keys_.end() && it->second->ino == st.st_ino && it->second->size == st.st_size &&
-        it->second->mtime.tv_sec == st.st_mtim.tv_sec && it->second->mtime.tv_nsec == st.st_mtim.tv_nsec) {
+    if (it != keystore_keys_.end() && still_current(name, *it->second)) {
       next[name] = std::move(it->second);
       continue;
     }
@@ -186,6 +187,12 @@ void Agent::refresh_keystore() {
     next[name] = std::move(e);
   }
   keystore_keys_ = std::move(next);
+}
+
+bool Agent::still_current(const std::string& name, const KeystoreEntry& e) const {
+  struct stat st{};
+  return stat(keystore_.path_of(name).c_str(), &st) == 0 && st.st_ino == e.ino && st.st_size == e.size &&
+         st.st_mtim.tv_sec == e.mtime.tv_sec && st.st_mtim.tv_nsec == e.mtime.tv_nsec;
 }
 
 Agent::Identity* Agent::find(const Bytes& blob) {
@@ -335,8 +342,10 @@ Bytes Agent::sign(SshReader& r, const uint8_t* message, size_t size, const Peer&
         }
     };
     lookup();
-    if (!entry && keystore_served_) {
-      refresh_keystore();  // a key created since the last listing
+    // The listing may be older than the keystore: a key created since, or deleted or replaced.
+    if (!entry || !still_current(name, *entry)) {
+      refresh_keystore();
+      entry = nullptr;
       lookup();
     }
     if (entry) {
@@ -492,7 +501,7 @@ Bytes Agent::remove_identity(SshReader& r) {
 
 Bytes Agent::remove_smartcard_key(SshReader& r) {
   SshView reader_view, pin;
-  if (!r.string(&reader_view) || !r.string(&pin)) return failure();
+  if (!r.string(&reader_view) || !r.string(&pin) || !r.done()) return failure();
   const std::string reader(reader_view.text());
   bool removed = false;
   for (auto it = added_.begin(); it != added_.end();) {
@@ -580,6 +589,13 @@ Bytes Agent::extension(SshReader& r, Peer& peer) {
     if (!r.string(&host_key) || !r.string(&session_id) || !r.string(&signature) || !r.boolean(&forwarding) ||
         !r.done() || peer.bound_hosts.size() >= 16) {
       log_error("malformed session-bind from pid " + std::to_string(peer.pid));
+      return failure();
+    }
+    // The host signed the session identifier during the key exchange: a binding it did not sign
+    // is refused, as OpenSSH's agent does.
+    if (!ssh_verify(host_key.bytes(), libctx_.get(), signature.data, signature.size, session_id.data,
+                    session_id.size)) {
+      log_error("session-bind from pid " + std::to_string(peer.pid) + ": the host key's signature does not verify");
       return failure();
     }
     peer.bound_hosts.push_back(host_key.bytes());

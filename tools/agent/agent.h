@@ -85,6 +85,8 @@ class Agent {
   std::optional<Constraints> read_constraints(SshReader& r);
   void add(std::unique_ptr<Identity> id);
   void refresh_keystore();
+  // Whether the keystore file of `name` is still the one `e` was read from.
+  bool still_current(const std::string& name, const KeystoreEntry& e) const;
   Identity* find(const Bytes& blob);
   bool confirmed(const Identity& id);
   Result<EvpPkeyPtr> open_tpm_key(const std::string& uri, const SecretBytes* pin);

@@ -178,8 +178,13 @@ void harden() {
   prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
   rlimit none{0, 0};
   setrlimit(RLIMIT_CORE, &none);
-  if (!CRYPTO_secure_malloc_init(1 << 20, 16))
-    log_info("no locked memory for keys (RLIMIT_MEMLOCK too small): keys are held in ordinary memory");
+  // 1: locked; 2: made, but mlock failed (RLIMIT_MEMLOCK); 0: none.
+  const int secure = CRYPTO_secure_malloc_init(1 << 20, 16);
+  if (secure == 2)
+    log_info("cannot lock the memory for keys and PINs (RLIMIT_MEMLOCK below 1 MiB, see ulimit -l): it may be "
+             "swapped out; it is still wiped when freed");
+  else if (secure != 1)
+    log_info("no secure heap for keys and PINs: they are held in ordinary memory, wiped when freed");
 }
 
 void redirect_stdio() {
@@ -298,6 +303,12 @@ int agent_main(int argc, char** argv) {
   }
   const bool default_place = socket.empty();
   if (default_place) socket = default_socket();
+  // Clients run in other directories, and the daemon in "/": the path it prints must be absolute.
+  if (socket[0] != '/') {
+    char cwd[4096];
+    if (!getcwd(cwd, sizeof cwd)) return fail(std::string("cannot resolve the socket path: ") + std::strerror(errno));
+    socket = std::string(cwd) + "/" + socket;
+  }
   if (print_socket) {
     std::printf("%s\n", socket.c_str());
     return kExitOk;

@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -22,7 +24,8 @@ namespace {
 
 // More connections than this are accepted and closed at once.
 constexpr size_t kMaxClients = 256;
-// Answers queued for one client beyond which the agent stops reading its requests.
+// Answers queued for one client beyond which the agent neither reads its requests nor answers
+// those it has read, until the client reads (each request can bring a much larger answer).
 constexpr size_t kMaxUnread = 1 << 20;
 
 uint32_t be32(const uint8_t* p) { return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3]; }
@@ -34,8 +37,11 @@ std::string errno_text() { return std::strerror(errno); }
 Status check_dir(const std::string& dir, bool create) {
   if (create && mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
     return make_error(Reason::kIo, "cannot create " + dir + ": " + errno_text());
+  // The default directory is the agent's own and must not be a symbolic link; one named with -a
+  // may be reached through one (/var/run is a link to /run).
   struct stat st{};
-  if (lstat(dir.c_str(), &st) != 0) return make_error(Reason::kIo, "cannot use " + dir + ": " + errno_text());
+  if ((create ? lstat(dir.c_str(), &st) : stat(dir.c_str(), &st)) != 0)
+    return make_error(Reason::kIo, "cannot use " + dir + ": " + errno_text());
   if (!S_ISDIR(st.st_mode)) return make_error(Reason::kIo, dir + " is not a directory");
   if (create) {
     if (st.st_uid != geteuid()) return make_error(Reason::kIo, dir + " belongs to another user: refusing to use it");
@@ -116,11 +122,33 @@ bool flush(Client& c) {
   return true;
 }
 
-// Reads what arrived and answers every whole message; false when the connection is to close.
+// Whether to read from the client: its unread answers are under the limit, and it is not a whole
+// largest message ahead.
+bool wants_input(const Client& c) { return c.out.size() < kMaxUnread && c.in.buffered() < 4 + kMaxMessage; }
+
+// Answers the whole messages that have arrived while the unread answers stay under the limit;
+// false when the stream is broken.
+bool answer(Agent& agent, Client& c) {
+  while (c.out.size() < kMaxUnread) {
+    auto m = c.in.next();
+    if (!m) break;
+    Bytes reply = agent.handle(c.peer, m->data(), m->size());
+    Bytes f = frame(reply);
+    c.out.insert(c.out.end(), f.begin(), f.end());
+  }
+  if (c.in.broken()) {
+    log_error("client pid " + std::to_string(c.peer.pid) + " sent a message of length 0 or over " +
+              std::to_string(kMaxMessage) + " bytes: connection closed");
+    return false;
+  }
+  return true;
+}
+
+// Reads what arrived and answers the whole messages; false when the connection is to close.
 bool serve_input(Agent& agent, Client& c) {
   uint8_t buf[16384];
   bool open = true;
-  for (;;) {
+  while (wants_input(c)) {
     ssize_t n = recv(c.fd, buf, sizeof buf, 0);
     if (n > 0) {
       c.in.feed(buf, size_t(n));
@@ -132,17 +160,8 @@ bool serve_input(Agent& agent, Client& c) {
     open = false;  // closed, or an error: answer what came before it
     break;
   }
-  while (auto m = c.in.next()) {
-    Bytes reply = agent.handle(c.peer, m->data(), m->size());
-    Bytes f = frame(reply);
-    c.out.insert(c.out.end(), f.begin(), f.end());
-  }
-  if (c.in.broken()) {
-    log_error("client pid " + std::to_string(c.peer.pid) + " sent a message of length 0 or over " +
-              std::to_string(kMaxMessage) + " bytes: connection closed");
-    return false;
-  }
-  return open;
+  const bool ok = answer(agent, c);
+  return ok && open;
 }
 
 }  // namespace
@@ -239,6 +258,13 @@ Result<int> listen_on(const std::string& path, bool create_dir) {
 }
 
 void serve(Agent& agent, int listen_fd, const volatile std::sig_atomic_t& stop) {
+  // The stopping signals are let in only while ppoll waits: one that came between the check of
+  // `stop` and the wait would otherwise go unnoticed until the wait ended.
+  sigset_t stopping, waiting;
+  sigemptyset(&stopping);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&stopping, sig);
+  pthread_sigmask(SIG_BLOCK, &stopping, &waiting);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigdelset(&waiting, sig);
   std::list<Client> clients;
   std::vector<pollfd> fds;
   std::vector<Client*> order;
@@ -249,11 +275,13 @@ void serve(Agent& agent, int listen_fd, const volatile std::sig_atomic_t& stop) 
     fds.push_back({listen_fd, POLLIN, 0});
     for (auto& c : clients) {
       // A client that does not read its answers is not read from either, until it catches up.
-      const short in = c.out.size() < kMaxUnread ? POLLIN : 0;
+      const short in = wants_input(c) ? POLLIN : 0;
       fds.push_back({c.fd, short(in | (c.out.empty() ? 0 : POLLOUT)), 0});
       order.push_back(&c);
     }
-    int n = poll(fds.data(), fds.size(), expiry_ms < 0 ? 60000 : std::min(expiry_ms + 1, 60000));
+    const int wait_ms = expiry_ms < 0 ? 60000 : std::min(expiry_ms + 1, 60000);
+    const timespec wait{wait_ms / 1000, long(wait_ms % 1000) * 1000000};
+    int n = ppoll(fds.data(), fds.size(), &wait, &waiting);
     if (n < 0) {
       if (errno == EINTR) continue;
       log_error("poll: " + errno_text());
@@ -265,15 +293,24 @@ void serve(Agent& agent, int listen_fd, const volatile std::sig_atomic_t& stop) 
       if (fds[i].revents & (POLLIN | POLLHUP | POLLERR) && (fds[i].events & POLLIN)) ok = serve_input(agent, c);
       else if (fds[i].revents & (POLLHUP | POLLERR)) ok = false;
       if (ok && !c.out.empty()) ok = flush(c);
+      // Requests held back while the answers piled up, now that the client has read them: until
+      // answers wait again (POLLOUT brings the client back) or none is left (nor would POLLIN).
+      while (ok && c.out.empty()) {
+        const size_t left = c.in.buffered();
+        ok = answer(agent, c) && (c.out.empty() || flush(c));
+        if (c.in.buffered() == left) break;
+      }
       if (!ok) {
         if (!c.out.empty()) flush(c);  // the answers to what came before, if they fit
         close_client(c);
       }
     }
-    if (fds[0].revents & POLLIN) accept_clients(listen_fd, clients);
+    // Closed connections go first, so the places they leave count for new ones.
     clients.remove_if([](const Client& c) { return c.fd < 0; });
+    if (fds[0].revents & POLLIN) accept_clients(listen_fd, clients);
   }
   for (auto& c : clients) close_client(c);
+  pthread_sigmask(SIG_UNBLOCK, &stopping, nullptr);
 }
 
 }  // namespace tpmkey::agent

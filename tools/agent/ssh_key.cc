@@ -3,6 +3,7 @@
 #include <openssl/core_names.h>
 #include <openssl/rsa.h>
 
+#include <bit>
 #include <cstring>
 
 namespace tpmkey::agent {
@@ -37,16 +38,23 @@ const char* curve_group(std::string_view curve) {
 // RFC 5656: the hash goes with the curve.
 const char* curve_digest(int bits) { return bits <= 256 ? "SHA256" : bits <= 384 ? "SHA384" : "SHA512"; }
 
-Result<EvpPkeyPtr> from_params(OSSL_LIB_CTX* libctx, const char* type, OSSL_PARAM_BLD* bld) {
+// A default-provider key of `type` from the parameters in `bld`; `selection`: EVP_PKEY_KEYPAIR or
+// EVP_PKEY_PUBLIC_KEY.
+Result<EvpPkeyPtr> fromdata(OSSL_LIB_CTX* libctx, const char* type, int selection, OSSL_PARAM_BLD* bld) {
   ParamPtr params(OSSL_PARAM_BLD_to_param(bld));
   EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_name(libctx, type, "provider=default"));
   EVP_PKEY* pkey = nullptr;
   if (!params || !ctx || EVP_PKEY_fromdata_init(ctx.get()) <= 0 ||
-      EVP_PKEY_fromdata(ctx.get(), &pkey, EVP_PKEY_KEYPAIR, params.get()) <= 0)
+      EVP_PKEY_fromdata(ctx.get(), &pkey, selection, params.get()) <= 0)
     return openssl_error("cannot make the key");
-  EvpPkeyPtr out(pkey);
+  return EvpPkeyPtr(pkey);
+}
+
+Result<EvpPkeyPtr> from_params(OSSL_LIB_CTX* libctx, const char* type, OSSL_PARAM_BLD* bld) {
+  auto out = fromdata(libctx, type, EVP_PKEY_KEYPAIR, bld);
+  if (!out) return out;
   // The private half must belong to the public half it came with.
-  EvpPkeyCtxPtr check(EVP_PKEY_CTX_new_from_pkey(libctx, pkey, "provider=default"));
+  EvpPkeyCtxPtr check(EVP_PKEY_CTX_new_from_pkey(libctx, out->get(), "provider=default"));
   if (!check || EVP_PKEY_pairwise_check(check.get()) <= 0) {
     ERR_clear_error();
     return make_error(Reason::kMalformedKey, "the private key does not match its public key");
@@ -78,7 +86,9 @@ Result<PrivateKey> read_rsa(SshReader& r, OSSL_LIB_CTX* libctx) {
   SshView n, e, d, iqmp, p, q;
   if (!r.mpint(&n) || !r.mpint(&e) || !r.mpint(&d) || !r.mpint(&iqmp) || !r.mpint(&p) || !r.mpint(&q))
     return make_error(Reason::kMalformedKey, "truncated RSA key");
-  if (n.size * 8 < 1024 || n.size > 16384 / 8) return make_error(Reason::kUnsupported, "RSA keys need 1024 to 16384 bits");
+  // In bits, as OpenSSH counts (a 1020-bit modulus has 128 bytes too); mpint() dropped leading zeros.
+  const size_t n_bits = n.size ? (n.size - 1) * 8 + size_t(std::bit_width(unsigned(n.data[0]))) : 0;
+  if (n_bits < 1024 || n_bits > 16384) return make_error(Reason::kUnsupported, "RSA keys need 1024 to 16384 bits");
   auto bn = [](SshView v, bool secret) {
     BignumPtr b(secret ? BN_secure_new() : BN_new());
     if (b && !BN_bin2bn(v.data, int(v.size), b.get())) b.reset();
@@ -248,6 +258,92 @@ Result<PrivateKey> read_private_key(SshReader& r, OSSL_LIB_CTX* libctx) {
   if (t.rfind("ecdsa-sha2-", 0) == 0) return read_ecdsa(r, t, libctx);
   return make_error(Reason::kUnsupported,
                     "unsupported key type (Ed25519, ECDSA and RSA keys are; certificates and security keys are not)");
+}
+
+Result<EvpPkeyPtr> public_key_from_blob(const Bytes& blob, OSSL_LIB_CTX* libctx) {
+  SshReader r(blob.data(), blob.size());
+  SshView type;
+  if (!r.string(&type)) return make_error(Reason::kMalformedKey, "not a public key blob");
+  const std::string_view t = type.text();
+  ParamBldPtr bld(OSSL_PARAM_BLD_new());
+  const char* keytype = nullptr;
+  BignumPtr n, e;
+  if (t == "ssh-ed25519") {
+    SshView a;
+    if (!r.string(&a) || a.size != 32 || !r.done()) return make_error(Reason::kMalformedKey, "not an Ed25519 key blob");
+    EvpPkeyPtr pkey(EVP_PKEY_new_raw_public_key_ex(libctx, "ED25519", "provider=default", a.data, a.size));
+    if (!pkey) return openssl_error("cannot read the Ed25519 key");
+    return pkey;
+  } else if (t.rfind("ecdsa-sha2-", 0) == 0) {
+    SshView curve, q;
+    if (!r.string(&curve) || !r.string(&q) || !r.done()) return make_error(Reason::kMalformedKey, "not an ECDSA key blob");
+    const char* group = curve_group(curve.text());
+    if (!group || t != "ecdsa-sha2-" + std::string(curve.text())) return make_error(Reason::kUnsupported, "unsupported ECDSA curve");
+    keytype = "EC";
+    if (!bld || !OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME, group, 0) ||
+        !OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY, q.data, q.size))
+      return openssl_error("cannot read the ECDSA key");
+  } else if (t == "ssh-rsa") {
+    SshView ev, nv;
+    if (!r.mpint(&ev) || !r.mpint(&nv) || !r.done()) return make_error(Reason::kMalformedKey, "not an RSA key blob");
+    n.reset(BN_bin2bn(nv.data, int(nv.size), nullptr));
+    e.reset(BN_bin2bn(ev.data, int(ev.size), nullptr));
+    keytype = "RSA";
+    if (!bld || !n || !e || !OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_N, n.get()) ||
+        !OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_E, e.get()))
+      return openssl_error("cannot read the RSA key");
+  } else {
+    return make_error(Reason::kUnsupported, "unsupported key type");
+  }
+  return fromdata(libctx, keytype, EVP_PKEY_PUBLIC_KEY, bld.get());
+}
+
+bool ssh_verify(const Bytes& key_blob, OSSL_LIB_CTX* libctx, const uint8_t* sig_blob, size_t sig_size,
+                const uint8_t* data, size_t size) {
+  auto pkey = public_key_from_blob(key_blob, libctx);
+  if (!pkey) return false;
+  SshReader r(sig_blob, sig_size);
+  SshView alg, sig;
+  if (!r.string(&alg) || !r.string(&sig) || !r.done()) return false;
+  const std::string type = blob_type(key_blob);
+  const char* digest = nullptr;
+  Bytes raw = sig.bytes();
+  if (type == "ssh-ed25519") {
+    if (alg.text() != type) return false;
+  } else if (type.rfind("ecdsa-sha2-", 0) == 0) {
+    if (alg.text() != type) return false;
+    digest = curve_digest(EVP_PKEY_get_bits(pkey->get()));
+    // mpint r, mpint s to DER.
+    SshReader rs(sig.data, sig.size);
+    SshView rv, sv;
+    if (!rs.mpint(&rv) || !rs.mpint(&sv) || !rs.done()) return false;
+    EcdsaSigPtr es(ECDSA_SIG_new());
+    BIGNUM* br = BN_bin2bn(rv.data, int(rv.size), nullptr);
+    BIGNUM* bs = BN_bin2bn(sv.data, int(sv.size), nullptr);
+    if (!es || !br || !bs || !ECDSA_SIG_set0(es.get(), br, bs)) {
+      BN_free(br);
+      BN_free(bs);
+      return false;
+    }
+    unsigned char* der = nullptr;
+    int len = i2d_ECDSA_SIG(es.get(), &der);
+    if (len <= 0) return false;
+    raw.assign(der, der + len);
+    OPENSSL_free(der);
+  } else if (type == "ssh-rsa") {
+    if (alg.text() == "rsa-sha2-256") digest = "SHA256";
+    else if (alg.text() == "rsa-sha2-512") digest = "SHA512";
+    else return false;
+  } else {
+    return false;
+  }
+  EvpMdCtxPtr md(EVP_MD_CTX_new());
+  EVP_PKEY_CTX* pctx = nullptr;
+  const bool ok = md && EVP_DigestVerifyInit_ex(md.get(), &pctx, digest, libctx, "provider=default", pkey->get(), nullptr) > 0 &&
+                  (type != "ssh-rsa" || EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) > 0) &&
+                  EVP_DigestVerify(md.get(), raw.data(), raw.size(), data, size) == 1;
+  ERR_clear_error();
+  return ok;
 }
 
 }  // namespace tpmkey::agent

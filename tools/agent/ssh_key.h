@@ -27,6 +27,13 @@ std::string blob_type(const Bytes& blob);
 Result<Bytes> ssh_sign(EVP_PKEY* pkey, OSSL_LIB_CTX* libctx, const uint8_t* data, size_t size, uint32_t flags,
                        bool allow_sha1);
 
+// A public key blob as an EVP_PKEY of the default provider (Ed25519, ECDSA, RSA).
+Result<EvpPkeyPtr> public_key_from_blob(const Bytes& blob, OSSL_LIB_CTX* libctx);
+// Whether `sig_blob` (string algorithm, string signature) is a valid signature over `data` by the
+// key `key_blob`, in an algorithm that goes with it (RSA: rsa-sha2-256 or -512).
+bool ssh_verify(const Bytes& key_blob, OSSL_LIB_CTX* libctx, const uint8_t* sig_blob, size_t sig_size,
+                const uint8_t* data, size_t size);
+
 // A software key from an ADD_IDENTITY message, read from its key type on to just before the
 // comment. Ed25519, ECDSA (P-256/384/521) and RSA (1024 bits and more, as OpenSSH); the halves must match.
 // Its private parts live in OpenSSL's secure heap when the agent set one up.
