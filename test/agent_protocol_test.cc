@@ -1251,8 +1251,15 @@ TEST_F(AgentProtocolTest, ClientThatNeverReadsIsBounded) {
   const long rss_after = rss_kib(agent->pid());
   std::cout << "[ measured ] " << sent << " bytes of requests sent, agent memory " << rss_before << " -> " << rss_after << " KiB\n";
   EXPECT_TRUE(stalled) << "the agent kept reading: " << sent << " bytes of requests in 5 s";
-  EXPECT_LT(rss_after - rss_before, 16 * 1024) << "the agent's memory grew from " << rss_before << " to " << rss_after
-                                               << " KiB";
+  // The sanitizer build's allocator keeps freed memory in quarantine (up to 256 MiB): there the
+  // bound shows only that the growth stops, not how small the queue is.
+#ifdef TPMKEY_SANITIZED
+  constexpr long kGrowthKib = 128 * 1024;
+#else
+  constexpr long kGrowthKib = 16 * 1024;
+#endif
+  EXPECT_LT(rss_after - rss_before, kGrowthKib) << "the agent's memory grew from " << rss_before << " to " << rss_after
+                                                << " KiB";
   EXPECT_TRUE(still_serves(reference));
 
   // Every whole request sent is answered, with the same answer.

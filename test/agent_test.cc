@@ -269,6 +269,28 @@ TEST_F(AgentTest, KeysOfAnotherAgent) {
   stop_child(upstream);
 }
 
+// A key that lived in a file, imported into the TPM (tpmkey import): the authorized_keys line
+// made from the original file still logs in, now signed by the TPM through the agent.
+TEST_F(AgentTest, ImportedKeyLogsInWithTheOriginalPublicKey) {
+  for (const char* type : {"EC", "RSA"}) {
+    SCOPED_TRACE(type);
+    const std::string file = dir_ + "/original-" + type + ".pem";
+    std::vector<std::string> gen = {"openssl", "genpkey", "-algorithm", type, "-out", file};
+    if (std::string(type) == "EC") gen.insert(gen.end(), {"-pkeyopt", "ec_paramgen_curve:P-256"});
+    ASSERT_OK(run(gen));
+    chmod(file.c_str(), 0600);
+    CommandResult original_pub = run({"ssh-keygen", "-y", "-f", file});
+    ASSERT_OK(original_pub);
+    const std::string name = std::string("imported-") + type;
+    ASSERT_OK(tpmkey({"import", name, file}));
+    auto a = agent();
+    Sshd sshd({.authorized_keys = {original_pub.out}});
+    EXPECT_OK(login(sshd, a->socket())) << a->log() << sshd.log();
+    EXPECT_TRUE(accepted(sshd, original_pub.out));
+    EXPECT_EQ(a->stop(), 0) << a->log();
+  }
+}
+
 TEST_F(AgentTest, GitCloneAndPushOverSsh) {
   const std::string pub = create("git");
   auto a = agent();
