@@ -23,7 +23,8 @@ bool oid_is(const der::Tlv& t, const uint8_t* oid, size_t n) {
   return t.length == n && std::memcmp(t.value, oid, n) == 0;
 }
 
-Result<KeyFile> parse_der(const uint8_t* data, size_t size) {
+// `seed`: parse an importable key (and only that) into it; nullptr: a loadable key.
+Result<KeyFile> parse_der(const uint8_t* data, size_t size, TPM2B_ENCRYPTED_SECRET* seed = nullptr) {
   der::Reader outer(data, size);
   auto seq = outer.next_if(der::kSequence);
   if (!seq) return bad(looks_like_tss2_der(data, size) ? "truncated TSS2 PRIVATE KEY" : "not a TSS2 PRIVATE KEY structure");
@@ -32,11 +33,15 @@ Result<KeyFile> parse_der(const uint8_t* data, size_t size) {
 
   auto oid = r.next_if(der::kOid);
   if (!oid) return bad("missing key type OID");
-  if (oid_is(*oid, kOidImportable, sizeof kOidImportable))
-    return make_error(Reason::kUnsupported, "importable (duplicated) keys are not supported yet");
+  const bool importable = oid_is(*oid, kOidImportable, sizeof kOidImportable);
+  if (importable && !seed)
+    return make_error(Reason::kUnsupported,
+                      "an importable key (wrapped for a TPM, not yet imported): bring it in with \"tpmkey import NAME "
+                      "FILE\" on the TPM it was wrapped for");
   if (oid_is(*oid, kOidSealed, sizeof kOidSealed))
     return make_error(Reason::kUnsupported, "the file holds sealed data, not a key");
-  if (!oid_is(*oid, kOidLoadable, sizeof kOidLoadable)) return bad("unknown key type OID");
+  if (!importable && seed) return bad("not an importable key file (its type is not importableKey)");
+  if (!importable && !oid_is(*oid, kOidLoadable, sizeof kOidLoadable)) return bad("unknown key type OID");
 
   KeyFile kf;
   kf.empty_auth = false;  // absent emptyAuth means the key has a password
@@ -46,10 +51,27 @@ Result<KeyFile> parse_der(const uint8_t* data, size_t size) {
     if (!v || v->length != 1 || !b.at_end()) return bad("bad emptyAuth field");
     kf.empty_auth = v->value[0] != 0;
   }
-  for (int tag : {1, 2, 3}) {
-    if (r.next_if(der::context_tag(tag)))
-      return make_error(Reason::kUnsupported, "keys with authorization policies are not supported yet");
+  if (r.next_if(der::context_tag(1)))
+    return make_error(Reason::kUnsupported, "keys with authorization policies are not supported yet");
+  if (auto t = r.next_if(der::context_tag(2))) {
+    if (!seed) return bad("a loadable key with a secret field");
+    der::Reader b(t->value, t->length);
+    auto v = b.next_if(der::kOctetString);
+    if (!v || !b.at_end()) return bad("bad secret field");
+    // The draft keeps the TPM2B_ENCRYPTED_SECRET's contents; a marshalled one (its 16-bit size
+    // first) is taken too. For an ECC parent the contents begin with the point's x size, never
+    // with the total length less two, so the two cannot be confused.
+    const uint8_t* p = v->value;
+    size_t n = v->length;
+    if (n >= 2 && size_t(p[0] << 8 | p[1]) == n - 2) p += 2, n -= 2;
+    if (n == 0 || n > sizeof seed->secret) return bad("bad secret field (the encrypted seed)");
+    seed->size = uint16_t(n);
+    std::memcpy(seed->secret, p, n);
+  } else if (seed) {
+    return bad("an importable key without its secret field (the encrypted seed)");
   }
+  if (r.next_if(der::context_tag(3)))
+    return make_error(Reason::kUnsupported, "keys with authorization policies are not supported yet");
   if (auto t = r.next_if(der::context_tag(4))) {
     der::Reader b(t->value, t->length);
     auto v = b.next_if(der::kUtf8String);
@@ -123,19 +145,26 @@ Result<KeyFile> parse_keyfile(const uint8_t* data, size_t size) {
   return result;
 }
 
-Bytes keyfile_der(const KeyFile& kf) {
+namespace {
+
+Bytes write_der(const KeyFile& kf, const TPM2B_ENCRYPTED_SECRET* seed) {
   uint8_t pub[sizeof(TPM2B_PUBLIC)], priv[sizeof(TPM2B_PRIVATE)];
   size_t pub_len = 0, priv_len = 0;
   Tss2_MU_TPM2B_PUBLIC_Marshal(&kf.pub, pub, sizeof pub, &pub_len);
   Tss2_MU_TPM2B_PRIVATE_Marshal(&kf.priv, priv, sizeof priv, &priv_len);
 
-  static constexpr uint8_t kOid[] = {0x67, 0x81, 0x05, 0x0A, 0x01, 0x03};
   der::Writer body;
-  body.tlv(der::kOid, kOid, sizeof kOid);
+  if (seed) body.tlv(der::kOid, kOidImportable, sizeof kOidImportable);
+  else body.tlv(der::kOid, kOidLoadable, sizeof kOidLoadable);
   if (kf.empty_auth) {
     der::Writer b;
     b.boolean(true);
     body.tlv(der::context_tag(0), b.bytes());
+  }
+  if (seed) {
+    der::Writer b;
+    b.tlv(der::kOctetString, seed->secret, seed->size);
+    body.tlv(der::context_tag(2), b.bytes());
   }
   if (!kf.description.empty()) {
     der::Writer d;
@@ -150,13 +179,56 @@ Bytes keyfile_der(const KeyFile& kf) {
   return out.bytes();
 }
 
-std::string keyfile_pem(const KeyFile& kf) {
-  Bytes d = keyfile_der(kf);
+std::string pem_of(const Bytes& d) {
   BioPtr bio(BIO_new(BIO_s_mem()));
   PEM_write_bio(bio.get(), kTss2PemLabel, "", d.data(), long(d.size()));
   char* p = nullptr;
   long n = BIO_get_mem_data(bio.get(), &p);
   return std::string(p, size_t(n));
+}
+
+// The DER of a PEM or DER key file (empty if unreadable).
+Bytes der_of(const uint8_t* data, size_t size) {
+  if (size > 0 && data[0] == der::kSequence) return Bytes(data, data + size);
+  BioPtr bio(BIO_new_mem_buf(data, int(size)));
+  char *name = nullptr, *header = nullptr;
+  unsigned char* body = nullptr;
+  long len = 0;
+  Bytes out;
+  if (bio && PEM_read_bio(bio.get(), &name, &header, &body, &len) == 1 && std::strcmp(name, kTss2PemLabel) == 0)
+    out.assign(body, body + len);
+  ERR_clear_error();
+  OPENSSL_free(name);
+  OPENSSL_free(header);
+  OPENSSL_free(body);
+  return out;
+}
+
+}  // namespace
+
+Bytes keyfile_der(const KeyFile& kf) { return write_der(kf, nullptr); }
+std::string keyfile_pem(const KeyFile& kf) { return pem_of(write_der(kf, nullptr)); }
+Bytes importable_keyfile_der(const ImportableKeyFile& kf) { return write_der(kf.key, &kf.sym_seed); }
+std::string importable_keyfile_pem(const ImportableKeyFile& kf) { return pem_of(write_der(kf.key, &kf.sym_seed)); }
+
+bool is_importable_keyfile(const uint8_t* data, size_t size) {
+  const Bytes d = der_of(data, size);
+  der::Reader outer(d.data(), d.size());
+  auto seq = outer.next_if(der::kSequence);
+  if (!seq) return false;
+  der::Reader r(seq->value, seq->length);
+  auto oid = r.next_if(der::kOid);
+  return oid && oid_is(*oid, kOidImportable, sizeof kOidImportable);
+}
+
+Result<ImportableKeyFile> parse_importable_keyfile(const uint8_t* data, size_t size) {
+  const Bytes d = der_of(data, size);
+  if (d.empty()) return bad("not a TSS2 PRIVATE KEY file (PEM or DER)");
+  ImportableKeyFile out;
+  auto kf = parse_der(d.data(), d.size(), &out.sym_seed);
+  if (!kf) return kf.take_error();
+  out.key = std::move(*kf);
+  return out;
 }
 
 }  // namespace tpmkey

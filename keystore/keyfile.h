@@ -26,8 +26,23 @@ struct KeyFile {
   uint32_t persistent = 0;
 };
 
-// Accepts PEM ("-----BEGIN TSS2 PRIVATE KEY-----") or DER.
+// Accepts PEM ("-----BEGIN TSS2 PRIVATE KEY-----") or DER. An importable key (below) is refused
+// with a pointer to `tpmkey import`: its private blob is a duplicate, which TPM2_Load cannot take.
 Result<KeyFile> parse_keyfile(const uint8_t* data, size_t size);
+
+// An importable key (type importableKey, 2.23.133.10.1.4): a key wrapped in software for a parent
+// it has not met yet (`tpmkey wrap`). `key.priv` is the duplication blob (TPM2_Import's
+// `duplicate`), `sym_seed` the seed encrypted to the parent (`inSymSeed`), kept in the [2] secret
+// field as the TPM2B_ENCRYPTED_SECRET's contents.
+struct ImportableKeyFile {
+  KeyFile key;
+  TPM2B_ENCRYPTED_SECRET sym_seed{};
+};
+// Whether PEM or DER `data` is an importable key file (its type OID; nothing else is checked).
+bool is_importable_keyfile(const uint8_t* data, size_t size);
+Result<ImportableKeyFile> parse_importable_keyfile(const uint8_t* data, size_t size);
+Bytes importable_keyfile_der(const ImportableKeyFile& kf);
+std::string importable_keyfile_pem(const ImportableKeyFile& kf);
 // Whether DER `data` begins like a TPM 2.0 key file: a SEQUENCE whose first element is an OID
 // under 2.23.133.10.1. Looks at the first bytes only, so a truncated file still answers yes.
 bool looks_like_tss2_der(const uint8_t* data, size_t size);

@@ -93,6 +93,34 @@ Status Keystore::add(const std::string& name, const KeyFile& kf) const {
   return write_file_exclusive(path_of(name), pem);
 }
 
+Status Keystore::replace(const std::string& name, const KeyFile& kf) const {
+  TPMKEY_TRY(validate_name(name));
+  const std::string what = "replace(tpm2:" + name + ")";
+  if (!exists(name))
+    return make_error(Reason::kKeyNotFound, "no key named \"" + name + "\" in the keystore " + dir_).context(what);
+  if (kf.persistent || access(handle_path_of(name).c_str(), F_OK) == 0)
+    return make_error(Reason::kUnsupported, "the key is persistent (" + handle_path_of(name) + ")").context(what);
+  const std::string pem = keyfile_pem(kf);
+  if (pem.size() > kMaxKeyFileSize)
+    return make_error(Reason::kInvalidArgument, "the key file would be larger than " +
+                                                    std::to_string(kMaxKeyFileSize / 1024) + " KiB")
+        .context(what);
+  // A temporary name that files.h recognizes, so that an orphan of a killed writer is removed.
+  unsigned char rnd[8];
+  if (RAND_bytes(rnd, sizeof rnd) != 1) return make_error(Reason::kInternal, "the random generator failed").context(what);
+  char suffix[32];
+  std::snprintf(suffix, sizeof suffix, ".tmp-%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3], rnd[4],
+                rnd[5], rnd[6], rnd[7]);
+  const std::string tmp = dir_ + "/." + name + std::string(kSuffix) + suffix;
+  TPMKEY_TRY(write_file_exclusive(tmp, pem));  // 0600, fsynced
+  if (rename(tmp.c_str(), path_of(name).c_str()) != 0) {
+    const int err = errno;
+    unlink(tmp.c_str());
+    return io_error("rename(" + tmp + ")", err);
+  }
+  return fsync_dir(dir_);
+}
+
 Status Keystore::remove(const std::string& name) const {
   TPMKEY_TRY(validate_name(name));
   unlink(handle_path_of(name).c_str());

@@ -1,4 +1,5 @@
-// The keystore: a directory of TSS2 PRIVATE KEY PEM files, one per key, named NAME.pem.
+// The keystore: a directory of TSS2 PRIVATE KEY PEM files, one per key, named NAME.pem: listed,
+// read, added (never overwriting), replaced atomically (a changed password), removed.
 #pragma once
 
 #include <optional>
@@ -34,6 +35,10 @@ class Keystore {
   // Creates NAME.pem (0600) atomically, and NAME.handle when kf.persistent is set; refuses to
   // replace an existing key. read() fills kf.persistent from NAME.handle.
   Status add(const std::string& name, const KeyFile& kf) const;
+  // Replaces an existing NAME.pem atomically (0600): the new file is written under a temporary
+  // name (files.h) and renamed over the old one, so a reader sees the old or the new key file,
+  // never a mix. A key with NAME.handle (persistent) is refused: its TPM copy would not change.
+  Status replace(const std::string& name, const KeyFile& kf) const;
   Status remove(const std::string& name) const;
 
   // The SRK pin, kept in the keystore directory as srk.pin (text). nullopt if there is none yet.

@@ -24,6 +24,11 @@ std::string create_what(const std::string& name) { return "create(tpm2:" + name 
 std::string import_what(const std::string& name) { return "import-file(tpm2:" + name + ")"; }
 std::string import_key_what(const std::string& name) { return "import(tpm2:" + name + ")"; }
 std::string delete_what(const std::string& name) { return "delete(tpm2:" + name + ")"; }
+std::string passwd_what(const std::string& name) { return "passwd(tpm2:" + name + ")"; }
+
+constexpr const char* kPersistentPasswd =
+    "the password of a persistent key cannot be changed: TPM2_ObjectChangeAuth makes a new key blob, and the "
+    "persistent object in the TPM would keep the old password";
 
 // A new key's password: not empty (no password is nullopt), and no longer than the TPM takes.
 Status check_new_password(const std::optional<SecretBytes>& password, const std::string& what) {
@@ -264,6 +269,56 @@ Result<ImportedPrivateKey> import_private_key(Context& ctx, PrivateKeyImport imp
   out.format = import.key.format;
   out.encrypted = import.key.encrypted;
   out.password = !auth.empty();
+  return out;
+}
+
+// ---- passwd ----
+
+Result<PasswordTarget> open_passwd(Context& ctx, const std::string& arg) {
+  std::string name = arg;
+  if (arg.rfind("tpm2:", 0) == 0) {
+    auto uri = parse_uri(arg);
+    if (!uri) return uri.take_error().context("passwd(" + arg + ")");
+    if (uri->handle) return make_error(Reason::kUnsupported, kPersistentPasswd).context("passwd(" + arg + ")");
+    if (!uri->name)
+      return make_error(Reason::kInvalidArgument, "give a keystore key's name (tpm2:NAME)").context("passwd(" + arg + ")");
+    name = *uri->name;
+  }
+  TPMKEY_TRY(validate_name(name));
+  const std::string what = passwd_what(name);
+  auto kf = ctx.keystore().read(name);
+  if (!kf) return kf.take_error().context(what);
+  if (kf->persistent)
+    return make_error(Reason::kUnsupported, std::string(kPersistentPasswd) + " (" + hex32(kf->persistent) +
+                                                "); create a new key instead")
+        .context(what);
+  PasswordTarget out;
+  out.name = name;
+  out.file = std::move(*kf);
+  return out;
+}
+
+Result<ChangedPassword> change_password(Context& ctx, const PasswordTarget& target, const PasswordChange& change) {
+  const std::string what = passwd_what(target.name);
+  TPMKEY_TRY(check_new_password(change.new_password, what));
+  if (target.has_password() && !change.old_password)
+    return make_error(Reason::kAuthFailed, "the key has a password; the current one is needed").context(what);
+  const SecretBytes none;
+  const SecretBytes& old_auth = target.has_password() ? *change.old_password : none;
+  const SecretBytes& new_auth = change.new_password ? *change.new_password : none;
+  auto tpm = ctx.tpm();
+  if (!tpm) return tpm.take_error().context(what);
+  auto priv = (*tpm)->change_auth(target.file, old_auth, new_auth);
+  if (!priv) return priv.take_error().context(what);  // nothing written
+  KeyFile kf = target.file;
+  kf.priv = *priv;
+  kf.empty_auth = new_auth.empty();
+  if (Status st = ctx.keystore().replace(target.name, kf); !st) return st.take_error().context(what);
+  ChangedPassword out;
+  out.path = ctx.keystore().path_of(target.name);
+  out.had_password = target.has_password();
+  out.password = !new_auth.empty();
+  out.no_da = kf.pub.publicArea.objectAttributes & TPMA_OBJECT_NODA;
   return out;
 }
 

@@ -1,9 +1,9 @@
-// Keystore management: what the CLI's commands do (create, import, import-file, delete, init), as
+// Keystore management: what the CLI's commands do (create, import, import-file, passwd, delete, init), as
 // plain functions returning Result/Status. Nothing here prompts, asks for confirmation or prints:
 // the caller obtains passwords (from a terminal or a file) and passes them in (a source file's
 // passphrase as a callback, asked only when the file is encrypted), and reports what was done from
 // the returned description. Errors carry the operation as their outer context ("create(tpm2:NAME)",
-// "import(tpm2:NAME)", "import-file(tpm2:NAME)", "delete(tpm2:NAME)", "init(DIR)").
+// "import(tpm2:NAME)", "import-file(tpm2:NAME)", "passwd(tpm2:NAME)", "delete(tpm2:NAME)", "init(DIR)").
 #pragma once
 
 #include <cstdint>
@@ -137,6 +137,40 @@ struct ImportedPrivateKey {
 // is neither fixedTPM nor fixedParent (TPM2_Import refuses those) and has sensitiveDataOrigin
 // clear; with an empty authPolicy, TPM2_Duplicate can never be authorized for it.
 Result<ImportedPrivateKey> import_private_key(Context& ctx, PrivateKeyImport import, PrivateKeyOptions opts);
+
+// ---- passwd ----
+
+// A keystore entry whose password is to be changed, read before any question is asked (the
+// caller learns whether to ask for the current password).
+struct PasswordTarget {
+  std::string name;
+  KeyFile file;
+  bool has_password() const { return !file.empty_auth; }
+};
+
+// Reads NAME (or tpm2:NAME) from the keystore. Refused with the reason: a persistent key (made
+// with --persistent: NAME.handle) or a tpm2:handle= URI, since TPM2_ObjectChangeAuth makes a new
+// blob and the persistent object would keep the old password. No TPM command.
+Result<PasswordTarget> open_passwd(Context& ctx, const std::string& name);
+
+struct PasswordChange {
+  std::optional<SecretBytes> old_password;  // the current password; needed when the key has one
+  // nullopt: remove the password. Empty, or longer than kMaxPasswordBytes, is refused before the
+  // TPM is asked anything.
+  std::optional<SecretBytes> new_password;
+};
+
+struct ChangedPassword {
+  std::string path;           // the keystore entry replaced
+  bool had_password = false;
+  bool password = false;      // the key has a password now
+  bool no_da = false;         // noDA (made without a password): the TPM does not limit guesses
+};
+
+// TPM2_ObjectChangeAuth (Tpm::change_auth), then the entry replaced atomically with the new blob
+// and emptyAuth. A wrong current password costs one dictionary-attack strike and writes nothing.
+// The old blob (any copy of the old file) still works with the old password.
+Result<ChangedPassword> change_password(Context& ctx, const PasswordTarget& target, const PasswordChange& change);
 
 // ---- delete ----
 

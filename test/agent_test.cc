@@ -122,6 +122,30 @@ TEST_F(AgentTest, OneTpmSignPerLogin) {
   EXPECT_EQ(a->stop(), 0) << a->log();
 }
 
+// On a TPM without a resource manager (swtpm here has 3 object slots for every program), an idle
+// agent gives its slots back: after a quiet second its keys are saved and flushed, and the next
+// login loads them back (TPM2_ContextLoad) and signs.
+TEST_F(AgentTest, IdleAgentGivesTpmSlotsBack) {
+  const std::string pub = create("parked");
+  const std::string other = create("parked-rsa", "rsa2048");
+  auto a = agent();
+  Sshd sshd({.authorized_keys = {pub, other}});
+  ASSERT_OK(login(sshd, a->socket()));
+  for (int round = 0; round < 2; ++round) {
+    TpmHandles held;
+    for (int i = 0; i < 60; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      held = tpm_handles(tcti_);
+      if (held.transient.empty() && i > 25) break;
+    }
+    EXPECT_TRUE(held.transient.empty()) << "an idle agent holds " << held.describe();
+    // Another program can use every slot meanwhile.
+    EXPECT_OK(tpmkey({"create", numbered("meanwhile", round), "--algorithm", "rsa2048"}));
+    EXPECT_OK(login(sshd, a->socket())) << a->log();
+  }
+  EXPECT_EQ(a->stop(), 0) << a->log();
+}
+
 TEST_F(AgentTest, PasswordKeyAddedWithItsPin) {
   const std::string pub = create("locked", "ec-p256", "correct horse");
   auto a = agent();

@@ -11,11 +11,13 @@
 #include <vector>
 
 #include "keystore/context.h"
+#include "keystore/files.h"
 #include "keystore/key.h"
 #include "keystore/manage.h"
 #include "keystore/private_key.h"
 #include "keystore/public_key.h"
 #include "keystore/uri.h"
+#include "keystore/wrap.h"
 #include "tools/agent/main.h"
 #include "tools/prompt.h"
 
@@ -34,6 +36,7 @@ Commands:
   list             list the keys in the keystore
   pubkey NAME      print a key's public key (PEM or OpenSSH)
   delete NAME      delete a key from the keystore
+  passwd NAME      change, set or remove a key's password
   import NAME FILE
                    move an existing RSA or EC private key (PEM or DER: PKCS#1,
                    SEC1, PKCS#8, encrypted or not) into the TPM, stored as NAME
@@ -41,6 +44,10 @@ Commands:
                    add an existing TSS2 key file (tpm2-openssl, tpm2-tools, ...)
                    to the keystore as NAME, after checking that this TPM loads it
   algorithms       show which key algorithms this TPM supports
+  srk [--out FILE] export this TPM's storage root key, for "tpmkey wrap" elsewhere
+  wrap --parent SRK-FILE --from KEY --out FILE
+                   wrap a private key for another machine's TPM (no TPM needed);
+                   "tpmkey import NAME FILE" there brings it in
   agent            an ssh-agent serving the keystore's keys (and ssh-add'ed
                    ones); "tpmkey agent --help" and docs/ssh.md
 
@@ -63,7 +70,8 @@ Keys are used through the OpenSSL provider as tpm2:NAME, for example:
 See docs/uri.md and docs/configuration.md.
 )";
 
-const char* kCreateHelp = R"(Usage: tpmkey create NAME [--algorithm ALG] [--password | --password-file FILE]
+const char* kCreateHelp = R"(Usage: tpmkey create NAME [--algorithm ALG]
+                    [--password | --password-file FILE | --no-password]
                     [--description TEXT] [--persistent HANDLE]
 
 Generates a key inside the TPM and stores its TPM-wrapped blob in the keystore as
@@ -76,6 +84,11 @@ overwritten.
   --algorithm ALG     ec-p256 (default), ec-p384, ec-p521, rsa2048, rsa3072, rsa4096
   --password          protect the key with a password, asked for on the terminal
   --password-file F   protect the key with the password in the first line of F
+  --no-password       no password, without asking
+                      With none of these, the password is asked for on a terminal
+                      (twice; empty for none), and without a terminal the key has
+                      none. A password is at most 32 bytes. A key made without one
+                      is not subject to the TPM's dictionary-attack lockout.
   --description TEXT  a note stored in the key file
   --persistent HANDLE also make the key persistent in the TPM at HANDLE
                       (0x81000000-0x81ffffff; needs the owner hierarchy, with an empty
@@ -179,7 +192,8 @@ Examples:
 )";
 
 const char* kImportHelp = R"(Usage: tpmkey import NAME FILE [--passphrase-file F]
-                    [--password | --password-file F] [--description TEXT]
+                    [--password | --password-file F | --no-password]
+                    [--description TEXT]
 
 Moves an existing RSA or EC private key into this TPM and stores it in the keystore
 as NAME.pem (a standard TSS2 PRIVATE KEY file, mode 0600, written atomically; an
@@ -214,19 +228,26 @@ your backups, remove it, for example with "shred -u FILE" (on journaling, copy-o
 write and flash file systems, shred cannot promise that no copy remains).
 
 A TPM key file (TSS2 PRIVATE KEY, PEM or DER) given as FILE is added as "tpmkey
-import-file" does; --password-file is then the key's existing password.
+import-file" does; --password-file is then the key's existing password. An
+importable key file made by "tpmkey wrap" for this TPM is brought in with
+TPM2_Import under the storage root key, loaded (TPM2_Load) and checked with a
+self-test signature verified with the file's public key; a file wrapped for
+another TPM is refused, naming both storage root keys. --password-file is then
+the password the key was wrapped with.
 
   NAME                 letters, digits, "-", "_" and "." (not first); at most 128
   FILE                 the private key file; it is only read
   --passphrase-file F  FILE's passphrase is the first line of F. Without it, an
                        encrypted FILE's passphrase is asked for on the terminal
   --password           give the new key a password, asked twice on the terminal
-  --password-file F    give the new key the password in the first line of F.
-                       Without either, the key has no password (and, like keys
-                       "tpmkey create" makes without one, is not subject to the
-                       TPM's dictionary-attack lockout). A password is at most
-                       32 bytes: a TPM key's authValue is at most the size of
-                       its name algorithm's digest (SHA-256)
+  --password-file F    give the new key the password in the first line of F
+  --no-password        no password, without asking. With none of these three,
+                       the password is asked for on a terminal (twice; empty
+                       for none); without a terminal the key has no password
+                       (and, like keys "tpmkey create" makes without one, is
+                       not subject to the TPM's dictionary-attack lockout). A
+                       password is at most 32 bytes: a TPM key's authValue is
+                       at most the size of its name algorithm's digest (SHA-256)
   --description TEXT   a note stored in the key file
 
 Refused with the reason, before anything is written or sent to the TPM: a public
@@ -242,6 +263,110 @@ Examples:
   tpmkey import web web.key --description "web server"
   tpmkey import signer signer-enc.pem --passphrase-file pass.txt --password
   shred -u web.key
+)";
+
+const char* kPasswdHelp = R"(Usage: tpmkey passwd NAME [--old-password-file F]
+                    [--password-file F | --no-password]
+
+Changes, sets or removes the password of the keystore key NAME. The TPM makes a
+new key blob with the new password (TPM2_ObjectChangeAuth, authorized with the
+current password; the new one is sent encrypted in tpmkey's salted session), and
+NAME.pem is replaced with it atomically.
+
+  --old-password-file F  the current password is the first line of F (asked for
+                         on the terminal otherwise; not needed for a key without one)
+  --password-file F      the new password is the first line of F
+  --no-password          remove the password
+Without --password-file or --no-password, the new password is asked for on the
+terminal, twice; an empty one removes the password (after a confirmation). A
+password is at most 32 bytes (checked before the TPM is asked anything).
+
+A wrong current password costs one dictionary-attack failure in the TPM, and
+nothing is written. Too many of them put the TPM into lockout: then wait for it
+to recover, or clear it with "tpm2_dictionarylockout --clear-lockout".
+
+The TPM still accepts the OLD key file with the OLD password: it is a different
+blob of the same key. Delete backups and copies of NAME.pem made before the
+change, or the old password keeps working with them.
+
+A key made without a password was made with noDA: the TPM does not count wrong
+guesses of a password set later. For a password the lockout protects, create a
+new key with one. A key made with a password stays subject to the lockout after
+its password is removed.
+
+Persistent keys (made with --persistent, or tpm2:handle=) are refused: the
+persistent object in the TPM would keep the old password. Create a new key.
+)";
+
+const char* kSrkHelp = R"(Usage: tpmkey srk [--out FILE]
+
+Exports the public key of this TPM's storage root key (SRK), so that keys can be
+wrapped for this TPM on another machine ("tpmkey wrap"), without that machine
+having any access to this TPM. The SRK is the one tpmkey uses: the owner primary
+of the standard ECC P-256 storage template (the persistent one at 0x81000001 if
+"tpmkey init" made it so), and it must be the SRK the keystore's pin names (a TPM
+that presents another SRK is refused, as for every other command; without a pin,
+this one is pinned now).
+
+The file has a few lines of explanation, the SRK's TPM name on a line
+"SRK-Name: HEX" (its name algorithm, SHA-256, then the digest of its public
+area), and the public key as a SubjectPublicKeyInfo PEM block, which
+"openssl pkey -pubin -in FILE -text" shows. The name is printed too: compare it
+over another channel with what the wrapping side prints, to be sure the file was
+not swapped on the way.
+
+  --out FILE  write the file (mode 0600, atomically; an existing file is never
+              overwritten). Without it, the file is printed on standard output
+
+Examples:
+  tpmkey srk --out srk.pem
+  ssh build-host tpmkey srk > build-host-srk.pem
+)";
+
+const char* kWrapHelp = R"(Usage: tpmkey wrap --parent SRK-FILE --from KEY --out FILE
+                   [--passphrase-file F] [--password-file F] [--description TEXT]
+
+Wraps an existing RSA or EC private key for one other TPM: the one whose storage
+root key is in SRK-FILE (written there by "tpmkey srk"). FILE is an importable
+TSS2 PRIVATE KEY file (type importableKey, draft-bottomley-tpm2-keys): the key's
+public area, its private part as a duplication blob that only that TPM can open
+(encrypted with a seed shared with its SRK by ECDH, and integrity-protected), and
+the encrypted seed. On that machine, "tpmkey import NAME FILE" brings the key in
+(TPM2_Import, TPM2_Load and a self-test signature), after which it signs as
+tpm2:NAME there, like any key made with "tpmkey import".
+
+wrap uses no TPM at all (--tcti is not used): it works where no TPM is
+reachable, for example on an offline machine that holds the private keys.
+
+SRK-FILE is checked first: its public key with the standard ECC P-256 storage
+template must have the TPM name its SRK-Name line gives, or it is refused. KEY is
+read as "tpmkey import" reads it (PEM or DER: PKCS#1, SEC1, PKCS#8, encrypted or
+not; RSA 2048, 3072 or 4096 bits, EC P-256, P-384 or P-521). FILE names the SRK
+it was made for (an SRK-Name line before the PEM block), so that another TPM
+refuses it before anything is sent to import it.
+
+  --parent SRK-FILE    the target TPM's SRK file ("tpmkey srk --out")
+  --from KEY           the private key to wrap; it is only read
+  --out FILE           the wrapped key file, written with mode 0600 and
+                       atomically; an existing file is never overwritten
+  --passphrase-file F  KEY's passphrase is the first line of F. Without it, an
+                       encrypted KEY's passphrase is asked for on the terminal
+  --password-file F    give the wrapped key the password in the first line of F
+                       (at most 32 bytes); the key then needs it for every
+                       signature on the target TPM. Without it, the key has no
+                       password (and is not subject to the dictionary-attack
+                       lockout)
+  --description TEXT   a note stored in the key file
+
+FILE is protected by the target TPM alone: nobody without that TPM can use it,
+so it can travel over untrusted channels. KEY is left as it was and still holds
+the private key in software: remove it once the import is done and your backups
+are checked (for example "shred -u KEY").
+
+Examples:
+  target$ tpmkey srk --out srk.pem
+  offline$ tpmkey wrap --parent srk.pem --from web.key --out web.wrapped.pem
+  target$ tpmkey import web web.wrapped.pem
 )";
 
 // ---- options ----
@@ -408,6 +533,43 @@ Context make_context(const Args& a) {
 
 // ---- commands ----
 
+// "--password and --password-file exclude each other" when more than one way to give a new key's
+// password is given; empty otherwise.
+std::string password_option_conflict(const Args& a) {
+  std::vector<std::string> given;
+  if (a.has_flag("--password")) given.push_back("--password");
+  if (a.option("--password-file")) given.push_back("--password-file");
+  if (a.has_flag("--no-password")) given.push_back("--no-password");
+  if (given.size() < 2) return "";
+  std::string s = given[0];
+  for (size_t i = 1; i < given.size(); ++i) s += (i + 1 == given.size() ? " and " : ", ") + given[i];
+  return s + " exclude each other";
+}
+
+// A new key's password (create, import): --password-file F (its first line; an empty one is
+// refused), --no-password, --password (asked on the terminal, twice), or, with none of them, asked
+// on a terminal as ssh-keygen does, empty for none. Without a terminal and without an option,
+// scripts get no prompt and a key without a password. nullopt: no password.
+Result<std::optional<SecretBytes>> new_key_password(const Args& a, const std::string& name) {
+  if (auto file = a.option("--password-file")) {
+    auto pw = read_pin_source(*file);
+    if (!pw) return pw.take_error();
+    if (pw->empty()) return make_error(Reason::kInvalidArgument, "the password file is empty");
+    return std::optional<SecretBytes>(std::move(*pw));
+  }
+  if (a.has_flag("--no-password")) return std::optional<SecretBytes>();
+  if (a.has_flag("--password")) {
+    auto pw = prompt_password("Password for the new key " + name + ": ", true);
+    if (!pw) return pw.take_error();
+    return std::optional<SecretBytes>(std::move(*pw));  // an empty one is refused by the core
+  }
+  if (!have_tty()) return std::optional<SecretBytes>();
+  auto pw = prompt_password("Enter a password for the new key (empty for none): ", true);
+  if (!pw) return pw.take_error();
+  if (pw->empty()) return std::optional<SecretBytes>();
+  return std::optional<SecretBytes>(std::move(*pw));
+}
+
 int cmd_create(const Args& a) {
   const std::string& name = a.positional[0];
   std::string alg = a.option("--algorithm").value_or("ec-p256");
@@ -415,8 +577,7 @@ int cmd_create(const Args& a) {
   if (!spec)
     return fail(make_error(Reason::kUnsupported, "unknown algorithm \"" + alg +
                                                      "\" (ec-p256, ec-p384, ec-p521, rsa2048, rsa3072, rsa4096)"));
-  if (a.has_flag("--password") && a.option("--password-file"))
-    return usage_error("create", "--password and --password-file exclude each other");
+  if (std::string conflict = password_option_conflict(a); !conflict.empty()) return usage_error("create", conflict);
   CreateRequest req;
   req.name = name;
   req.spec = spec;
@@ -430,17 +591,9 @@ int cmd_create(const Args& a) {
   Context ctx = make_context(a);
   // Before asking for a password: the name must be free.
   if (Status st = check_create(ctx, name); !st) return fail(st.error());
-  if (auto file = a.option("--password-file")) {
-    auto pw = read_pin_source(*file);
-    if (!pw) return fail(pw.error());
-    if (pw->empty())
-      return fail(make_error(Reason::kInvalidArgument, "the password file is empty").context("create(tpm2:" + name + ")"));
-    req.password = std::move(*pw);
-  } else if (a.has_flag("--password")) {
-    auto pw = prompt_password("Password for the new key " + name + ": ", true);
-    if (!pw) return fail(pw.error());
-    req.password = std::move(*pw);  // create_key refuses an empty one
-  }
+  auto pw = new_key_password(a, name);
+  if (!pw) return fail(pw.take_error().context("create(tpm2:" + name + ")"));
+  req.password = std::move(*pw);
   auto made = create_key(ctx, req);
   if (!made) return fail(made.error());
   std::printf("created tpm2:%s (%s%s) in %s\n", name.c_str(), made->spec->name, made->password ? ", password" : "",
@@ -561,6 +714,72 @@ int cmd_algorithms(const Args& a) {
   return kExitOk;
 }
 
+int cmd_passwd(const Args& a) {
+  if (a.option("--password-file") && a.has_flag("--no-password"))
+    return usage_error("passwd", "--password-file and --no-password exclude each other");
+  Context ctx = make_context(a);
+  auto target = open_passwd(ctx, a.positional[0]);
+  if (!target) return fail(target.error());
+  const std::string label = "tpm2:" + target->name, what = "passwd(" + label + ")";
+  PasswordChange change;
+  if (target->has_password()) {
+    Result<SecretBytes> old = SecretBytes();
+    if (auto file = a.option("--old-password-file")) old = read_pin_source(*file);
+    else if (have_tty()) old = prompt_password("Current password of " + label + ": ", false);
+    else
+      old = make_error(Reason::kAuthFailed,
+                       "the key has a password: give it with --old-password-file (there is no terminal to ask on)");
+    if (!old) return fail(old.take_error().context(what));
+    change.old_password = std::move(*old);
+  } else if (a.option("--old-password-file")) {
+    std::fprintf(stderr, "tpmkey: %s has no password; --old-password-file is not used\n", label.c_str());
+  }
+  if (auto file = a.option("--password-file")) {
+    auto pw = read_pin_source(*file);
+    if (!pw) return fail(pw.take_error().context(what));
+    if (pw->empty())
+      return fail(make_error(Reason::kInvalidArgument,
+                             "the password file is empty (to remove the password, use --no-password)")
+                      .context(what));
+    change.new_password = std::move(*pw);
+  } else if (!a.has_flag("--no-password")) {
+    if (!have_tty())
+      return fail(make_error(Reason::kInvalidArgument,
+                             "give the new password with --password-file, or --no-password to remove it (there is no "
+                             "terminal to ask on)")
+                      .context(what));
+    auto pw = prompt_password("New password for " + label + " (empty for none): ", true);
+    if (!pw) return fail(pw.take_error().context(what));
+    if (!pw->empty()) {
+      change.new_password = std::move(*pw);
+    } else if (target->has_password() &&
+               !confirm_on_tty("Remove the password of " + label + "? Whoever can read its key file can then use it.")) {
+      return fail(make_error(Reason::kInvalidArgument, "not confirmed; nothing changed").context(what));
+    }
+  }
+  if (!target->has_password() && !change.new_password) {
+    std::printf("%s has no password; nothing changed\n", label.c_str());
+    return kExitOk;
+  }
+  auto done = change_password(ctx, *target, change);
+  if (!done) return fail(done.error());
+  if (!done->password)
+    std::printf("removed the password of %s in %s\n", label.c_str(), done->path.c_str());
+  else if (done->had_password)
+    std::printf("changed the password of %s in %s\n", label.c_str(), done->path.c_str());
+  else
+    std::printf("set a password for %s in %s\n", label.c_str(), done->path.c_str());
+  std::printf("The TPM still accepts copies of the old key file with the old password: delete backups and copies of "
+              "%s made before this change.\n",
+              done->path.c_str());
+  if (done->password && done->no_da)
+    std::fprintf(stderr,
+                 "tpmkey: %s was made without a password (noDA): the TPM does not limit guesses of its password. For "
+                 "a password the dictionary-attack lockout protects, create a new key with one.\n",
+                 label.c_str());
+  return kExitOk;
+}
+
 // import-file, and import of a TPM key file.
 int import_tss2_file(const Args& a, Context& ctx, const std::string& name, const std::string& path) {
   auto import = open_import(ctx, name, path);
@@ -601,6 +820,97 @@ int import_tss2_file(const Args& a, Context& ctx, const std::string& name, const
   return kExitOk;
 }
 
+// import of an importable key file (tpmkey wrap): its --password-file is the wrapped key's password.
+int import_wrapped_file(const Args& a, Context& ctx, const std::string& name, const std::string& path) {
+  const std::string what = "import(tpm2:" + name + ")";
+  auto import = open_wrapped(ctx, name, path);
+  if (!import) return fail(import.error());
+  ImportOptions opts;
+  opts.description = a.option("--description");
+  if (import->needs_password()) {
+    Result<SecretBytes> pw = SecretBytes();
+    if (auto file = a.option("--password-file")) {
+      pw = read_pin_source(*file);
+    } else if (have_tty()) {
+      pw = prompt_password("Password of the wrapped key in " + path + ": ", false);
+    } else {
+      pw = make_error(Reason::kAuthFailed, path +
+                                               " was wrapped with a password, which the check needs: give it with "
+                                               "--password-file (there is no terminal to ask on)");
+    }
+    if (!pw) return fail(pw.take_error().context(what));
+    opts.password = std::move(*pw);
+  } else if (a.option("--password-file")) {
+    std::fprintf(stderr, "tpmkey: %s: the key needs no password; --password-file is not used\n", path.c_str());
+  }
+  auto done = import_wrapped_key(ctx, std::move(*import), std::move(opts));
+  if (!done) return fail(done.error());
+  std::printf("imported tpm2:%s (%s%s, imported) from %s (wrapped for this TPM) into %s\n", name.c_str(),
+              done->spec->name, done->password ? ", password" : "", path.c_str(), done->path.c_str());
+  std::printf("checked: this TPM took it in under 0x%08x (owner SRK) with TPM2_Import, loaded it, and its self-test "
+              "signature verified with the file's public key\n",
+              kOwnerParent);
+  return kExitOk;
+}
+
+int cmd_srk(const Args& a) {
+  Context ctx = make_context(a);
+  auto srk = read_tpm_srk(ctx);
+  if (!srk) return fail(srk.error());
+  auto crypto = ctx.crypto();
+  if (!crypto) return fail(crypto.error());
+  auto text = srk_file_text(**crypto, *srk);
+  if (!text) return fail(text.error());
+  auto out = a.option("--out");
+  if (!out) {
+    std::fputs(text->c_str(), stdout);
+    return kExitOk;
+  }
+  if (Status st = write_file_exclusive(*out, *text); !st) return fail(st.take_error().context("srk"));
+  std::printf("wrote the storage root key of this TPM to %s\nSRK name: %s\n", out->c_str(), to_hex(srk->name).c_str());
+  return kExitOk;
+}
+
+int cmd_wrap(const Args& a) {
+  for (const char* required : {"--parent", "--from", "--out"})
+    if (!a.option(required)) return usage_error("wrap", std::string("missing ") + required);
+  WrapRequest req;
+  req.parent_path = *a.option("--parent");
+  req.key_path = *a.option("--from");
+  req.out_path = *a.option("--out");
+  req.description = a.option("--description").value_or("");
+  const std::string what = "wrap(" + req.out_path + ")";
+  const auto passphrase_file = a.option("--passphrase-file");
+  bool asked = false;
+  req.passphrase = [&]() -> Result<SecretBytes> {
+    asked = true;
+    if (passphrase_file) return read_pin_source(*passphrase_file);
+    if (have_tty()) return prompt_password("Passphrase of " + req.key_path + ": ", false);
+    return make_error(Reason::kAuthFailed, req.key_path + " is encrypted: give its passphrase with --passphrase-file "
+                                                          "(there is no terminal to ask on)");
+  };
+  if (auto file = a.option("--password-file")) {
+    auto pw = read_pin_source(*file);
+    if (!pw) return fail(pw.take_error().context(what));
+    if (pw->empty()) return fail(make_error(Reason::kInvalidArgument, "the password file is empty").context(what));
+    req.password = std::move(*pw);
+  }
+  // No TPM: only the software side of the context is used.
+  Context ctx = make_context(a);
+  auto crypto = ctx.crypto();
+  if (!crypto) return fail(crypto.error());
+  auto done = wrap_key(**crypto, req);
+  if (!done) return fail(done.error());
+  if (passphrase_file && !asked)
+    std::fprintf(stderr, "tpmkey: %s is not encrypted; --passphrase-file is not used\n", req.key_path.c_str());
+  std::printf("wrapped %s (%s, %s%s) for the TPM whose SRK name is %s into %s\n", req.key_path.c_str(),
+              done->spec->name, done->format.c_str(), done->password ? ", password" : "",
+              to_hex(done->srk_name).c_str(), req.out_path.c_str());
+  std::printf("on that machine: tpmkey import NAME %s\n", req.out_path.c_str());
+  std::printf("%s is unchanged and still holds the private key in software\n", req.key_path.c_str());
+  return kExitOk;
+}
+
 int cmd_import_file(const Args& a) {
   Context ctx = make_context(a);
   return import_tss2_file(a, ctx, a.positional[0], a.positional[1]);
@@ -610,20 +920,28 @@ int cmd_import(const Args& a) {
   const std::string& name = a.positional[0];
   const std::string& path = a.positional[1];
   const std::string what = "import(tpm2:" + name + ")";
-  if (a.has_flag("--password") && a.option("--password-file"))
-    return usage_error("import", "--password and --password-file exclude each other");
+  if (std::string conflict = password_option_conflict(a); !conflict.empty()) return usage_error("import", conflict);
   Context ctx = make_context(a);
   // Before any question: the name must be free.
   if (Status st = check_import(ctx, name); !st) return fail(st.error());
   auto kind = identify_key_file(path);
   if (!kind) return fail(kind.take_error().context(what));
+  if (*kind == KeyFileKind::kTss2 && is_wrapped_key_file(path)) {
+    // Wrapped for this TPM by `tpmkey wrap`: TPM2_Import of the blob as it is.
+    if (a.option("--passphrase-file"))
+      std::fprintf(stderr, "tpmkey: %s is a wrapped key file; --passphrase-file is not used\n", path.c_str());
+    if (a.has_flag("--password"))
+      std::fprintf(stderr, "tpmkey: %s is a wrapped key file, which keeps its own password; --password is not used\n",
+                   path.c_str());
+    return import_wrapped_file(a, ctx, name, path);
+  }
   if (*kind == KeyFileKind::kTss2) {
     // The key is in a TPM already: what import-file does (its --password-file is the key's own).
     if (a.option("--passphrase-file"))
       std::fprintf(stderr, "tpmkey: %s is a TPM key file; --passphrase-file is not used\n", path.c_str());
-    if (a.has_flag("--password"))
-      std::fprintf(stderr, "tpmkey: %s is a TPM key file, which keeps its own password; --password is not used\n",
-                   path.c_str());
+    if (a.has_flag("--password") || a.has_flag("--no-password"))
+      std::fprintf(stderr, "tpmkey: %s is a TPM key file, which keeps its own password; %s is not used\n", path.c_str(),
+                   a.has_flag("--password") ? "--password" : "--no-password");
     return import_tss2_file(a, ctx, name, path);
   }
   const auto passphrase_file = a.option("--passphrase-file");
@@ -639,16 +957,9 @@ int cmd_import(const Args& a) {
     std::fprintf(stderr, "tpmkey: %s is not encrypted; --passphrase-file is not used\n", path.c_str());
   PrivateKeyOptions opts;
   opts.description = a.option("--description").value_or("");
-  if (auto file = a.option("--password-file")) {
-    auto pw = read_pin_source(*file);
-    if (!pw) return fail(pw.take_error().context(what));
-    if (pw->empty()) return fail(make_error(Reason::kInvalidArgument, "the password file is empty").context(what));
-    opts.password = std::move(*pw);
-  } else if (a.has_flag("--password")) {
-    auto pw = prompt_password("Password for the new key " + name + ": ", true);
-    if (!pw) return fail(pw.take_error().context(what));
-    opts.password = std::move(*pw);  // import_private_key refuses an empty or too long one
-  }
+  auto pw = new_key_password(a, name);  // import_private_key refuses an empty or too long one
+  if (!pw) return fail(pw.take_error().context(what));
+  opts.password = std::move(*pw);
   auto done = import_private_key(ctx, std::move(*import), std::move(opts));
   if (!done) return fail(done.error());
   std::printf("imported tpm2:%s (%s%s, imported) from %s (%s) into %s\n", name.c_str(), done->spec->name,
@@ -671,19 +982,40 @@ const Command kCommands[] = {
     {"create",
      cmd_create,
      kCreateHelp,
-     {{"--algorithm", true}, {"--password"}, {"--password-file", true}, {"--description", true}, {"--persistent", true}},
+     {{"--algorithm", true},
+      {"--password"},
+      {"--password-file", true},
+      {"--no-password"},
+      {"--description", true},
+      {"--persistent", true}},
      {"NAME"}},
     {"list", cmd_list, kListHelp, {}, {}},
     {"pubkey", cmd_pubkey, kPubkeyHelp, {{"--format", true}, {"--comment", true}}, {"NAME"}},
     {"delete", cmd_delete, kDeleteHelp, {{"--yes", false, "-y"}}, {"NAME"}},
+    {"passwd",
+     cmd_passwd,
+     kPasswdHelp,
+     {{"--old-password-file", true}, {"--password-file", true}, {"--no-password"}},
+     {"NAME"}},
     {"import",
      cmd_import,
      kImportHelp,
-     {{"--passphrase-file", true}, {"--password"}, {"--password-file", true}, {"--description", true}},
+     {{"--passphrase-file", true}, {"--password"}, {"--password-file", true}, {"--no-password"}, {"--description", true}},
      {"NAME", "FILE"}},
     {"import-file", cmd_import_file, kImportFileHelp, {{"--password-file", true}, {"--description", true}},
      {"NAME", "PATH"}},
     {"algorithms", cmd_algorithms, kAlgorithmsHelp, {}, {}},
+    {"srk", cmd_srk, kSrkHelp, {{"--out", true}}, {}},
+    {"wrap",
+     cmd_wrap,
+     kWrapHelp,
+     {{"--parent", true},
+      {"--from", true},
+      {"--out", true},
+      {"--passphrase-file", true},
+      {"--password-file", true},
+      {"--description", true}},
+     {}},
 };
 
 const Command* find_command(const std::string& name) {

@@ -1,4 +1,5 @@
-// What the TPM can do and hold: its slot limits (TPM2_GetCapability) and algorithms (TPM2_TestParms).
+// What the TPM can do and hold: its slot limits (TPM2_GetCapability) and algorithms (TPM2_TestParms),
+// and its dictionary-attack settings when it is in lockout.
 #include "keystore/tpm/driver.h"
 
 namespace tpmkey {
@@ -60,6 +61,35 @@ Status Tpm::supports(const AlgorithmSpec& spec) {
       e.reason = Reason::kUnsupported;
     return e;
   });
+}
+
+void Tpm::explain_lockout(Error& e) {
+  // One unauthenticated read, on this error path only: it tells the user how long to wait. Its
+  // answer only shapes a message.
+  TPMS_CAPABILITY_DATA cap{};
+  TPMI_YES_NO more = 0;
+  uint32_t interval = 0;
+  bool known = false;
+  TSS2_RC rc = run_.plain([&] {
+    return Tss2_Sys_GetCapability(run_.sys(), nullptr, TPM2_CAP_TPM_PROPERTIES, TPM2_PT_LOCKOUT_INTERVAL, 1, &more,
+                                  &cap, nullptr);
+  });
+  if (rc == TSS2_RC_SUCCESS && cap.capability == TPM2_CAP_TPM_PROPERTIES && cap.data.tpmProperties.count == 1 &&
+      cap.data.tpmProperties.tpmProperty[0].property == TPM2_PT_LOCKOUT_INTERVAL) {
+    interval = cap.data.tpmProperties.tpmProperty[0].value;
+    known = true;
+  }
+  std::string wait;
+  if (!known)
+    wait = "Wait (the TPM forgets one failure per recovery interval)";
+  else if (interval == 0)
+    wait = "This TPM forgets no failure by itself (its recovery interval is 0)";
+  else
+    wait = "Wait (the TPM forgets one failure every " + std::to_string(interval) + " s)";
+  e.detail = "too many wrong passwords: until it recovers, the TPM refuses every key made with a password. " + wait +
+             (interval == 0 && known ? "; clear" : ", or clear") +
+             " the lockout with `tpm2_dictionarylockout --clear-lockout` (with the lockout hierarchy's password, if it "
+             "has one): " + e.detail;
 }
 
 }  // namespace tpmkey

@@ -81,6 +81,11 @@ Status Tpm::with_key(ObjectId id, const KeyFile& kf, const std::string& what, Fn
   TSS2_RC rc = command(**key, *s);
   if (rc == TSS2_RC_SUCCESS) return Status::Ok();
   const uint32_t base = tpm_base_code(rc);
+  if (base == TPM2_RC_LOCKOUT) {  // no strike, nothing stale: the user has to wait or clear it
+    Error e = error(what, rc);
+    explain_lockout(e);
+    return e;
+  }
   const bool hmac_failed = names_session(rc) && (base == TPM2_RC_AUTH_FAIL || base == TPM2_RC_BAD_AUTH);
   if (hmac_failed && *s) {
     // Wrong password, or a session or handle that is not what tpmkey thinks. A key without a

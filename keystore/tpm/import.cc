@@ -1,32 +1,31 @@
-// Importing keys made outside the TPM: TPM2_Import of a duplication blob made in software for the
-// parent (duplicate.h). The TPM unwraps it with the parent's private key, checks that the private
-// value belongs to the public area, and returns the key wrapped like any other child of the parent.
+// Importing keys made outside the TPM: TPM2_Import of a duplication blob for the parent
+// (duplicate.h), made in software here (`tpmkey import` of a software key) or on another machine
+// (`tpmkey wrap`, an importable key file). The TPM unwraps it with the parent's private key, checks
+// that the private value belongs to the public area, and returns the key wrapped like any other
+// child of the parent. Both ways share one TPM2_Import.
 #include "keystore/tpm/driver.h"
 #include "keystore/tpm/duplicate.h"
 
 namespace tpmkey {
 
-Result<TPM2B_PRIVATE> Tpm::import_key(const TPM2B_PUBLIC& pub, const SecretBytes& secret, const SecretBytes& auth,
-                                      uint32_t parent_handle) {
+Result<TPM2B_PRIVATE> Tpm::import_blob(const TPM2B_PUBLIC& pub, uint32_t parent_handle, const BlobFor& blob_for) {
   const std::string what = "TPM2_Import";
-  const TPMA_OBJECT attrs = pub.publicArea.objectAttributes;
   // The TPM refuses these too; saying so here sends nothing.
-  if (attrs & (TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT))
+  if (pub.publicArea.objectAttributes & (TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT))
     return make_error(Reason::kInvalidArgument, "an imported key cannot be fixedTPM or fixedParent").context(what);
-  if (auth.size() > hash_size(pub.publicArea.nameAlg))
-    return make_error(Reason::kInvalidArgument, "the password is longer than " +
-                                                    std::to_string(hash_size(pub.publicArea.nameAlg)) + " bytes")
-        .context(what);
   return operation<Result<TPM2B_PRIVATE>>([&]() -> Result<TPM2B_PRIVATE> {
     auto p = parent(parent_handle);
     if (!p) return p.take_error().context(what);
     Object* parent_obj = *p;
-    auto s = session();
-    if (!s) return s.take_error().context(what);
-    // Made afresh for each attempt: after a recovery the parent is proven (and the SRK compared
-    // with the pin) again, and the blob is wrapped for the parent the TPM holds now.
-    auto blob = make_duplicate(crypto_, parent_obj->pub, pub.publicArea, secret, auth);
+    // Before the session: a blob meant for another parent is refused with nothing sent but what
+    // proving the parent took.
+    auto blob = blob_for(*parent_obj);
     if (!blob) return blob.take_error();
+    auto s = session();
+    if (!s) {
+      OPENSSL_cleanse(&blob->duplicate, sizeof blob->duplicate);
+      return s.take_error().context(what);
+    }
     const TPM2B_DATA no_inner_key{};
     TPMT_SYM_DEF_OBJECT no_inner_wrap{};
     no_inner_wrap.algorithm = TPM2_ALG_NULL;
@@ -56,6 +55,30 @@ Result<TPM2B_PRIVATE> Tpm::import_key(const TPM2B_PUBLIC& pub, const SecretBytes
       return e;
     }
     return out;
+  });
+}
+
+Result<TPM2B_PRIVATE> Tpm::import_key(const TPM2B_PUBLIC& pub, const SecretBytes& secret, const SecretBytes& auth,
+                                      uint32_t parent_handle) {
+  if (auth.size() > hash_size(pub.publicArea.nameAlg))
+    return make_error(Reason::kInvalidArgument, "the password is longer than " +
+                                                    std::to_string(hash_size(pub.publicArea.nameAlg)) + " bytes")
+        .context("TPM2_Import");
+  // Made afresh for each attempt: after a recovery the parent is proven (and the SRK compared
+  // with the pin) again, and the blob is wrapped for the parent the TPM holds now.
+  return import_blob(pub, parent_handle, [&](const Object& parent_obj) {
+    return make_duplicate(crypto_, parent_obj.pub, pub.publicArea, secret, auth);
+  });
+}
+
+Result<TPM2B_PRIVATE> Tpm::import_duplicate(const TPM2B_PUBLIC& pub, const Duplicate& blob, const Bytes* wrapped_for) {
+  return import_blob(pub, kOwnerParent, [&](const Object& srk_obj) -> Result<Duplicate> {
+    if (wrapped_for && *wrapped_for != srk_obj.name)
+      return make_error(Reason::kInvalidArgument, "this file was wrapped for another TPM: its SRK name is " +
+                                                      to_hex(*wrapped_for) + ", this TPM's is " + to_hex(srk_obj.name) +
+                                                      " (nothing was sent to import it)")
+          .context("TPM2_Import");
+    return blob;
   });
 }
 

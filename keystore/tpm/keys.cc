@@ -1,5 +1,6 @@
 // Keys in the TPM: loading them (TPM2_Load, or ContextLoad of an evicted one), making room in the
-// TPM's object slots, and creating them (TPM2_Create).
+// TPM's object slots, creating them (TPM2_Create), and changing their password
+// (TPM2_ObjectChangeAuth).
 #include <cstring>
 
 #include "keystore/tpm/driver.h"
@@ -22,10 +23,10 @@ bool Tpm::evict_one(const Object* a, const Object* b) {
   auto& h = std::get<TransientHandle>(victim->handle);
   TPMS_CONTEXT saved{};
   const TPM2_HANDLE n = h.get();
-  if (victim->span == span_ &&
-      run_.plain([&] { return Tss2_Sys_ContextSave(run_.sys(), n, &saved); }) == TSS2_RC_SUCCESS)
-    victim->saved = saved;
-  release(*victim);  // flushes it when it is provably ours
+  const bool kept = victim->span == span_ &&
+                    run_.plain([&] { return Tss2_Sys_ContextSave(run_.sys(), n, &saved); }) == TSS2_RC_SUCCESS;
+  release(*victim);  // flushes it when it is provably ours (and drops any older saved context)
+  if (kept) victim->saved = saved;  // the next use loads it back (TPM2_ContextLoad)
   return true;
 }
 
@@ -148,6 +149,63 @@ Result<KeyFile> Tpm::create_key(const KeyOptions& opts, const SecretBytes& auth,
     kf.priv = out_priv;
     return kf;
   });
+}
+
+Result<TPM2B_PRIVATE> Tpm::change_auth(const KeyFile& kf, const SecretBytes& old_auth, const SecretBytes& new_auth) {
+  const std::string what = "TPM2_ObjectChangeAuth";
+  // A persistent copy is not a blob: ObjectChangeAuth would make a new blob and leave the
+  // persistent object with the old password.
+  if (kf.persistent)
+    return make_error(Reason::kUnsupported, "the key is persistent; its persistent copy would keep the old password")
+        .context(what);
+  if (new_auth.size() > hash_size(kf.pub.publicArea.nameAlg))
+    return make_error(Reason::kInvalidArgument, "the password is longer than " +
+                                                    std::to_string(hash_size(kf.pub.publicArea.nameAlg)) + " bytes")
+        .context(what);
+  TPM2B_AUTH new_value{};
+  new_value.size = uint16_t(new_auth.size());
+  if (!new_auth.empty()) std::memcpy(new_value.buffer, new_auth.data(), new_auth.size());
+  // An object id of its own: the loaded object is of the old blob (and keeps the old password in
+  // the TPM), so it is flushed at the end whatever happens and never cached for the new blob.
+  const ObjectId id = new_object_id();
+  auto result = operation<Result<TPM2B_PRIVATE>>([&]() -> Result<TPM2B_PRIVATE> {
+    auto p = parent(kf.parent);
+    if (!p) return p.take_error().context(what);
+    TPM2B_PRIVATE out{};
+    Error parent_error;
+    bool parent_failed = false;
+    Status st = with_key(id, kf, what, [&](const Object& key, Session* s) -> TSS2_RC {
+      // load() used the same parent object; it is loaded again only if something evicted it since.
+      Object* parent_obj = *p;
+      if (!parent_obj->loaded()) {
+        auto again = parent(kf.parent);
+        if (!again) {
+          parent_failed = true;
+          parent_error = again.take_error();
+          return parent_error.rc ? parent_error.rc : TSS2_ESYS_RC_GENERAL_FAILURE;
+        }
+        parent_obj = *again;
+      }
+      // Authorized by the key's current password (handle 1); the parent (handle 2) needs none. The
+      // new password is parameter 1, encrypted by the session; the response HMAC is keyed with the
+      // old password, which the loaded object keeps. A persistent parent takes a slot meanwhile.
+      return with_room(parent_obj->transient() ? 0 : 1, &key, parent_obj, [&] {
+        return run_.run(
+            s, TPM2_CC_ObjectChangeAuth, {&key.name, &parent_obj->name}, old_auth, {.encrypt_command = true},
+            [&] {
+              return Tss2_Sys_ObjectChangeAuth_Prepare(run_.sys(), key.tpm_handle(), parent_obj->tpm_handle(),
+                                                       &new_value);
+            },
+            [&] { return Tss2_Sys_ObjectChangeAuth_Complete(run_.sys(), &out); });
+      });
+    });
+    if (parent_failed) return parent_error.context(what);
+    if (!st) return st.take_error();
+    return out;
+  });
+  OPENSSL_cleanse(&new_value, sizeof new_value);
+  forget(id);
+  return result;
 }
 
 }  // namespace tpmkey

@@ -69,7 +69,10 @@ TSS2_RC Session::authorize(const Crypto& c, TSS2_SYS_CONTEXT* sys, TPM2_CC cc, s
     size_t n = 0;
     const uint8_t* p = nullptr;
     TSS2_RC rc = Tss2_Sys_GetDecryptParam(sys, &n, &p);
-    if (rc == TSS2_RC_SUCCESS) {
+    if (rc == TSS2_RC_SUCCESS && n == 0) {
+      // An empty first parameter (an empty new password): nothing to encrypt, and tss2-sys takes
+      // no empty buffer back.
+    } else if (rc == TSS2_RC_SUCCESS) {
       SecretBytes param(p, n);
       if (n && !cfb(c, auth, nonce_caller_, nonce_tpm_, true, param.data(), n)) return TSS2_ESYS_RC_GENERAL_FAILURE;
       if ((rc = Tss2_Sys_SetDecryptParam(sys, n, param.data())) != TSS2_RC_SUCCESS) return rc;

@@ -278,4 +278,13 @@ Result<SrkPin> Tpm::provision_srk(bool persistent, const Bytes* expected, Provis
   });
 }
 
+// `tpmkey srk`: what srk() resolved, pin checked.
+Result<Tpm::SrkPublic> Tpm::srk_public() {
+  return operation<Result<SrkPublic>>([&]() -> Result<SrkPublic> {
+    auto k = srk();
+    if (!k) return k.take_error().context("read the storage root key");
+    return SrkPublic{(*k)->pub, (*k)->name};
+  });
+}
+
 }  // namespace tpmkey

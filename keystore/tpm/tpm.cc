@@ -63,6 +63,19 @@ bool Tpm::is_stale(TSS2_RC rc) const {
   return base == TPM2_RC_HANDLE || (names_session(rc) && base == TPM2_RC_VALUE);
 }
 
+void Tpm::park() {
+  std::lock_guard lock(mu_);
+  if (forked_ || getpid() != pid_ || !conn_.is_open() || conn_.continuous()) return;
+  if (!begin()) return;
+  // Proven first: after an idle pause a handle may be another program's, and saving its context
+  // would make its object look like tpmkey's.
+  objects_.for_each([&](Object& o) {
+    if (o.transient() && o.loaded()) (void)verify(o);
+  });
+  while (evict_one(nullptr, nullptr)) {
+  }
+}
+
 void Tpm::make_way() {
   while (evict_one(nullptr, nullptr)) {
   }

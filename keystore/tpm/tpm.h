@@ -2,7 +2,7 @@
 // connection (connection.h), a mutex, the authorization session (session.h) and the objects
 // tpmkey loaded (objects.h). docs/sessions.md explains the design; the command families live in
 // their own files: srk.cc (the storage root key and its pin), keys.cc (loading keys, the generic
-// key routine, TPM2_Create), sign.cc (TPM2_Sign, TPM2_Hash), import.cc (TPM2_Import),
+// key routine, TPM2_Create, TPM2_ObjectChangeAuth), sign.cc (TPM2_Sign, TPM2_Hash), import.cc (TPM2_Import),
 // persistent.cc (EvictControl, ReadPublic of persistent handles), capability.cc (limits,
 // TestParms), process.cc (exit, fork).
 //
@@ -40,6 +40,7 @@
 #include "keystore/keystore.h"
 #include "keystore/ossl.h"
 #include "keystore/tpm/connection.h"
+#include "keystore/tpm/duplicate.h"
 #include "keystore/tpm/objects.h"
 #include "keystore/tpm/runner.h"
 #include "keystore/tpm/session.h"
@@ -99,6 +100,24 @@ class Tpm {
   // left loaded.
   Result<TPM2B_PRIVATE> import_key(const TPM2B_PUBLIC& pub, const SecretBytes& secret, const SecretBytes& auth,
                                    uint32_t parent);
+  // Changes a key's password: TPM2_ObjectChangeAuth under its parent, authorized with `old_auth`
+  // in the salted session, `new_auth` (parameter 1) encrypted by it. Returns the new private blob
+  // (same public area, so the same name). The TPM leaves the old blob valid with the old password.
+  // The key is loaded under an object id of its own and flushed again, so no cached object of the
+  // old blob is ever used with the new one. Not for persistent keys (kf.persistent).
+  Result<TPM2B_PRIVATE> change_auth(const KeyFile& kf, const SecretBytes& old_auth, const SecretBytes& new_auth);
+  // TPM2_Import of a duplication blob made elsewhere for the owner SRK (`tpmkey wrap`), in the
+  // salted session. `wrapped_for`, when the file says, is the name of the SRK it was made for: an
+  // SRK of another name is refused before TPM2_Import is sent. Returns the private blob that
+  // TPM2_Load takes with `pub`; nothing is left loaded.
+  Result<TPM2B_PRIVATE> import_duplicate(const TPM2B_PUBLIC& pub, const Duplicate& blob, const Bytes* wrapped_for);
+  // The owner SRK's public area and name, compared with the pin like before any other use
+  // (`tpmkey srk`). One TPM2_ReadPublic of the persistent SRK, or TPM2_CreatePrimary.
+  struct SrkPublic {
+    TPMT_PUBLIC pub{};
+    Bytes name;
+  };
+  Result<SrkPublic> srk_public();
   // Signs with the key, loading it (once) if needed: one TPM command when it is already loaded.
   Result<TPMT_SIGNATURE> sign(ObjectId id, const KeyFile& kf, const SecretBytes& auth, const SignRequest& req);
   // Signs `message` with a restricted key: the TPM hashes it (TPM2_Hash, or a hash sequence for
@@ -121,6 +140,12 @@ class Tpm {
   // anything is made persistent.
   enum class Provisioned { kCreated, kAdopted, kTransient, kHandleTaken };
   Result<SrkPin> provision_srk(bool persistent, const Bytes* expected, Provisioned* how);
+
+  // Gives the object slots of loaded keys back, on a TPM without a resource manager where every
+  // program shares a few (swtpm has 3): each key is proven, saved (TPM2_ContextSave) and flushed,
+  // and its next use loads it back (TPM2_ContextLoad). A long-lived process calls it when idle
+  // (tpmkey agent does). Nothing happens on a resource manager, which swaps objects itself.
+  void park();
 
   // At exit: flushes every transient object and the session this connection created and can
   // still prove are its own (owning process only).
@@ -161,6 +186,12 @@ class Tpm {
   Status verify_session();
   // Releases an object: flushed if it is provably tpmkey's, else just forgotten.
   void release(Object& o);
+
+  // ---- import (import.cc) ----
+  // The one TPM2_Import: `blob_for` makes (or checks) the duplicate for the proven parent, on
+  // each attempt.
+  using BlobFor = std::function<Result<Duplicate>(const Object& parent)>;
+  Result<TPM2B_PRIVATE> import_blob(const TPM2B_PUBLIC& pub, uint32_t parent_handle, const BlobFor& blob_for);
 
   // ---- objects and slots (keys.cc) ----
   Result<Object*> load(ObjectId id, const KeyFile& kf);
@@ -207,6 +238,8 @@ class Tpm {
   TSS2_RC test_parms(const KeyOptions& opts);
   // Says whose slots are full, and how long tpmkey waited for them.
   void explain_shortage(Error& e, std::chrono::steady_clock::duration waited);
+  // Says what to do about TPM_RC_LOCKOUT, with the TPM's recovery interval when it can be read.
+  void explain_lockout(Error& e);
 
   TpmOptions opts_;
   const Crypto& crypto_;

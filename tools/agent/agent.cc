@@ -13,6 +13,7 @@
 
 #include "keystore/public_key.h"
 #include "keystore/uri.h"
+#include "provider/provider.h"
 #include "tools/agent/askpass.h"
 #include "tools/agent/log.h"
 #include "tools/agent/ssh_key.h"
@@ -224,6 +225,13 @@ int Agent::expire() {
     ++it;
   }
   return next;
+}
+
+void Agent::idle() {
+  // The provider built into this program: its context is the core's (provider/provider.h).
+  auto* prov = static_cast<provider::ProviderCtx*>(OSSL_PROVIDER_get0_provider_ctx(tpmkey_));
+  if (!prov || !prov->core) return;
+  if (Tpm* tpm = prov->core->tpm_if_connected()) tpm->park();
 }
 
 Bytes Agent::handle(Peer& peer, uint8_t* message, size_t size) {

@@ -60,6 +60,9 @@ class Agent {
   Bytes handle(Peer& peer, uint8_t* message, size_t size);
   // Drops keys whose lifetime is over; milliseconds until the next one ends (-1: none does).
   int expire();
+  // No request for a while: the TPM's object slots are given back to other programs on a TPM
+  // without a resource manager (Tpm::park); the next signature loads its key back.
+  void idle();
   size_t held() const { return added_.size(); }
 
  private:

@@ -268,8 +268,12 @@ void serve(Agent& agent, int listen_fd, const volatile std::sig_atomic_t& stop) 
   std::list<Client> clients;
   std::vector<pollfd> fds;
   std::vector<Client*> order;
+  // After a second without a request the agent gives its TPM slots back (Agent::idle), once.
+  constexpr int kIdleMs = 1000;
+  bool idle_done = true;
   while (!stop) {
-    const int expiry_ms = agent.expire();
+    int expiry_ms = agent.expire();
+    if (!idle_done) expiry_ms = expiry_ms < 0 ? kIdleMs : std::min(expiry_ms, kIdleMs);
     fds.clear();
     order.clear();
     fds.push_back({listen_fd, POLLIN, 0});
@@ -287,6 +291,12 @@ void serve(Agent& agent, int listen_fd, const volatile std::sig_atomic_t& stop) 
       log_error("poll: " + errno_text());
       return;
     }
+    if (n == 0 && !idle_done) {
+      agent.idle();
+      idle_done = true;
+      continue;
+    }
+    if (n > 0) idle_done = false;  // something happened: the next quiet second parks again
     for (size_t i = 1; i < fds.size(); ++i) {
       Client& c = *order[i - 1];
       bool ok = true;
