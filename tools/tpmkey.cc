@@ -780,6 +780,15 @@ int cmd_passwd(const Args& a) {
   return kExitOk;
 }
 
+// The password of a key file being imported, which its self-test needs: from --password-file,
+// else asked on the terminal; without one, an error that starts with `says_so`.
+Result<SecretBytes> existing_password(const Args& a, const std::string& prompt, const std::string& says_so) {
+  if (auto file = a.option("--password-file")) return read_pin_source(*file);
+  if (have_tty()) return prompt_password(prompt, false);
+  return make_error(Reason::kAuthFailed, says_so + ", which the check needs: give it with --password-file (there "
+                                                   "is no terminal to ask on)");
+}
+
 // import-file, and import of a TPM key file.
 int import_tss2_file(const Args& a, Context& ctx, const std::string& name, const std::string& path) {
   auto import = open_import(ctx, name, path);
@@ -787,16 +796,8 @@ int import_tss2_file(const Args& a, Context& ctx, const std::string& name, const
   ImportOptions opts;
   opts.description = a.option("--description");
   if (import->needs_password()) {
-    Result<SecretBytes> pw = SecretBytes();
-    if (auto file = a.option("--password-file")) {
-      pw = read_pin_source(*file);
-    } else if (have_tty()) {
-      pw = prompt_password("Password of the key in " + path + ": ", false);
-    } else {
-      pw = make_error(Reason::kAuthFailed, "the key file " + path +
-                                               " says the key has a password, which the check needs: give it with "
-                                               "--password-file (there is no terminal to ask on)");
-    }
+    Result<SecretBytes> pw = existing_password(a, "Password of the key in " + path + ": ",
+                                               "the key file " + path + " says the key has a password");
     if (!pw) return fail(pw.take_error().context("import-file(tpm2:" + name + ")"));
     opts.password = std::move(*pw);
   } else if (a.option("--password-file")) {
@@ -828,16 +829,8 @@ int import_wrapped_file(const Args& a, Context& ctx, const std::string& name, co
   ImportOptions opts;
   opts.description = a.option("--description");
   if (import->needs_password()) {
-    Result<SecretBytes> pw = SecretBytes();
-    if (auto file = a.option("--password-file")) {
-      pw = read_pin_source(*file);
-    } else if (have_tty()) {
-      pw = prompt_password("Password of the wrapped key in " + path + ": ", false);
-    } else {
-      pw = make_error(Reason::kAuthFailed, path +
-                                               " was wrapped with a password, which the check needs: give it with "
-                                               "--password-file (there is no terminal to ask on)");
-    }
+    Result<SecretBytes> pw = existing_password(a, "Password of the wrapped key in " + path + ": ",
+                                               path + " was wrapped with a password");
     if (!pw) return fail(pw.take_error().context(what));
     opts.password = std::move(*pw);
   } else if (a.option("--password-file")) {
