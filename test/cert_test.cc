@@ -495,6 +495,13 @@ TEST_F(CertTest, PasswordKeys) {
 TEST_F(CertTest, TlsClientAuthenticationWithAKeyFile) {
   const std::string client_crt = path("client.crt"), srv_key = path("srv.key"), srv_crt = path("srv.crt");
   self_signed(key_file("ec256"), "client", client_crt);
+  // A key that had a certificate before it moved into the TPM (tpmkey import): its original
+  // certificate still works with the imported key.
+  const std::string orig_key = path("orig.key"), orig_crt = path("orig.crt"), trusted = path("trusted.crt");
+  EXPECT_OK(plain({"req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", orig_key,
+                   "-subj", "/CN=imported", "-days", "1", "-out", orig_crt}));
+  ASSERT_OK(tpmkey({"import", "imported", orig_key}));
+  write_file(trusted, read_file(client_crt) + read_file(orig_crt));
   EXPECT_OK(plain({"req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", srv_key,
                    "-subj", "/CN=localhost", "-days", "1", "-out", srv_crt}));
   int port = 0;
@@ -518,7 +525,7 @@ TEST_F(CertTest, TlsClientAuthenticationWithAKeyFile) {
     dup2(devnull, 2);
     setenv("OPENSSL_CONF", "/dev/null", 1);
     execlp("openssl", "openssl", "s_server", "-accept", accept.c_str(), "-cert", srv_crt.c_str(), "-key", srv_key.c_str(),
-           "-Verify", "1", "-CAfile", client_crt.c_str(), "-www", static_cast<char*>(nullptr));
+           "-Verify", "1", "-CAfile", trusted.c_str(), "-www", static_cast<char*>(nullptr));
     _exit(127);
   }
   for (int i = 0; i < 200; ++i) {  // until it listens
@@ -548,6 +555,14 @@ TEST_F(CertTest, TlsClientAuthenticationWithAKeyFile) {
             env);
     EXPECT_EQ(r.out, "200") << r.err;
 #endif
+  }
+  {
+    std::vector<std::string> env = env_;
+    env[2] = "OPENSSL_CONF=" + write_openssl_cnf(dir_, true, tcti_, keystore_);
+    auto r = run({"openssl", "s_client", "-connect", accept, "-cert", orig_crt, "-key", "tpm2:imported", "-CAfile",
+                  srv_crt, "-verify_return_error", "-ign_eof"},
+                 env, "GET / HTTP/1.0\r\n\r\n");
+    EXPECT_NE(r.out.find("HTTP/1.0 200 ok"), std::string::npos) << "imported key: " << r.out << r.err;
   }
   // Without the client key the server refuses the handshake: the check above is real.
   auto r = run({"openssl", "s_client", "-connect", accept, "-CAfile", srv_crt, "-ign_eof"}, env_, "GET / HTTP/1.0\r\n\r\n");
