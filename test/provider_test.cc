@@ -616,6 +616,10 @@ TEST_P(ProviderTest, ExitWhileHoldingKeysLeavesTheTpmClean) {
   PkeyPtr with_pin = load("tpm2:held?pin-value=unused");
   ASSERT_TRUE(with_pin);
   EXPECT_FALSE(digest_sign(lib_, with_pin.get(), "x", {}).empty()) << drain_errors();
+  // Nor is a pin-source read for it: one that cannot be read does not matter (docs/uri.md).
+  PkeyPtr unread = load("tpm2:held?pin-source=/nonexistent/pin");
+  ASSERT_TRUE(unread) << drain_errors();
+  EXPECT_FALSE(digest_sign(lib_, unread.get(), "x", {}).empty()) << drain_errors();
 }
 
 // --- key files by plain path (decoder) ---
