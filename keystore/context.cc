@@ -46,6 +46,7 @@ Result<Tpm*> Context::tpm() {
       if (written) return written;
       auto now = ks.read_pin();
       if (now && *now && (*now)->name == p.name) return Status::Ok();
+      if (written.error().reason == Reason::kUnsafePermissions) return written;  // says what to fix
       if (now && *now)
         return make_error(Reason::kUntrustedTpm, "another process pinned a different storage root key in " +
                                                      ks.pin_path() + " meanwhile");

@@ -26,6 +26,7 @@ const char* reason_text(Reason r) {
     case Reason::kUntrustedTpm: return "TPM identity check failed";
     case Reason::kInternal: return "internal error";
     case Reason::kTpmNotReady: return "TPM not ready";
+    case Reason::kUnsafePermissions: return "unsafe ownership or permissions";
   }
   return "internal error";
 }

@@ -26,9 +26,10 @@ enum class Reason : int {
   kUntrustedTpm,
   kInternal,
   kTpmNotReady,
+  kUnsafePermissions,  // a file or directory another user could have written (files.h)
 };
 inline constexpr Reason kFirstReason = Reason::kTpmUnreachable;
-inline constexpr Reason kLastReason = Reason::kTpmNotReady;
+inline constexpr Reason kLastReason = Reason::kUnsafePermissions;
 
 // Human text for a reason, e.g. "authorization failed".
 const char* reason_text(Reason r);

@@ -2,12 +2,15 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include <openssl/rand.h>
 
@@ -36,9 +39,90 @@ Error not_regular(const std::string& what, mode_t m) {
   return make_error(Reason::kMalformedKey, std::string("not a regular file (it is ") + kind_of(m) + ")").context(what);
 }
 
+// The owners whose files and directories are trusted: the user, and root, who can change
+// anything anyway.
+bool trusted_owner(uid_t uid) { return uid == geteuid() || uid == 0; }
+
+std::string euid_text() { return std::to_string(geteuid()); }
+
+std::string mode_text(mode_t m) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%04o", unsigned(m & 07777));
+  return buf;
+}
+
+std::string writable_by(mode_t m) {
+  const bool group = m & S_IWGRP, other = m & S_IWOTH;
+  return std::string("writable by ") + (group && other ? "its group and others" : group ? "its group" : "others");
+}
+
+Error unsafe(std::string detail) { return make_error(Reason::kUnsafePermissions, std::move(detail)); }
+
+// The file rule, on the open file's fstat.
+Status check_writers(const std::string& path, const struct stat& st, Writers writers) {
+  if (!trusted_owner(st.st_uid))
+    return unsafe(path + " is owned by uid " + std::to_string(st.st_uid) + ", not by you (uid " + euid_text() +
+                  ") or root, so another user could have written it: check it, then remove it or (as root) `chown " +
+                  euid_text() + " " + path + "`");
+  const mode_t forbidden = writers == Writers::kUserOrRootAndGroup ? S_IWOTH : S_IWGRP | S_IWOTH;
+  if (st.st_mode & forbidden)
+    return unsafe(path + " is " + writable_by(st.st_mode & forbidden) + " (mode " + mode_text(st.st_mode) +
+                  "), so another user could have written it: check it, then `chmod " +
+                  (forbidden & S_IWGRP ? "go-w " : "o-w ") + path + "`");
+  return Status::Ok();
+}
+
+// The effective user's home directory, symbolic links resolved (from the password database, as
+// OpenSSH takes it, not from $HOME); empty if unknown.
+std::string real_home() {
+  passwd pw{};
+  passwd* found = nullptr;
+  std::vector<char> buf(16384);
+  if (getpwuid_r(geteuid(), &pw, buf.data(), buf.size(), &found) != 0 || !found || !pw.pw_dir) return "";
+  char* real = realpath(pw.pw_dir, nullptr);
+  if (!real) return "";
+  std::string home = real;
+  std::free(real);
+  return home;
+}
+
 }  // namespace
 
-Result<std::string> read_small_file(const std::string& path, size_t max, Symlinks symlinks) {
+// OpenSSH's safe_path (misc.c) is the model: the canonical path, each directory owned by the
+// user or root and not group- or other-writable, walking up to the home directory or /. One
+// difference: a directory above the checked one may be writable by others when its sticky bit
+// is set, so that a private directory under /tmp (mkdtemp, tests, the demo) is accepted. Such a
+// directory's owner is checked like any other, and the entry below it has passed the owner
+// check, so no other user can rename it away and put another in its place.
+Status check_private_dir(const std::string& dir, const std::string& role) {
+  const std::string what = "check(" + dir + ")";
+  char* real = realpath(dir.c_str(), nullptr);
+  if (!real) return io_error(what, errno);
+  std::string path = real;
+  std::free(real);
+  const std::string top = path, home = real_home();
+  for (;;) {
+    struct stat st{};
+    if (stat(path.c_str(), &st) != 0) return io_error(what, errno);
+    const bool first = path == top;
+    if (first && !S_ISDIR(st.st_mode)) return make_error(Reason::kIo, "not a directory").context(what);
+    const std::string subject = first ? role + " " + top : path + ", a directory above " + role + " " + top + ",";
+    if (!trusted_owner(st.st_uid))
+      return unsafe(subject + " is owned by uid " + std::to_string(st.st_uid) + ", not by you (uid " + euid_text() +
+                    ") or root, so that user could put other files in its place: use a directory of your own, or "
+                    "(as root) `chown " + euid_text() + " " + path + "`");
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) && (first || !(st.st_mode & S_ISVTX)))
+      return unsafe(subject + " is " + writable_by(st.st_mode) + " (mode " + mode_text(st.st_mode) + ")" +
+                    (first ? ", so another user could put files in it" :
+                             " and not sticky, so another user could put another directory in place of what is in it") +
+                    ": `chmod go-w " + path + "`");
+    if (path == home || path == "/") return Status::Ok();
+    const size_t slash = path.find_last_of('/');
+    path = slash == 0 ? "/" : path.substr(0, slash);
+  }
+}
+
+Result<std::string> read_small_file(const std::string& path, size_t max, Symlinks symlinks, Writers writers) {
   const std::string what = "read(" + path + ")";
   struct stat st{};
   // Look before opening: opening a FIFO blocks until a writer comes, a device may act on open.
@@ -52,6 +136,12 @@ Result<std::string> read_small_file(const std::string& path, size_t max, Symlink
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     close(fd);
     return not_regular(what, st.st_mode);
+  }
+  if (writers != Writers::kAnyone) {
+    if (Status ok = check_writers(path, st, writers); !ok) {
+      close(fd);
+      return ok.take_error().context(what);
+    }
   }
   std::string buf;
   buf.resize(max + 1);

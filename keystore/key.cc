@@ -67,7 +67,10 @@ Result<std::shared_ptr<Key>> Key::open(Context& ctx, const TpmUri& uri) {
   if (uri.name) {
     kf = ctx.keystore().read(*uri.name);
   } else if (uri.file) {
-    kf = read_keyfile(*uri.file);
+    // A path the user chose: the file must be theirs (or root's) and not writable by others; its
+    // directories, and its group (tpm2-tools writes key files 0660), are their business
+    // (docs/keys.md#by-path).
+    kf = read_keyfile(*uri.file, Symlinks::kFollow, Writers::kUserOrRootAndGroup);
   } else if (uri.handle) {
     kf = open_persistent(ctx, *uri.handle, uri.pin_value || uri.pin_source);
   } else {

@@ -26,8 +26,8 @@ Error io_error(const std::string& what, int err) {
 
 }  // namespace
 
-Result<KeyFile> read_keyfile(const std::string& path, Symlinks symlinks) {
-  auto data = read_small_file(path, kMaxKeyFileSize, symlinks);
+Result<KeyFile> read_keyfile(const std::string& path, Symlinks symlinks, Writers writers) {
+  auto data = read_small_file(path, kMaxKeyFileSize, symlinks, writers);
   if (!data) return data.take_error();
   if (data->empty()) return make_error(Reason::kMalformedKey, "file is empty").context("read(" + path + ")");
   auto kf = parse_keyfile(reinterpret_cast<const uint8_t*>(data->data()), data->size());
@@ -35,8 +35,14 @@ Result<KeyFile> read_keyfile(const std::string& path, Symlinks symlinks) {
   return kf;
 }
 
+Status Keystore::check_dir() const { return check_private_dir(dir_, "the keystore directory"); }
+
 Result<std::vector<std::string>> Keystore::list() const {
   std::vector<std::string> names;
+  if (Status safe = check_dir(); !safe) {
+    if (safe.error().reason == Reason::kKeyNotFound) return names;  // not made yet
+    return safe.take_error().context("list(" + dir_ + ")");
+  }
   DIR* d = opendir(dir_.c_str());
   if (!d) {
     if (errno == ENOENT) return names;
@@ -57,11 +63,13 @@ bool Keystore::exists(const std::string& name) const { return access(path_of(nam
 
 Result<KeyFile> Keystore::read(const std::string& name) const {
   TPMKEY_TRY(validate_name(name));
+  // A missing directory falls through to "no key named".
+  if (Status safe = check_dir(); !safe && safe.error().reason != Reason::kKeyNotFound) return safe.take_error();
   if (!exists(name))
     return make_error(Reason::kKeyNotFound, "no key named \"" + name + "\" in the keystore " + dir_);
-  auto kf = read_keyfile(path_of(name), Symlinks::kRefuse);
+  auto kf = read_keyfile(path_of(name), Symlinks::kRefuse, Writers::kUserOrRoot);
   if (!kf) return kf;
-  auto handle = read_small_file(handle_path_of(name), 32, Symlinks::kRefuse);
+  auto handle = read_small_file(handle_path_of(name), 32, Symlinks::kRefuse, Writers::kUserOrRoot);
   if (handle) {
     unsigned long h = 0;
     if (handle->empty() || std::sscanf(handle->c_str(), "0x%lx", &h) != 1 || (h >> 24) != 0x81)
@@ -75,6 +83,8 @@ Result<KeyFile> Keystore::read(const std::string& name) const {
 
 Status Keystore::add(const std::string& name, const KeyFile& kf) const {
   TPMKEY_TRY(validate_name(name));
+  TPMKEY_TRY(make_dirs(dir_));
+  if (Status safe = check_dir(); !safe) return safe.take_error().context("add(tpm2:" + name + ")");
   if (exists(name))
     return make_error(Reason::kInvalidArgument, "a key named \"" + name + "\" already exists in " + dir_);
   const std::string pem = keyfile_pem(kf);
@@ -96,6 +106,7 @@ Status Keystore::add(const std::string& name, const KeyFile& kf) const {
 Status Keystore::replace(const std::string& name, const KeyFile& kf) const {
   TPMKEY_TRY(validate_name(name));
   const std::string what = "replace(tpm2:" + name + ")";
+  if (Status safe = check_dir(); !safe) return safe.take_error().context(what);
   if (!exists(name))
     return make_error(Reason::kKeyNotFound, "no key named \"" + name + "\" in the keystore " + dir_).context(what);
   if (kf.persistent || access(handle_path_of(name).c_str(), F_OK) == 0)
@@ -123,6 +134,11 @@ Status Keystore::replace(const std::string& name, const KeyFile& kf) const {
 
 Status Keystore::remove(const std::string& name) const {
   TPMKEY_TRY(validate_name(name));
+  if (Status safe = check_dir(); !safe) {
+    if (safe.error().reason == Reason::kKeyNotFound)
+      return make_error(Reason::kKeyNotFound, "no key named \"" + name + "\" in the keystore " + dir_);
+    return safe.take_error().context("delete(tpm2:" + name + ")");
+  }
   unlink(handle_path_of(name).c_str());
   if (unlink(path_of(name).c_str()) != 0) {
     if (errno == ENOENT)
@@ -165,7 +181,11 @@ std::optional<Bytes> from_hex(std::string_view s) {
 
 Result<std::optional<SrkPin>> Keystore::read_pin() const {
   const std::string path = pin_path(), what = "read SRK pin(" + path + ")";
-  auto read = read_small_file(path, 4096, Symlinks::kRefuse);
+  if (Status safe = check_dir(); !safe) {
+    if (safe.error().reason == Reason::kKeyNotFound) return std::optional<SrkPin>();  // no keystore yet
+    return safe.take_error().context("read SRK pin");
+  }
+  auto read = read_small_file(path, 4096, Symlinks::kRefuse, Writers::kUserOrRoot);
   if (!read) {
     if (read.error().reason == Reason::kKeyNotFound) {
       struct stat st{};
@@ -212,6 +232,8 @@ Status Keystore::write_pin(const SrkPin& pin, bool replace) const {
       "# with this name; a different name is refused. Written by `tpmkey init` or on first use.\n"
       "name " + to_hex(pin.name) + "\nhandle " + handle + "\n";
   const std::string path = pin_path();
+  TPMKEY_TRY(make_dirs(dir_));
+  if (Status safe = check_dir(); !safe) return safe.take_error().context("write SRK pin");
   if (!replace) return write_file_exclusive(path, text);
   const std::string tmp = path + ".new";
   unlink(tmp.c_str());

@@ -1,5 +1,8 @@
 // The keystore: a directory of TSS2 PRIVATE KEY PEM files, one per key, named NAME.pem: listed,
-// read, added (never overwriting), replaced atomically (a changed password), removed.
+// read, added (never overwriting), replaced atomically (a changed password), removed. Every one
+// of these first checks the directory and the directories above it (check_private_dir, files.h),
+// and the files read must be the user's or root's (Writers::kUserOrRoot): srk.pin decides which
+// SRK sessions are salted to, so another user who could write it could read the passwords sent.
 #pragma once
 
 #include <optional>
@@ -48,6 +51,9 @@ class Keystore {
   Status write_pin(const SrkPin& pin, bool replace) const;
 
  private:
+  // check_private_dir for this keystore. Writers call it after creating the directory.
+  Status check_dir() const;
+
   std::string dir_;
 };
 
@@ -55,7 +61,9 @@ class Keystore {
 std::string to_hex(const Bytes& b);
 
 // Reads a key file from any path (PEM or DER), with errors that name the path. Only regular
-// files are read (files.h); keystore entries also refuse symbolic links.
-Result<KeyFile> read_keyfile(const std::string& path, Symlinks symlinks = Symlinks::kFollow);
+// files are read (files.h); keystore entries also refuse symbolic links. `writers`: who may
+// have written the file (files.h).
+Result<KeyFile> read_keyfile(const std::string& path, Symlinks symlinks = Symlinks::kFollow,
+                             Writers writers = Writers::kAnyone);
 
 }  // namespace tpmkey

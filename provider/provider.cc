@@ -144,10 +144,12 @@ void ProviderCtx::raise(const Error& e, const char* func) const {
 
 using namespace tpmkey::provider;
 
+// Not declared noexcept: openssl/core.h declares it without, and clang refuses the mismatch. The
+// body catches everything, so no exception leaves it.
 extern "C" __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HANDLE* handle,
                                                                          const OSSL_DISPATCH* in,
                                                                          const OSSL_DISPATCH** out,
-                                                                         void** provctx) noexcept {
+                                                                         void** provctx) {
   try {
     auto ctx = std::make_unique<ProviderCtx>();
     ctx->handle = handle;

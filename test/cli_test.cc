@@ -144,6 +144,31 @@ TEST_F(CliTest, PersistentKeyWhoseHandleIsGone) {
   EXPECT_FALSE(std::filesystem::exists(keystore_ + "/pk.handle"));
 }
 
+// The case: in a world-writable keystore another user plants srk.pin naming an impostor
+// SRK. `tpmkey create --password-file` refuses before any TPM use, naming the directory and the
+// fix; a pin others can write is refused the same way (docs/configuration.md).
+TEST_F(CliTest, CreateRefusesAKeystoreOthersCanWrite) {
+  std::filesystem::create_directories(keystore_);
+  ASSERT_EQ(chmod(keystore_.c_str(), 0777), 0);
+  write_file(keystore_ + "/srk.pin", "name 000b" + std::string(64, 'a') + "\nhandle none\n");
+  write_file(dir_ + "/pw", "new password\n");
+  const std::string real_ks = std::filesystem::canonical(keystore_).string();
+  auto r = tpmkey({"create", "k", "--password-file", dir_ + "/pw"});
+  EXPECT_FAILS_WITH(r, "unsafe ownership or permissions: the keystore directory " + real_ks +
+                           " is writable by its group and others (mode 0777)");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("`chmod go-w " + real_ks + "`"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(keystore_ + "/k.pem"));
+  ASSERT_EQ(chmod(keystore_.c_str(), 0700), 0);
+  ASSERT_EQ(chmod((keystore_ + "/srk.pin").c_str(), 0662), 0);
+  EXPECT_FAILS_WITH(tpmkey({"create", "k", "--password-file", dir_ + "/pw"}),
+                    keystore_ + "/srk.pin is writable by its group and others (mode 0662)");
+  EXPECT_FALSE(std::filesystem::exists(keystore_ + "/k.pem"));
+  std::filesystem::remove(keystore_ + "/srk.pin");  // the planted pin, once found
+  EXPECT_OK(tpmkey({"create", "k", "--password-file", dir_ + "/pw"}));
+  EXPECT_OK(tpmkey({"list"}));
+}
+
 // The TPM takes a key's password only up to its name algorithm's digest size (32 bytes for
 // SHA-256): a longer one is refused before the TPM is asked anything, in words that say the limit.
 TEST_F(CliTest, CreateRefusesAnOverlongPassword) {

@@ -99,6 +99,133 @@ TEST_F(KeystoreFiles, PinFileIsReadSafely) {
   EXPECT_FALSE(*none);
 }
 
+// The keystore's permission rule (files.h, docs/configuration.md#who-may-write-the-keystore).
+// make_temp_dir's directories are 0700 under /tmp (1777, root's): that layout is accepted.
+std::string real(const std::string& path) { return std::filesystem::canonical(path).string(); }
+const SrkPin kPin{Bytes{0x00, 0x0b, 0x01, 0x02, 0x03}, 0};
+
+TEST_F(KeystoreFiles, PrivateKeystoreUnderTmpIsAccepted) {
+  Keystore ks(dir_ + "/ks");
+  ASSERT_TRUE(ks.write_pin(kPin, false));
+  struct stat st{};
+  ASSERT_EQ(stat(ks.dir().c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0700u);  // the directory tpmkey makes
+  auto pin = ks.read_pin();
+  ASSERT_TRUE(pin) << pin.error().text();
+  ASSERT_TRUE(*pin);
+  EXPECT_EQ((*pin)->name, kPin.name);
+  EXPECT_TRUE(ks.list());
+}
+
+TEST_F(KeystoreFiles, WorldWritableKeystoreIsRefused) {
+  Keystore ks(dir_ + "/ks");
+  ASSERT_TRUE(ks.write_pin(kPin, false));
+  ASSERT_EQ(chmod(ks.dir().c_str(), 0777), 0);
+  const std::string fix = "`chmod go-w " + real(ks.dir()) + "`";
+  auto read = ks.read_pin();
+  ASSERT_FALSE(read);
+  EXPECT_EQ(read.error().reason, Reason::kUnsafePermissions);
+  EXPECT_NE(read.error().text().find("the keystore directory " + real(ks.dir()) +
+                                     " is writable by its group and others (mode 0777)"),
+            std::string::npos)
+      << read.error().text();
+  EXPECT_NE(read.error().text().find(fix), std::string::npos) << read.error().text();
+  for (Status st : {ks.write_pin(kPin, true), ks.remove("k")}) {
+    ASSERT_FALSE(st);
+    EXPECT_EQ(st.error().reason, Reason::kUnsafePermissions) << st.error().text();
+    EXPECT_NE(st.error().text().find(fix), std::string::npos) << st.error().text();
+  }
+  EXPECT_FALSE(ks.list());
+  EXPECT_EQ(ks.read("k").error().reason, Reason::kUnsafePermissions);
+  // A pin planted in a fresh world-writable keystore is never read, and none is written.
+  Keystore fresh(dir_ + "/fresh");
+  ASSERT_EQ(mkdir(fresh.dir().c_str(), 0700), 0);
+  ASSERT_EQ(chmod(fresh.dir().c_str(), 0703), 0);  // other-write alone is enough
+  EXPECT_EQ(fresh.read_pin().error().reason, Reason::kUnsafePermissions);
+  EXPECT_FALSE(fresh.write_pin(kPin, false));
+  EXPECT_FALSE(std::filesystem::exists(fresh.pin_path()));
+  ASSERT_EQ(chmod(ks.dir().c_str(), 0755), 0);  // readable by others is fine
+  EXPECT_TRUE(ks.read_pin());
+}
+
+TEST_F(KeystoreFiles, GroupWritablePinIsRefused) {
+  Keystore ks(dir_ + "/ks");
+  ASSERT_TRUE(ks.write_pin(kPin, false));
+  ASSERT_EQ(chmod(ks.pin_path().c_str(), 0620), 0);
+  auto read = ks.read_pin();
+  ASSERT_FALSE(read);
+  EXPECT_EQ(read.error().reason, Reason::kUnsafePermissions);
+  EXPECT_NE(read.error().text().find(ks.pin_path() + " is writable by its group (mode 0620), so another user could "
+                                                     "have written it: check it, then `chmod go-w " +
+                                     ks.pin_path() + "`"),
+            std::string::npos)
+      << read.error().text();
+  ASSERT_EQ(chmod(ks.pin_path().c_str(), 0602), 0);
+  EXPECT_NE(ks.read_pin().error().text().find("is writable by others (mode 0602)"), std::string::npos);
+  ASSERT_EQ(chmod(ks.pin_path().c_str(), 0644), 0);
+  EXPECT_TRUE(ks.read_pin());
+}
+
+// OpenSSH's rule for the directories above: owned by the user or root, not group- or
+// other-writable, except that a sticky one (as /tmp) is accepted.
+TEST_F(KeystoreFiles, WritableParentIsRefusedUnlessSticky) {
+  const std::string parent = dir_ + "/shared";
+  Keystore ks(parent + "/ks");
+  ASSERT_TRUE(ks.write_pin(kPin, false));
+  for (mode_t mode : {0777, 0775, 0757}) {
+    ASSERT_EQ(chmod(parent.c_str(), mode), 0);
+    auto read = ks.read_pin();
+    ASSERT_FALSE(read) << std::oct << mode;
+    EXPECT_EQ(read.error().reason, Reason::kUnsafePermissions);
+    EXPECT_NE(read.error().text().find(real(parent) + ", a directory above the keystore directory " + real(ks.dir()) +
+                                       ", is writable by"),
+              std::string::npos)
+        << read.error().text();
+    EXPECT_NE(read.error().text().find("and not sticky"), std::string::npos) << read.error().text();
+    EXPECT_NE(read.error().text().find("`chmod go-w " + real(parent) + "`"), std::string::npos) << read.error().text();
+    EXPECT_FALSE(ks.write_pin(kPin, true));
+  }
+  ASSERT_EQ(chmod(parent.c_str(), 01777), 0);
+  EXPECT_TRUE(ks.read_pin());
+  // Two levels up: the check goes on past the first parent.
+  ASSERT_EQ(chmod(parent.c_str(), 0700), 0);
+  ASSERT_EQ(chmod(dir_.c_str(), 0770), 0);
+  auto up = ks.read_pin();
+  ASSERT_FALSE(up);
+  EXPECT_NE(up.error().text().find(real(dir_) + ", a directory above"), std::string::npos) << up.error().text();
+  ASSERT_EQ(chmod(dir_.c_str(), 0700), 0);
+  // A symbolic link to the keystore is checked where it leads.
+  const std::string link = dir_ + "/link";
+  std::filesystem::create_symlink(ks.dir(), link);
+  ASSERT_EQ(chmod(parent.c_str(), 0777), 0);
+  EXPECT_EQ(Keystore(link).read_pin().error().reason, Reason::kUnsafePermissions);
+  ASSERT_EQ(chmod(parent.c_str(), 0700), 0);
+  EXPECT_TRUE(Keystore(link).read_pin());
+}
+
+// Files and directories of another user (root's tests only: chown needs root).
+TEST_F(KeystoreFiles, AnotherUsersFilesAreRefused) {
+  if (geteuid() != 0) GTEST_SKIP() << "chown to another user needs root";
+  Keystore ks(dir_ + "/ks");
+  ASSERT_TRUE(ks.write_pin(kPin, false));
+  ASSERT_EQ(chown(ks.pin_path().c_str(), 65534, 65534), 0);
+  auto pin = ks.read_pin();
+  ASSERT_FALSE(pin);
+  EXPECT_EQ(pin.error().reason, Reason::kUnsafePermissions);
+  EXPECT_NE(pin.error().text().find(ks.pin_path() + " is owned by uid 65534, not by you (uid 0) or root"),
+            std::string::npos)
+      << pin.error().text();
+  ASSERT_EQ(chown(ks.pin_path().c_str(), 0, 0), 0);
+  ASSERT_TRUE(ks.read_pin());
+  ASSERT_EQ(chown(ks.dir().c_str(), 65534, 65534), 0);
+  auto dir = ks.read_pin();
+  ASSERT_FALSE(dir);
+  EXPECT_NE(dir.error().text().find("the keystore directory " + real(ks.dir()) + " is owned by uid 65534"),
+            std::string::npos)
+      << dir.error().text();
+  EXPECT_FALSE(ks.write_pin(kPin, true));
+}
+
 TEST_F(KeystoreFiles, TemporaryNames) {
   EXPECT_TRUE(is_temporary_name(".k.pem.tmp-0123456789abcdef"));
   EXPECT_TRUE(is_temporary_name(".srk.pin.tmp-0123456789ABCDEF"));

@@ -1,6 +1,9 @@
 #include <gtest/gtest.h>
 
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
 
 #include "keystore/keyfile.h"
 #include "keystore/keystore.h"
@@ -138,6 +141,91 @@ TEST(Keystore, AddIsAtomicPrivateAndNeverOverwrites) {
   EXPECT_TRUE(ks.remove("k1"));
   EXPECT_EQ(ks.remove("k1").error().reason, Reason::kKeyNotFound);
   test::remove_tree(dir.substr(0, dir.size() - std::string("/nested/ks").size()));
+}
+
+// The keystore's permission rule (files.h) for key files: nothing is added to a directory
+// others can write, and an entry is trusted only when the user or root could have written it.
+TEST(Keystore, UnsafeKeystoreAndEntriesAreRefused) {
+  const std::string top = test::make_temp_dir("tpmkey-ks");
+  const std::string real_top = std::filesystem::canonical(top).string();
+  Keystore ks(top + "/ks");
+  auto kf = read_keyfile(data_file("tpm2-openssl-ec-p256.pem"));
+  ASSERT_TRUE(kf);
+  ASSERT_TRUE(ks.add("k1", *kf));
+  ASSERT_EQ(chmod(ks.dir().c_str(), 0777), 0);
+  auto add = ks.add("k2", *kf);
+  ASSERT_FALSE(add);
+  EXPECT_EQ(add.error().reason, Reason::kUnsafePermissions);
+  EXPECT_NE(add.error().text().find("add(tpm2:k2): unsafe ownership or permissions: the keystore directory " +
+                                    real_top + "/ks is writable by its group and others (mode 0777)"),
+            std::string::npos)
+      << add.error().text();
+  EXPECT_NE(add.error().text().find("`chmod go-w " + real_top + "/ks`"), std::string::npos) << add.error().text();
+  EXPECT_FALSE(ks.exists("k2"));
+  EXPECT_EQ(ks.replace("k1", *kf).error().reason, Reason::kUnsafePermissions);
+  EXPECT_EQ(ks.read("k1").error().reason, Reason::kUnsafePermissions);
+  ASSERT_EQ(chmod(ks.dir().c_str(), 0700), 0);
+  ASSERT_TRUE(ks.read("k1"));
+
+  ASSERT_EQ(chmod(ks.path_of("k1").c_str(), 0660), 0);
+  auto entry = ks.read("k1");
+  ASSERT_FALSE(entry);
+  EXPECT_EQ(entry.error().reason, Reason::kUnsafePermissions);
+  EXPECT_NE(entry.error().text().find(ks.path_of("k1") + " is writable by its group (mode 0660)"), std::string::npos)
+      << entry.error().text();
+  ASSERT_EQ(chmod(ks.path_of("k1").c_str(), 0600), 0);
+  test::write_file(ks.handle_path_of("k1"), "0x81000002\n");
+  ASSERT_EQ(chmod(ks.handle_path_of("k1").c_str(), 0606), 0);
+  auto handle = ks.read("k1");
+  ASSERT_FALSE(handle);
+  EXPECT_NE(handle.error().text().find(ks.handle_path_of("k1") + " is writable by others (mode 0606)"),
+            std::string::npos)
+      << handle.error().text();
+  ASSERT_EQ(chmod(ks.handle_path_of("k1").c_str(), 0600), 0);
+  auto persistent = ks.read("k1");
+  ASSERT_TRUE(persistent) << persistent.error().text();
+  EXPECT_EQ(persistent->persistent, 0x81000002u);
+
+  // A key file by path (tpm2:file=): the file's owner and other-write bit only; its directory
+  // (here world-writable) and its group (tpm2-tools writes 0660) are the user's choice.
+  const std::string loose = top + "/loose";
+  ASSERT_EQ(mkdir(loose.c_str(), 0777), 0);
+  ASSERT_EQ(chmod(loose.c_str(), 0777), 0);
+  test::write_file(loose + "/k.pem", test::read_file(ks.path_of("k1")));
+  ASSERT_EQ(chmod((loose + "/k.pem").c_str(), 0660), 0);
+  EXPECT_TRUE(read_keyfile(loose + "/k.pem", Symlinks::kFollow, Writers::kUserOrRootAndGroup));
+  EXPECT_FALSE(read_keyfile(loose + "/k.pem", Symlinks::kFollow, Writers::kUserOrRoot));
+  ASSERT_EQ(chmod((loose + "/k.pem").c_str(), 0666), 0);
+  auto by_path = read_keyfile(loose + "/k.pem", Symlinks::kFollow, Writers::kUserOrRootAndGroup);
+  ASSERT_FALSE(by_path);
+  EXPECT_EQ(by_path.error().reason, Reason::kUnsafePermissions);
+  EXPECT_NE(by_path.error().text().find(loose + "/k.pem is writable by others (mode 0666), so another user could "
+                                                "have written it: check it, then `chmod o-w " + loose + "/k.pem`"),
+            std::string::npos)
+      << by_path.error().text();
+  EXPECT_TRUE(read_keyfile(loose + "/k.pem"));  // kAnyone: what import-file reads, and checks itself
+
+  test::remove_tree(top);
+}
+
+TEST(Keystore, AnotherUsersKeyFileIsRefused) {
+  if (geteuid() != 0) GTEST_SKIP() << "chown to another user needs root";
+  const std::string top = test::make_temp_dir("tpmkey-ks");
+  Keystore ks(top + "/ks");
+  auto kf = read_keyfile(data_file("tpm2-openssl-ec-p256.pem"));
+  ASSERT_TRUE(kf);
+  ASSERT_TRUE(ks.add("k", *kf));
+  ASSERT_EQ(chown(ks.path_of("k").c_str(), 65534, 65534), 0);
+  auto r = ks.read("k");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().reason, Reason::kUnsafePermissions);
+  EXPECT_NE(r.error().text().find(ks.path_of("k") + " is owned by uid 65534, not by you (uid 0) or root"),
+            std::string::npos)
+      << r.error().text();
+  // By path, the same file.
+  EXPECT_EQ(read_keyfile(ks.path_of("k"), Symlinks::kFollow, Writers::kUserOrRootAndGroup).error().reason,
+            Reason::kUnsafePermissions);
+  test::remove_tree(top);
 }
 
 }  // namespace

@@ -4,7 +4,7 @@ set -euo pipefail
 
 packages=(g++ cmake make pkg-config openssl libssl-dev libtss2-dev swtpm swtpm-tools tpm2-tools
           tpm2-openssl libgtest-dev libbenchmark-dev openssh-client openssh-server git
-          tpm2-abrmd libtss2-tcti-tabrmd0 dbus-daemon dbus-bin)
+          tpm2-abrmd libtss2-tcti-tabrmd0 dbus-daemon dbus-bin clang)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -19,9 +19,10 @@
 #include "tools/agent/ssh_key.h"
 #include "tools/agent/upstream.h"
 
-// The provider's entry point, built into this program (provider/provider.cc).
+// The provider's entry point, built into this program (provider/provider.cc). Not noexcept, as
+// openssl/core.h declares it (clang refuses the mismatch).
 extern "C" int OSSL_provider_init(const OSSL_CORE_HANDLE* handle, const OSSL_DISPATCH* in, const OSSL_DISPATCH** out,
-                                  void** provctx) noexcept;
+                                  void** provctx);
 
 namespace tpmkey::agent {
 

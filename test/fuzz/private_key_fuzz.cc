@@ -1,0 +1,45 @@
+// Fuzz target: the software private keys of `tpmkey import` (keystore/private_key.h):
+// identify_key_file and read_private_key (OpenSSL's decoders, default provider only, with a fixed
+// passphrase for encrypted files), then import_form of what decodes. Both read a path, so each
+// input is written to a file in a private directory. No TPM command is involved.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "keystore/crypto.h"
+#include "keystore/private_key.h"
+#include "test/fuzz/fuzz_support.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace tpmkey;
+  static const std::unique_ptr<Crypto> crypto = [] {
+    auto c = Crypto::create();
+    if (!c) std::abort();
+    return std::move(*c);
+  }();
+  static const std::string path = fuzz::scratch_dir() + "/key";
+  fuzz::write_input(path, data, size);
+
+  // Refused only as unreadable (empty, or over the size limit); then nothing decodes either.
+  auto kind = identify_key_file(path);
+  int asked = 0;
+  const PassphraseSource passphrase = [&asked]() -> Result<SecretBytes> {
+    ++asked;
+    static const char kPass[] = "fuzz passphrase";
+    return SecretBytes(reinterpret_cast<const uint8_t*>(kPass), sizeof kPass - 1);
+  };
+  auto key = read_private_key(*crypto, path, passphrase);
+  TPMKEY_FUZZ_CHECK(asked <= 1);  // asked at most once
+  TPMKEY_FUZZ_CHECK(kind.ok() || !key.ok());
+  if (!key) {
+    TPMKEY_FUZZ_CHECK(!key.error().text().empty());
+    return 0;
+  }
+  TPMKEY_FUZZ_CHECK(key->pkey && !key->format.empty());
+  TPMKEY_FUZZ_CHECK(*kind == KeyFileKind::kOther);  // TPM key files and OpenSSH's are refused
+  for (bool with_auth : {false, true}) {
+    auto form = import_form(key->pkey.get(), with_auth);
+    if (form) TPMKEY_FUZZ_CHECK(form->spec != nullptr && form->secret.size() > 0);
+  }
+  return 0;
+}
