@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
+#include <ostream>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -54,6 +55,9 @@ void replay(const Target& t) {
     EXPECT_EQ(t.entry(exact.empty() ? nullptr : exact.data(), exact.size()), 0);
   }
 }
+
+// ctest names each case by its target rather than by the bytes of the struct.
+void PrintTo(const Target& t, std::ostream* os) { *os << t.name; }
 
 class FuzzCorpus : public ::testing::TestWithParam<Target> {};
 
