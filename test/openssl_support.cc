@@ -147,4 +147,11 @@ std::vector<unsigned char> sha(const char* md, const std::string& msg) {
   return d;
 }
 
+PkeyPtr read_pem_private_key(const std::string& path) {
+  BIO* bio = BIO_new_file(path.c_str(), "r");
+  EVP_PKEY* k = bio ? PEM_read_bio_PrivateKey_ex(bio, nullptr, nullptr, nullptr, default_only(), nullptr) : nullptr;
+  BIO_free(bio);
+  return PkeyPtr(k, EVP_PKEY_free);
+}
+
 }  // namespace tpmkey::test

@@ -29,6 +29,8 @@ using PkeyPtr = std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)>;
 OSSL_LIB_CTX* default_only();
 // The key's public half, re-read from SubjectPublicKeyInfo into the default-only context.
 PkeyPtr public_copy(EVP_PKEY* pkey);
+// The private key in a PEM file, read by the default provider alone (null if it does not read).
+PkeyPtr read_pem_private_key(const std::string& path);
 
 struct SignOpts {
   const char* md = "SHA256";

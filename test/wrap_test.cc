@@ -26,12 +26,7 @@ CommandResult plain_openssl(std::vector<std::string> args) {
   return run(args, {"OPENSSL_CONF=/dev/null"});
 }
 
-PkeyPtr read_original(const std::string& path) {
-  BIO* bio = BIO_new_file(path.c_str(), "r");
-  EVP_PKEY* k = bio ? PEM_read_bio_PrivateKey_ex(bio, nullptr, nullptr, nullptr, default_only(), nullptr) : nullptr;
-  BIO_free(bio);
-  return PkeyPtr(k, EVP_PKEY_free);
-}
+PkeyPtr read_original(const std::string& path) { return read_pem_private_key(path); }
 
 unsigned mode_of(const std::string& path) {
   struct stat st {};
