@@ -15,8 +15,12 @@ namespace {
 struct GenCtx {
   ProviderCtx* prov = nullptr;
   KeyKind kind = KeyKind::kEc;
+  // TPM generation: what the key will be.
   KeyOptions opts;
   SecretBytes auth;
+  // Software generation: the default provider's generation context.
+  EvpPkeyCtxPtr soft;
+  int selection = 0;
 };
 
 KeyData* new_keydata(void* provctx, KeyKind kind) noexcept {
@@ -31,53 +35,106 @@ void* ec_new(void* provctx) noexcept { return new_keydata(provctx, KeyKind::kEc)
 void* rsa_new(void* provctx) noexcept { return new_keydata(provctx, KeyKind::kRsa); }
 void key_free(void* kd) noexcept { delete static_cast<KeyData*>(kd); }
 
+// A TPM key is shared (the TPM object stays one); a software key is copied.
 void* dup(const void* vkd, int selection) noexcept {
   const auto* kd = static_cast<const KeyData*>(vkd);
-  if (!kd || !kd->key || !(selection & OSSL_KEYMGMT_SELECT_KEYPAIR)) return nullptr;
-  return new (std::nothrow) KeyData(*kd);
+  if (!kd || !kd->pkey()) return nullptr;
+  if (kd->key && !(selection & OSSL_KEYMGMT_SELECT_KEYPAIR)) return nullptr;
+  auto* d = new (std::nothrow) KeyData;
+  if (!d) return nullptr;
+  d->prov = kd->prov;
+  d->kind = kd->kind;
+  d->key = kd->key;
+  if (kd->soft) {
+    d->soft.reset(EVP_PKEY_dup(kd->soft.get()));
+    if (!d->soft) {
+      delete d;
+      return nullptr;
+    }
+  }
+  return d;
 }
 
 int has(const void* vkd, int selection) noexcept {
   const auto* kd = static_cast<const KeyData*>(vkd);
   if (!kd) return 0;
+  if ((selection & OSSL_KEYMGMT_SELECT_ALL) == 0) return 1;
   // A loaded TPM key has both halves (the private one inside the TPM) and its parameters.
-  return (selection & OSSL_KEYMGMT_SELECT_ALL) == 0 || kd->key != nullptr;
+  if (kd->key) return 1;
+  return software_has(*kd, selection);
 }
 
-int match(const void* va, const void* vb, int) noexcept {
+// Compared by their public halves (or domain parameters), whichever form each key has.
+int match(const void* va, const void* vb, int selection) noexcept {
   const auto* a = static_cast<const KeyData*>(va);
   const auto* b = static_cast<const KeyData*>(vb);
-  if (!a || !b || !a->key || !b->key || a->kind != b->kind) return 0;
-  int eq = EVP_PKEY_eq(a->key->public_pkey(), b->key->public_pkey());
+  if (!a || !b || !a->pkey() || !b->pkey() || a->kind != b->kind) return 0;
+  int eq = (selection & OSSL_KEYMGMT_SELECT_KEYPAIR) ? EVP_PKEY_eq(a->pkey(), b->pkey())
+                                                      : EVP_PKEY_parameters_eq(a->pkey(), b->pkey());
   ERR_clear_error();
   return eq == 1;
 }
 
-// Private parts never leave: failing here is what makes OpenSSL sign with this provider.
+// Key material from outside (a peer's public key, a key OpenSSL moves between providers) becomes
+// a software key: the default provider's, never sent to the TPM.
+int import_key(void* vkd, int selection, const OSSL_PARAM params[]) noexcept {
+  auto* kd = static_cast<KeyData*>(vkd);
+  if (!kd) return 0;
+  return guard(kd->prov, "keymgmt_import", [&]() -> Status {
+    if (kd->key) return make_error(Reason::kInvalidArgument, "a TPM key cannot be replaced by imported key material");
+    auto lib = software_libctx(kd->prov);
+    if (!lib) return lib.take_error();
+    EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_name(*lib, data_type(kd->kind), kSoftwareProps));
+    EVP_PKEY* pkey = nullptr;
+    if (!ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1 ||
+        EVP_PKEY_fromdata(ctx.get(), &pkey, selection, const_cast<OSSL_PARAM*>(params)) != 1)
+      return make_error(Reason::kInvalidArgument, std::string("the default provider refused the ") + data_type(kd->kind) +
+                                                      " key material");
+    kd->soft.reset(pkey);
+    return Status::Ok();
+  });
+}
+
+// A TPM key's private part never leaves the TPM: failing here is what makes OpenSSL sign with this
+// provider. A software key exports whole.
 int export_key(void* vkd, int selection, OSSL_CALLBACK* cb, void* cbarg) noexcept {
   auto* kd = static_cast<KeyData*>(vkd);
-  if (!kd || !kd->key || (selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY)) return 0;
-  return EVP_PKEY_export(kd->key->public_pkey(), selection, cb, cbarg) == 1;
+  if (!kd || !kd->pkey()) return 0;
+  if (kd->key && (selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY)) return 0;
+  return EVP_PKEY_export(kd->pkey(), selection, cb, cbarg) == 1;
 }
 
-const OSSL_PARAM kEcExportTypes[] = {
+// What import takes and export gives (named curves and two-prime RSA: what the default provider
+// exports for such keys).
+const OSSL_PARAM kEcKeyTypes[] = {
     OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, nullptr, 0),
-    OSSL_PARAM_octet_string(OSSL_PKEY_PARAM_PUB_KEY, nullptr, 0), OSSL_PARAM_END};
-const OSSL_PARAM kRsaExportTypes[] = {OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_N, nullptr, 0),
-                                      OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_E, nullptr, 0), OSSL_PARAM_END};
-const OSSL_PARAM* ec_export_types(int selection) noexcept {
-  return (selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) ? nullptr : kEcExportTypes;
-}
-const OSSL_PARAM* rsa_export_types(int selection) noexcept {
-  return (selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) ? nullptr : kRsaExportTypes;
-}
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_EC_ENCODING, nullptr, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, nullptr, 0),
+    OSSL_PARAM_int(OSSL_PKEY_PARAM_USE_COFACTOR_ECDH, nullptr),
+    OSSL_PARAM_int(OSSL_PKEY_PARAM_EC_INCLUDE_PUBLIC, nullptr),
+    OSSL_PARAM_octet_string(OSSL_PKEY_PARAM_PUB_KEY, nullptr, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_PRIV_KEY, nullptr, 0),
+    OSSL_PARAM_END};
+const OSSL_PARAM kRsaKeyTypes[] = {
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_N, nullptr, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_E, nullptr, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_D, nullptr, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_FACTOR1, nullptr, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_FACTOR2, nullptr, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_EXPONENT1, nullptr, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_EXPONENT2, nullptr, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_COEFFICIENT1, nullptr, 0),
+    OSSL_PARAM_END};
+const OSSL_PARAM* ec_key_types(int) noexcept { return kEcKeyTypes; }
+const OSSL_PARAM* rsa_key_types(int) noexcept { return kRsaKeyTypes; }
 
-// Everything TLS and X.509 ask of a key, answered from its public half by the default provider.
-// So the gettable lists below have no handlers of their own: each names what that key answers.
+// Everything TLS and X.509 ask of a key, answered by the default provider from the key's public
+// half (a TPM key) or the key itself (a software key). So the gettable lists below have no
+// handlers of their own: each names what such a key answers.
 int get_params(void* vkd, OSSL_PARAM params[]) noexcept {
   auto* kd = static_cast<KeyData*>(vkd);
-  if (!kd || !kd->key) return 0;
-  return EVP_PKEY_get_params(kd->key->public_pkey(), params) == 1;
+  if (!kd || !kd->pkey()) return 0;
+  return EVP_PKEY_get_params(kd->pkey(), params) == 1;
 }
 
 const OSSL_PARAM kEcGettable[] = {
@@ -104,8 +161,58 @@ const OSSL_PARAM kRsaGettable[] = {
 const OSSL_PARAM* ec_gettable(void*) noexcept { return kEcGettable; }
 const OSSL_PARAM* rsa_gettable(void*) noexcept { return kRsaGettable; }
 
-const char* ec_operation_name(int op) noexcept { return op == OSSL_OP_SIGNATURE ? "ECDSA" : nullptr; }
-const char* rsa_operation_name(int op) noexcept { return op == OSSL_OP_SIGNATURE ? "RSA" : nullptr; }
+// Only a software key's parameters change: a peer's public point arrives this way.
+int set_params(void* vkd, const OSSL_PARAM params[]) noexcept {
+  auto* kd = static_cast<KeyData*>(vkd);
+  if (!kd) return 0;
+  if (!params || !params->key) return 1;
+  return guard(kd->prov, "keymgmt_set_params", [&]() -> Status {
+    if (!kd->soft) return make_error(Reason::kInvalidArgument, "a TPM key's parameters cannot be changed");
+    if (EVP_PKEY_set_params(kd->soft.get(), const_cast<OSSL_PARAM*>(params)) != 1)
+      return make_error(Reason::kInvalidArgument, "the default provider refused the key parameters");
+    return Status::Ok();
+  });
+}
+const OSSL_PARAM kEcSettable[] = {
+    OSSL_PARAM_octet_string(OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, nullptr, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, nullptr, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_EC_ENCODING, nullptr, 0),
+    OSSL_PARAM_int(OSSL_PKEY_PARAM_EC_INCLUDE_PUBLIC, nullptr),
+    OSSL_PARAM_int(OSSL_PKEY_PARAM_USE_COFACTOR_ECDH, nullptr),
+    OSSL_PARAM_END};
+const OSSL_PARAM kRsaSettable[] = {OSSL_PARAM_END};
+const OSSL_PARAM* ec_settable(void*) noexcept { return kEcSettable; }
+const OSSL_PARAM* rsa_settable(void*) noexcept { return kRsaSettable; }
+
+// A TPM key is valid by construction (the TPM made or imported it, and checked it); a software
+// key is checked by the default provider.
+int validate(const void* vkd, int selection, int checktype) noexcept {
+  const auto* kd = static_cast<const KeyData*>(vkd);
+  if (!kd || !kd->pkey()) return 0;
+  if (kd->key) return 1;
+  auto lib = software_libctx(kd->prov);
+  if (!lib) return 0;
+  EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(*lib, kd->soft.get(), kSoftwareProps));
+  if (!ctx) return 0;
+  int ok = 1;
+  if ((selection & OSSL_KEYMGMT_SELECT_KEYPAIR) == OSSL_KEYMGMT_SELECT_KEYPAIR)
+    ok = checktype == OSSL_KEYMGMT_VALIDATE_QUICK_CHECK ? EVP_PKEY_pairwise_check(ctx.get()) : EVP_PKEY_check(ctx.get());
+  else if (selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY)
+    ok = EVP_PKEY_private_check(ctx.get());
+  else if (selection & OSSL_KEYMGMT_SELECT_PUBLIC_KEY)
+    ok = checktype == OSSL_KEYMGMT_VALIDATE_QUICK_CHECK ? EVP_PKEY_public_check_quick(ctx.get())
+                                                       : EVP_PKEY_public_check(ctx.get());
+  if (ok == 1 && (selection & OSSL_KEYMGMT_SELECT_DOMAIN_PARAMETERS) && kd->kind == KeyKind::kEc)
+    ok = EVP_PKEY_param_check(ctx.get());
+  return ok == 1;
+}
+
+const char* ec_operation_name(int op) noexcept {
+  return op == OSSL_OP_SIGNATURE ? "ECDSA" : op == OSSL_OP_KEYEXCH ? "ECDH" : nullptr;
+}
+const char* rsa_operation_name(int op) noexcept {
+  return op == OSSL_OP_SIGNATURE || op == OSSL_OP_ASYM_CIPHER ? "RSA" : nullptr;
+}
 
 // A reference from our store or decoder: the address of a KeyData* that we take over.
 void* load(const void* reference, size_t size) noexcept {
@@ -118,28 +225,55 @@ void* load(const void* reference, size_t size) noexcept {
 
 // --- generation ---
 
-void* gen_init(void* provctx, int selection, const OSSL_PARAM params[], KeyKind kind);
+// The default provider's generation context for `g`, from scratch or like `templ`.
+bool start_software_gen(GenCtx& g, EVP_PKEY* templ) {
+  return guard(g.prov, "keymgmt_gen_init", [&]() -> Status {
+    auto lib = software_libctx(g.prov);
+    if (!lib) return lib.take_error();
+    g.soft.reset(templ ? EVP_PKEY_CTX_new_from_pkey(*lib, templ, kSoftwareProps)
+                       : EVP_PKEY_CTX_new_from_name(*lib, data_type(g.kind), kSoftwareProps));
+    const bool keypair = g.selection & OSSL_KEYMGMT_SELECT_KEYPAIR;
+    if (!g.soft || (keypair ? EVP_PKEY_keygen_init(g.soft.get()) : EVP_PKEY_paramgen_init(g.soft.get())) != 1)
+      return make_error(Reason::kInternal, std::string("the default provider cannot generate ") + data_type(g.kind) +
+                                               (keypair ? " keys" : " parameters"));
+    return Status::Ok();
+  });
+}
+
 int gen_set_params(void* vgen, const OSSL_PARAM params[]) noexcept;
 
-void* ec_gen_init(void* provctx, int selection, const OSSL_PARAM params[]) noexcept {
-  return gen_init(provctx, selection, params, KeyKind::kEc);
-}
-void* rsa_gen_init(void* provctx, int selection, const OSSL_PARAM params[]) noexcept {
-  return gen_init(provctx, selection, params, KeyKind::kRsa);
-}
-
-void* gen_init(void* provctx, int selection, const OSSL_PARAM params[], KeyKind kind) {
-  if (!(selection & OSSL_KEYMGMT_SELECT_KEYPAIR)) return nullptr;
+// Software generation (`tpm` false) hands the whole job to the default provider; TPM generation
+// keeps the options here until gen().
+void* gen_init(void* provctx, int selection, const OSSL_PARAM params[], KeyKind kind, bool tpm) {
+  if (tpm && !(selection & OSSL_KEYMGMT_SELECT_KEYPAIR)) return nullptr;
   auto* g = new (std::nothrow) GenCtx;
   if (!g) return nullptr;
   g->prov = static_cast<ProviderCtx*>(provctx);
   g->kind = kind;
+  g->selection = selection;
   g->opts.spec = kind == KeyKind::kEc ? find_algorithm("ec-p256") : find_algorithm("rsa2048");
+  if (!tpm && !start_software_gen(*g, nullptr)) {
+    delete g;
+    return nullptr;
+  }
   if (!gen_set_params(g, params)) {
     delete g;
     return nullptr;
   }
   return g;
+}
+
+void* ec_gen_init(void* provctx, int selection, const OSSL_PARAM params[]) noexcept {
+  return gen_init(provctx, selection, params, KeyKind::kEc, false);
+}
+void* rsa_gen_init(void* provctx, int selection, const OSSL_PARAM params[]) noexcept {
+  return gen_init(provctx, selection, params, KeyKind::kRsa, false);
+}
+void* ec_tpm_gen_init(void* provctx, int selection, const OSSL_PARAM params[]) noexcept {
+  return gen_init(provctx, selection, params, KeyKind::kEc, true);
+}
+void* rsa_tpm_gen_init(void* provctx, int selection, const OSSL_PARAM params[]) noexcept {
+  return gen_init(provctx, selection, params, KeyKind::kRsa, true);
 }
 
 // Each generation parameter's handler; the tables below list which key type takes which.
@@ -231,22 +365,60 @@ constexpr auto kRsaGenParams = settable<GenCtx>({
 
 int gen_set_params(void* vgen, const OSSL_PARAM params[]) noexcept {
   auto* g = static_cast<GenCtx*>(vgen);
+  if (g->soft) return !params || !params->key || EVP_PKEY_CTX_set_params(g->soft.get(), params) == 1;
   return guard(g->prov, "keymgmt_gen_set_params", [&]() -> Status {
     return g->kind == KeyKind::kEc ? apply_params(kEcGenParams, *g, params) : apply_params(kRsaGenParams, *g, params);
   });
 }
 
-const OSSL_PARAM* ec_gen_settable(void*, void*) noexcept { return kEcGenParams.list(); }
-const OSSL_PARAM* rsa_gen_settable(void*, void*) noexcept { return kRsaGenParams.list(); }
+const OSSL_PARAM* ec_tpm_gen_settable(void*, void*) noexcept { return kEcGenParams.list(); }
+const OSSL_PARAM* rsa_tpm_gen_settable(void*, void*) noexcept { return kRsaGenParams.list(); }
+// What software generation passes on to the default provider (`-pkeyopt` names map to these).
+const OSSL_PARAM kEcSoftGenParams[] = {
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, nullptr, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_EC_ENCODING, nullptr, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, nullptr, 0),
+    OSSL_PARAM_int(OSSL_PKEY_PARAM_USE_COFACTOR_ECDH, nullptr),
+    OSSL_PARAM_END};
+const OSSL_PARAM kRsaSoftGenParams[] = {
+    OSSL_PARAM_size_t(OSSL_PKEY_PARAM_RSA_BITS, nullptr),
+    OSSL_PARAM_size_t(OSSL_PKEY_PARAM_RSA_PRIMES, nullptr),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_E, nullptr, 0),
+    OSSL_PARAM_END};
+const OSSL_PARAM* ec_gen_settable(void*, void*) noexcept { return kEcSoftGenParams; }
+const OSSL_PARAM* rsa_gen_settable(void*, void*) noexcept { return kRsaSoftGenParams; }
+
+// A template (`openssl genpkey -paramfile`, a TLS peer's parameters) gives the EC group.
+int gen_set_template(void* vgen, void* vtempl) noexcept {
+  auto* g = static_cast<GenCtx*>(vgen);
+  const auto* t = static_cast<const KeyData*>(vtempl);
+  if (!t || !t->pkey() || t->kind != g->kind) return 0;
+  if (g->soft) return start_software_gen(*g, t->pkey());
+  return guard(g->prov, "keymgmt_gen_set_template", [&]() -> Status {
+    if (g->kind != KeyKind::kEc) return Status::Ok();
+    char group[64];
+    if (EVP_PKEY_get_utf8_string_param(t->pkey(), OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof group, nullptr) != 1)
+      return make_error(Reason::kUnsupported, "the template has no named curve");
+    OSSL_PARAM p = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, group, 0);
+    return set_group(*g, p);
+  });
+}
 
 void* gen(void* vgen, OSSL_CALLBACK*, void*) noexcept {
   auto* g = static_cast<GenCtx*>(vgen);
   KeyData* out = nullptr;
+  if (g->soft) {
+    EVP_PKEY* pkey = nullptr;
+    if (EVP_PKEY_generate(g->soft.get(), &pkey) != 1) return nullptr;
+    out = new (std::nothrow) KeyData{g->prov, g->kind, nullptr, EvpPkeyPtr(pkey)};
+    if (!out) EVP_PKEY_free(pkey);
+    return out;
+  }
   guard(g->prov, "keymgmt_gen", [&]() -> Status {
     std::string label = std::string("new ") + g->opts.spec->name + " key";
     auto key = Key::generate(*g->prov->core, g->opts, g->auth, label);
     if (!key) return key.take_error();
-    out = new KeyData{g->prov, g->kind, std::move(*key)};
+    out = new KeyData{g->prov, g->kind, std::move(*key), nullptr};
     return Status::Ok();
   });
   return out;
@@ -256,42 +428,77 @@ void gen_cleanup(void* vgen) noexcept { delete static_cast<GenCtx*>(vgen); }
 
 }  // namespace
 
-const OSSL_DISPATCH kEcKeymgmt[] = {
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_NEW, keymgmt_new, ec_new),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_FREE, keymgmt_free, key_free),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_DUP, keymgmt_dup, dup),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_LOAD, keymgmt_load, load),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_HAS, keymgmt_has, has),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_MATCH, keymgmt_match, match),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_EXPORT, keymgmt_export, export_key),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_EXPORT_TYPES, keymgmt_export_types, ec_export_types),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GET_PARAMS, keymgmt_get_params, get_params),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GETTABLE_PARAMS, keymgmt_gettable_params, ec_gettable),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_QUERY_OPERATION_NAME, keymgmt_query_operation_name, ec_operation_name),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_INIT, keymgmt_gen_init, ec_gen_init),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_SET_PARAMS, keymgmt_gen_set_params, gen_set_params),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_SETTABLE_PARAMS, keymgmt_gen_settable_params, ec_gen_settable),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN, keymgmt_gen, gen),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_CLEANUP, keymgmt_gen_cleanup, gen_cleanup),
-    {0, nullptr}};
+bool software_has(const KeyData& kd, int selection) {
+  const EVP_PKEY* pkey = kd.soft.get();
+  const KeyKind kind = kd.kind;
+  if (!pkey) return false;
+  ERR_set_mark();
+  bool ok = true;
+  if (selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) {
+    BIGNUM* bn = nullptr;
+    ok = EVP_PKEY_get_bn_param(pkey, kind == KeyKind::kEc ? OSSL_PKEY_PARAM_PRIV_KEY : OSSL_PKEY_PARAM_RSA_D, &bn) == 1;
+    BN_clear_free(bn);
+  }
+  if (ok && (selection & OSSL_KEYMGMT_SELECT_PUBLIC_KEY)) {
+    if (kind == KeyKind::kEc) {
+      size_t len = 0;
+      ok = EVP_PKEY_get_octet_string_param(pkey, OSSL_PKEY_PARAM_PUB_KEY, nullptr, 0, &len) == 1 && len > 0;
+    } else {
+      BIGNUM* bn = nullptr;
+      ok = EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_N, &bn) == 1;
+      BN_free(bn);
+    }
+  }
+  if (ok && kind == KeyKind::kEc && (selection & OSSL_KEYMGMT_SELECT_DOMAIN_PARAMETERS)) {
+    char group[64];
+    ok = EVP_PKEY_get_utf8_string_param(pkey, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof group, nullptr) == 1;
+  }
+  ERR_pop_to_mark();
+  return ok;
+}
 
+// Everything but generation, the same for both keymgmts of a key type.
+#define TPMKEY_KEYMGMT_COMMON(type)                                                                        \
+  TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_NEW, keymgmt_new, type##_new),                                         \
+      TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_FREE, keymgmt_free, key_free),                                     \
+      TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_DUP, keymgmt_dup, dup),                                            \
+      TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_LOAD, keymgmt_load, load),                                         \
+      TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_HAS, keymgmt_has, has),                                            \
+      TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_MATCH, keymgmt_match, match),                                      \
+      TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_VALIDATE, keymgmt_validate, validate),                             \
+      TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_IMPORT, keymgmt_import, import_key),                               \
+      TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_IMPORT_TYPES, keymgmt_import_types, type##_key_types),             \
+      TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_EXPORT, keymgmt_export, export_key),                               \
+      TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_EXPORT_TYPES, keymgmt_export_types, type##_key_types),             \
+      TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GET_PARAMS, keymgmt_get_params, get_params),                       \
+      TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GETTABLE_PARAMS, keymgmt_gettable_params, type##_gettable),        \
+      TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_SET_PARAMS, keymgmt_set_params, set_params),                       \
+      TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_SETTABLE_PARAMS, keymgmt_settable_params, type##_settable),        \
+      TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_QUERY_OPERATION_NAME, keymgmt_query_operation_name, type##_operation_name), \
+      TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_SET_PARAMS, keymgmt_gen_set_params, gen_set_params),           \
+      TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_SET_TEMPLATE, keymgmt_gen_set_template, gen_set_template),     \
+      TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN, keymgmt_gen, gen),                                            \
+      TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_CLEANUP, keymgmt_gen_cleanup, gen_cleanup)
+
+const OSSL_DISPATCH kEcKeymgmt[] = {
+    TPMKEY_KEYMGMT_COMMON(ec),
+    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_INIT, keymgmt_gen_init, ec_gen_init),
+    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_SETTABLE_PARAMS, keymgmt_gen_settable_params, ec_gen_settable),
+    {0, nullptr}};
 const OSSL_DISPATCH kRsaKeymgmt[] = {
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_NEW, keymgmt_new, rsa_new),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_FREE, keymgmt_free, key_free),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_DUP, keymgmt_dup, dup),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_LOAD, keymgmt_load, load),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_HAS, keymgmt_has, has),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_MATCH, keymgmt_match, match),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_EXPORT, keymgmt_export, export_key),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_EXPORT_TYPES, keymgmt_export_types, rsa_export_types),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GET_PARAMS, keymgmt_get_params, get_params),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GETTABLE_PARAMS, keymgmt_gettable_params, rsa_gettable),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_QUERY_OPERATION_NAME, keymgmt_query_operation_name, rsa_operation_name),
+    TPMKEY_KEYMGMT_COMMON(rsa),
     TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_INIT, keymgmt_gen_init, rsa_gen_init),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_SET_PARAMS, keymgmt_gen_set_params, gen_set_params),
     TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_SETTABLE_PARAMS, keymgmt_gen_settable_params, rsa_gen_settable),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN, keymgmt_gen, gen),
-    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_CLEANUP, keymgmt_gen_cleanup, gen_cleanup),
+    {0, nullptr}};
+const OSSL_DISPATCH kEcTpmKeymgmt[] = {
+    TPMKEY_KEYMGMT_COMMON(ec),
+    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_INIT, keymgmt_gen_init, ec_tpm_gen_init),
+    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_SETTABLE_PARAMS, keymgmt_gen_settable_params, ec_tpm_gen_settable),
+    {0, nullptr}};
+const OSSL_DISPATCH kRsaTpmKeymgmt[] = {
+    TPMKEY_KEYMGMT_COMMON(rsa),
+    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_INIT, keymgmt_gen_init, rsa_tpm_gen_init),
+    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_SETTABLE_PARAMS, keymgmt_gen_settable_params, rsa_tpm_gen_settable),
     {0, nullptr}};
 
 }  // namespace tpmkey::provider

@@ -15,6 +15,11 @@ inline constexpr const char* kParamParent = "parent";
 // calls it. Not a signature digest: that is OpenSSL's OSSL_SIGNATURE_PARAM_DIGEST.
 inline constexpr const char* kParamNameDigest = "digest";
 
+// Signature (int, 1 to allow): sign a SHA-1 digest, which tpmkey otherwise refuses (SHA-1
+// collisions make such signatures forgeable). For peers that know nothing else, such as SSH's
+// ssh-rsa; `tpmkey agent --allow-sha1` sets it.
+inline constexpr const char* kParamAllowSha1 = "tpmkey-allow-sha1";
+
 // Provider parameter (uint64): TPM commands this provider instance has sent; 0 before it connects.
 inline constexpr const char* kParamTpmCommands = "tpmkey-tpm-commands";
 

@@ -1,5 +1,6 @@
 // Signature: ECDSA and RSA (PKCS#1 v1.5, PSS) by the TPM. Hashing happens in software; the TPM
-// signs the digest with one TPM2_Sign.
+// signs the digest with one TPM2_Sign. Verification, and signing with a software key, are the
+// default provider's: this file hands them over whole (the `soft` contexts below).
 #include <cstring>
 
 #include <openssl/core_names.h>
@@ -21,9 +22,18 @@ struct SigCtx {
   int padding = RSA_PKCS1_PADDING;
   int saltlen = RSA_PSS_SALTLEN_DIGEST;
   TPM2_ALG_ID mgf1 = TPM2_ALG_NULL;  // NULL: same as the digest
+  bool allow_sha1 = false;
   EvpMdCtxPtr md_ctx;                // DigestSign only
   bool buffer_message = false;       // DigestSign with a restricted key: the TPM hashes the message
   Bytes message;
+  // Verification (any key) and signing with a software key: the default provider's context,
+  // which gets every parameter and call as is.
+  EvpPkeyCtxPtr soft;     // sign, verify, verify_recover
+  EvpMdCtxPtr soft_md;    // DigestSign, DigestVerify
+  // The EVP_PKEY_CTX that takes parameters while a software operation is set up.
+  EVP_PKEY_CTX* soft_params() const {
+    return soft ? soft.get() : soft_md ? EVP_MD_CTX_get_pkey_ctx(soft_md.get()) : nullptr;
+  }
 };
 
 // A restricted key's message is kept whole for the TPM to hash; this bounds the memory it takes.
@@ -112,6 +122,7 @@ void* dupctx(void* vc) noexcept {
   d->padding = c->padding;
   d->saltlen = c->saltlen;
   d->mgf1 = c->mgf1;
+  d->allow_sha1 = c->allow_sha1;
   d->buffer_message = c->buffer_message;
   try {
     d->message = c->message;
@@ -119,23 +130,37 @@ void* dupctx(void* vc) noexcept {
     delete d;
     return nullptr;
   }
-  if (c->md_ctx) {
-    d->md_ctx.reset(EVP_MD_CTX_new());
-    if (!d->md_ctx || !EVP_MD_CTX_copy_ex(d->md_ctx.get(), c->md_ctx.get())) {
-      delete d;
-      return nullptr;
-    }
+  auto copy_md = [](const EvpMdCtxPtr& from, EvpMdCtxPtr& to) {
+    if (!from) return true;
+    to.reset(EVP_MD_CTX_new());
+    return to && EVP_MD_CTX_copy_ex(to.get(), from.get()) == 1;
+  };
+  if (c->soft) d->soft.reset(EVP_PKEY_CTX_dup(c->soft.get()));
+  if (!copy_md(c->md_ctx, d->md_ctx) || !copy_md(c->soft_md, d->soft_md) || (c->soft && !d->soft)) {
+    delete d;
+    return nullptr;
   }
   return d;
 }
 
 // --- parameters: each one's handler, then the tables of which algorithm takes which ---
 
+Error unsupported_digest(const char* name) {
+  return make_error(Reason::kUnsupported, std::string("digest ") + name + " (the TPM signs SHA-256, SHA-384 and SHA-512 digests)");
+}
+
+Status set_allow_sha1(SigCtx& c, const OSSL_PARAM& p) {
+  int v = 0;
+  if (!OSSL_PARAM_get_int(&p, &v)) return make_error(Reason::kInvalidArgument, std::string(kParamAllowSha1) + " must be 0 or 1");
+  c.allow_sha1 = v != 0;
+  return Status::Ok();
+}
+
 Status set_digest(SigCtx& c, const OSSL_PARAM& p) {
   const char* name = nullptr;
   if (!OSSL_PARAM_get_utf8_string_ptr(&p, &name)) return make_error(Reason::kInvalidArgument, "digest must be a name");
   TPM2_ALG_ID h = hash_from_name(name);
-  if (h == TPM2_ALG_ERROR) return make_error(Reason::kUnsupported, std::string("digest ") + name + " (use SHA256, SHA384 or SHA512)");
+  if (h == TPM2_ALG_ERROR) return unsupported_digest(name);
   if (c.md_ctx && h != c.hash) return make_error(Reason::kInvalidArgument, "cannot change the digest during DigestSign");
   c.hash = h;
   return Status::Ok();
@@ -213,10 +238,12 @@ bool get_mgf1_digest(const SigCtx& c, OSSL_PARAM& p) {
 constexpr auto kEcdsaSettable = settable<SigCtx>({
     {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, nullptr, 0), set_digest},
     {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PROPERTIES, nullptr, 0), set_properties},
+    {OSSL_PARAM_int(kParamAllowSha1, nullptr), set_allow_sha1},
 });
 constexpr auto kRsaSettable = settable<SigCtx>({
     {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, nullptr, 0), set_digest},
     {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PROPERTIES, nullptr, 0), set_properties},
+    {OSSL_PARAM_int(kParamAllowSha1, nullptr), set_allow_sha1},
     {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PAD_MODE, nullptr, 0), set_pad_mode},  // or an int
     {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PSS_SALTLEN, nullptr, 0), set_pss_saltlen},  // or an int
     {OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_MGF1_DIGEST, nullptr, 0), set_mgf1_digest},
@@ -239,11 +266,13 @@ Status set_params(SigCtx& c, const OSSL_PARAM params[]) {
 
 int set_ctx_params(void* vc, const OSSL_PARAM params[]) noexcept {
   auto* c = static_cast<SigCtx*>(vc);
+  if (EVP_PKEY_CTX* soft = c->soft_params()) return !params || !params->key || EVP_PKEY_CTX_set_params(soft, params) == 1;
   return guard(c->prov, "signature_set_ctx_params", [&] { return set_params(*c, params); });
 }
 
 int get_ctx_params(void* vc, OSSL_PARAM params[]) noexcept {
   const auto* c = static_cast<const SigCtx*>(vc);
+  if (EVP_PKEY_CTX* soft = c->soft_params()) return EVP_PKEY_CTX_get_params(soft, params) == 1;
   return c->kind == KeyKind::kEc ? answer_params(kEcdsaGettable, *c, params) : answer_params(kRsaGettable, *c, params);
 }
 
@@ -254,21 +283,66 @@ const OSSL_PARAM* rsa_settable(void*, void*) noexcept { return kRsaSettable.list
 
 // --- signing ---
 
-// Only our own private keys: a foreign or public-only key never reaches the TPM (docs/architecture.md, "Import is refused").
-Status init(SigCtx& c, void* vkd, const OSSL_PARAM params[]) {
+// What an operation is, for the software contexts.
+enum class Op { kSign, kVerify, kVerifyRecover };
+
+// A TPM key signs in the TPM; everything else goes to the default provider: a software key's
+// signing, and verification with any key (a TPM key's public half). Only `key` reaches the TPM.
+Status init(SigCtx& c, void* vkd, const OSSL_PARAM params[], Op op, const char* mdname = nullptr, bool digest = false) {
   auto* kd = static_cast<KeyData*>(vkd);
-  if (!kd || !kd->key || kd->kind != c.kind)
-    return make_error(Reason::kInvalidArgument, "not a tpmkey private key");
-  c.key = kd->key;
+  if (!kd || !kd->pkey() || kd->kind != c.kind) return make_error(Reason::kInvalidArgument, "no key");
+  c.key.reset();
   c.md_ctx.reset();
+  c.soft.reset();
+  c.soft_md.reset();
   c.buffer_message = false;
   c.message.clear();
-  return set_params(c, params);
+  if (op == Op::kSign && kd->key) {
+    c.key = kd->key;
+    return set_params(c, params);
+  }
+  if (op == Op::kSign && !software_has(*kd, OSSL_KEYMGMT_SELECT_PRIVATE_KEY)) return make_error(Reason::kInvalidArgument, "not a private key");
+  auto lib = software_libctx(c.prov);
+  if (!lib) return lib.take_error();
+  int ok = 0;
+  if (digest) {
+    c.soft_md.reset(EVP_MD_CTX_new());
+    if (c.soft_md)
+      ok = op == Op::kSign ? EVP_DigestSignInit_ex(c.soft_md.get(), nullptr, mdname, *lib, kSoftwareProps, kd->pkey(), params)
+                           : EVP_DigestVerifyInit_ex(c.soft_md.get(), nullptr, mdname, *lib, kSoftwareProps, kd->pkey(), params);
+  } else {
+    c.soft.reset(EVP_PKEY_CTX_new_from_pkey(*lib, kd->pkey(), kSoftwareProps));
+    if (c.soft)
+      ok = op == Op::kSign     ? EVP_PKEY_sign_init_ex(c.soft.get(), params)
+           : op == Op::kVerify ? EVP_PKEY_verify_init_ex(c.soft.get(), params)
+                               : EVP_PKEY_verify_recover_init_ex(c.soft.get(), params);
+  }
+  if (ok != 1) return make_error(Reason::kInvalidArgument, "the default provider refused the operation for this key");
+  return Status::Ok();
 }
 
 int sign_init(void* vc, void* vkd, const OSSL_PARAM params[]) noexcept {
   auto* c = static_cast<SigCtx*>(vc);
-  return guard(c->prov, "sign_init", [&] { return init(*c, vkd, params); });
+  return guard(c->prov, "sign_init", [&] { return init(*c, vkd, params, Op::kSign); });
+}
+int verify_init(void* vc, void* vkd, const OSSL_PARAM params[]) noexcept {
+  auto* c = static_cast<SigCtx*>(vc);
+  return guard(c->prov, "verify_init", [&] { return init(*c, vkd, params, Op::kVerify); });
+}
+int verify_recover_init(void* vc, void* vkd, const OSSL_PARAM params[]) noexcept {
+  auto* c = static_cast<SigCtx*>(vc);
+  return guard(c->prov, "verify_recover_init", [&] { return init(*c, vkd, params, Op::kVerifyRecover); });
+}
+int verify(void* vc, const unsigned char* sig, size_t siglen, const unsigned char* tbs, size_t tbslen) noexcept {
+  auto* c = static_cast<SigCtx*>(vc);
+  return c->soft && EVP_PKEY_verify(c->soft.get(), sig, siglen, tbs, tbslen) == 1;
+}
+int verify_recover(void* vc, unsigned char* rout, size_t* routlen, size_t routsize, const unsigned char* sig,
+                   size_t siglen) noexcept {
+  auto* c = static_cast<SigCtx*>(vc);
+  if (!c->soft) return 0;
+  *routlen = routsize;
+  return EVP_PKEY_verify_recover(c->soft.get(), rout, routlen, sig, siglen) == 1;
 }
 
 // `tbs` is a digest, or with `message` set the whole message for the TPM to hash.
@@ -280,6 +354,20 @@ Status tpm_sign(SigCtx& c, unsigned char* sig, size_t* siglen, size_t sigsize, c
     return make_error(Reason::kInvalidArgument, "input is " + std::to_string(tbslen) +
                                                     " bytes, not a SHA-1/256/384/512 digest" +
                                                     (c.hash != TPM2_ALG_NULL ? std::string(" of ") + hash_name(c.hash) : ""))
+        .context(what);
+  if (hash == TPM2_ALG_SHA1 && !c.allow_sha1)
+    return make_error(Reason::kUnsupported,
+                      "SHA-1 signatures are refused: SHA-1 collisions make them forgeable; use SHA-256, SHA-384 or "
+                      "SHA-512 (tpmkey-allow-sha1 signs SHA-1 for peers that know nothing else)")
+        .context(what);
+  // Without a digest, OpenSSL's RSA PKCS#1 v1.5 signs the input itself, with no DigestInfo around
+  // it; a TPM signing key always adds one, so the signature would not be what was asked for.
+  if (!message && c.kind == KeyKind::kRsa && c.padding == RSA_PKCS1_PADDING && c.hash == TPM2_ALG_NULL &&
+      !c.key->restricted())
+    return make_error(Reason::kUnsupported,
+                      "RSA PKCS#1 v1.5 without a digest signs the input as it is, which a TPM signing key cannot do "
+                      "(it signs a digest in a DigestInfo); name the digest (openssl pkeyutl -digest sha256, or "
+                      "-pkeyopt digest:sha256)")
         .context(what);
   SignScheme scheme{default_scheme(c.kind, hash)};
   if (c.kind == KeyKind::kRsa && c.padding == RSA_PKCS1_PSS_PADDING) {
@@ -304,6 +392,10 @@ Status tpm_sign(SigCtx& c, unsigned char* sig, size_t* siglen, size_t sigsize, c
 int sign(void* vc, unsigned char* sig, size_t* siglen, size_t sigsize, const unsigned char* tbs,
          size_t tbslen) noexcept {
   auto* c = static_cast<SigCtx*>(vc);
+  if (c->soft) {
+    if (sig) *siglen = sigsize;
+    return EVP_PKEY_sign(c->soft.get(), sig, siglen, tbs, tbslen) == 1;
+  }
   return guard(c->prov, "sign", [&]() -> Status {
     if (!c->key) return make_error(Reason::kInvalidArgument, "sign without sign_init");
     if (!sig) {
@@ -317,11 +409,12 @@ int sign(void* vc, unsigned char* sig, size_t* siglen, size_t sigsize, const uns
 int digest_sign_init(void* vc, const char* mdname, void* vkd, const OSSL_PARAM params[]) noexcept {
   auto* c = static_cast<SigCtx*>(vc);
   return guard(c->prov, "digest_sign_init", [&]() -> Status {
-    TPMKEY_TRY(init(*c, vkd, params));
+    auto* kd = static_cast<KeyData*>(vkd);
+    if (kd && !kd->key) return init(*c, vkd, params, Op::kSign, mdname, true);
+    TPMKEY_TRY(init(*c, vkd, params, Op::kSign));
     if (mdname && *mdname) {
       c->hash = hash_from_name(mdname);
-      if (c->hash == TPM2_ALG_ERROR)
-        return make_error(Reason::kUnsupported, std::string("digest ") + mdname + " (use SHA256, SHA384 or SHA512)");
+      if (c->hash == TPM2_ALG_ERROR) return unsupported_digest(mdname);
     } else if (c->hash == TPM2_ALG_NULL) {
       c->hash = TPM2_ALG_SHA256;
     }
@@ -339,6 +432,7 @@ int digest_sign_init(void* vc, const char* mdname, void* vkd, const OSSL_PARAM p
 
 int digest_sign_update(void* vc, const unsigned char* data, size_t len) noexcept {
   auto* c = static_cast<SigCtx*>(vc);
+  if (c->soft_md) return EVP_DigestSignUpdate(c->soft_md.get(), data, len) == 1;
   if (c->buffer_message) {
     return guard(c->prov, "digest_sign_update", [&]() -> Status {
       if (c->message.size() + len > kMaxRestrictedMessage)
@@ -352,6 +446,10 @@ int digest_sign_update(void* vc, const unsigned char* data, size_t len) noexcept
 
 int digest_sign_final(void* vc, unsigned char* sig, size_t* siglen, size_t sigsize) noexcept {
   auto* c = static_cast<SigCtx*>(vc);
+  if (c->soft_md) {
+    if (sig) *siglen = sigsize;
+    return EVP_DigestSignFinal(c->soft_md.get(), sig, siglen) == 1;
+  }
   return guard(c->prov, "digest_sign_final", [&]() -> Status {
     if (!c->key || !c->md_ctx) return make_error(Reason::kInvalidArgument, "digest_sign_final without init");
     if (!sig) {
@@ -366,6 +464,19 @@ int digest_sign_final(void* vc, unsigned char* sig, size_t* siglen, size_t sigsi
   });
 }
 
+int digest_verify_init(void* vc, const char* mdname, void* vkd, const OSSL_PARAM params[]) noexcept {
+  auto* c = static_cast<SigCtx*>(vc);
+  return guard(c->prov, "digest_verify_init", [&] { return init(*c, vkd, params, Op::kVerify, mdname, true); });
+}
+int digest_verify_update(void* vc, const unsigned char* data, size_t len) noexcept {
+  auto* c = static_cast<SigCtx*>(vc);
+  return c->soft_md && EVP_DigestVerifyUpdate(c->soft_md.get(), data, len) == 1;
+}
+int digest_verify_final(void* vc, const unsigned char* sig, size_t siglen) noexcept {
+  auto* c = static_cast<SigCtx*>(vc);
+  return c->soft_md && EVP_DigestVerifyFinal(c->soft_md.get(), sig, siglen) == 1;
+}
+
 }  // namespace
 
 #define TPMKEY_SIGNATURE_COMMON                                                                     \
@@ -376,6 +487,11 @@ int digest_sign_final(void* vc, unsigned char* sig, size_t* siglen, size_t sigsi
       TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_DIGEST_SIGN_INIT, signature_digest_sign_init, digest_sign_init), \
       TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_DIGEST_SIGN_UPDATE, signature_digest_sign_update, digest_sign_update), \
       TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_DIGEST_SIGN_FINAL, signature_digest_sign_final, digest_sign_final), \
+      TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_VERIFY_INIT, signature_verify_init, verify_init),         \
+      TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_VERIFY, signature_verify, verify),                        \
+      TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_DIGEST_VERIFY_INIT, signature_digest_verify_init, digest_verify_init), \
+      TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_DIGEST_VERIFY_UPDATE, signature_digest_verify_update, digest_verify_update), \
+      TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_DIGEST_VERIFY_FINAL, signature_digest_verify_final, digest_verify_final), \
       TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_GET_CTX_PARAMS, signature_get_ctx_params, get_ctx_params), \
       TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_SET_CTX_PARAMS, signature_set_ctx_params, set_ctx_params)
 
@@ -388,6 +504,8 @@ const OSSL_DISPATCH kEcdsaSignature[] = {
 
 const OSSL_DISPATCH kRsaSignature[] = {
     TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_NEWCTX, signature_newctx, rsa_newctx),
+    TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_VERIFY_RECOVER_INIT, signature_verify_recover_init, verify_recover_init),
+    TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_VERIFY_RECOVER, signature_verify_recover, verify_recover),
     TPMKEY_SIGNATURE_COMMON,
     TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_GETTABLE_CTX_PARAMS, signature_gettable_ctx_params, rsa_gettable),
     TPMKEY_DISPATCH(OSSL_FUNC_SIGNATURE_SETTABLE_CTX_PARAMS, signature_settable_ctx_params, rsa_settable),

@@ -1,6 +1,7 @@
-// Text encoder: `openssl pkey -text` for a TPM key. Prints the size, the public components as
-// OpenSSL prints them, and what the TPM adds: the algorithm, the parent, whether a password is
-// needed and where the key was made (in the TPM, or imported). There is no private material to
+// Text encoder: `openssl pkey -text` for a TPM key (a software key is the default provider's to
+// print). Prints the size, the public components as OpenSSL prints them, and what the TPM adds:
+// the algorithm, the parent, whether a password is needed and where the key was made (in the
+// TPM, or imported). There is no private material to
 // print: it never leaves the TPM.
 #include <openssl/core_names.h>
 #include <openssl/err.h>
@@ -89,7 +90,8 @@ int encode(void* vctx, OSSL_CORE_BIO* out, const void* obj, const OSSL_PARAM[], 
   auto* prov = static_cast<ProviderCtx*>(vctx);
   return guard(prov, "encode_text", [&]() -> Status {
     const auto* kd = static_cast<const KeyData*>(obj);
-    if (!kd || !kd->key) return make_error(Reason::kInvalidArgument, "nothing to encode");
+    if (!kd || !kd->pkey()) return make_error(Reason::kInvalidArgument, "nothing to encode");
+    if (!kd->key) return encode_software(prov, out, *kd, selection, "TEXT", nullptr, "", nullptr, nullptr);
     auto body = public_body(kd->key->public_pkey());
     if (!body) return body.take_error().context("text(" + kd->key->label() + ")");
     bool private_part = selection == 0 || (selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY);

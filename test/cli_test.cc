@@ -432,11 +432,20 @@ TEST_F(CliTest, OpensslConfigFileAndPrehashedSign) {
 }
 
 TEST_F(CliTest, GenpkeyStoreutlAndCertificates) {
-  // genpkey generates inside the TPM and writes the TSS2 key file.
+  // genpkey generates inside the TPM when asked for tpmkey by property, and writes the TSS2 key
+  // file; without the property it makes a software key, whichever provider comes first
+  // (docs/architecture.md, "Either provider order").
   std::filesystem::create_directories(keystore_);
-  EXPECT_OK(openssl("genpkey", {"-algorithm", "EC", "-pkeyopt", "group:P-384", "-out", keystore_ + "/gen.pem"}));
+  for (bool tpmkey_first : {true, false}) {
+    const std::string soft = dir_ + "/soft.pem";
+    EXPECT_OK(openssl("genpkey", {"-algorithm", "EC", "-pkeyopt", "group:P-256", "-out", soft}, tpmkey_first));
+    EXPECT_EQ(read_file(soft).rfind("-----BEGIN PRIVATE KEY-----", 0), 0u) << tpmkey_first;
+    EXPECT_OK(openssl("genpkey", {"-algorithm", "RSA", "-pkeyopt", "bits:2048", "-out", soft}, tpmkey_first));
+    EXPECT_EQ(read_file(soft).rfind("-----BEGIN PRIVATE KEY-----", 0), 0u) << tpmkey_first;
+  }
+  EXPECT_OK(openssl("genpkey", {"-propquery", "provider=tpmkey", "-algorithm", "EC", "-pkeyopt", "group:P-384", "-out",
+                                keystore_ + "/gen.pem"}));
   EXPECT_EQ(read_file(keystore_ + "/gen.pem").rfind("-----BEGIN TSS2 PRIVATE KEY-----", 0), 0u);
-  // With default first, generation in the TPM is asked for by property.
   EXPECT_OK(openssl("genpkey", {"-propquery", "provider=tpmkey", "-algorithm", "RSA", "-pkeyopt", "bits:2048", "-out",
                                 keystore_ + "/genrsa.pem"},
                     false));
@@ -640,7 +649,8 @@ TEST_F(CliTest, ErrorsSayWhatWhichAndWhy) {
   EXPECT_FAILS_WITH(sign("tpm2:nosuchkey"), "open(tpm2:nosuchkey): key not found");
   EXPECT_FAILS_WITH(sign("tpm2:corrupt"), "open(tpm2:corrupt): read(" + keystore_ + "/corrupt.pem): malformed");
   EXPECT_FAILS_WITH(tpmkey({"create", "d", "--algorithm", "dsa1024"}), "unknown algorithm \"dsa1024\"");
-  EXPECT_FAILS_WITH(openssl("genpkey", {"-algorithm", "EC", "-pkeyopt", "group:P-192"}), "EC group \"P-192\"");
+  EXPECT_FAILS_WITH(openssl("genpkey", {"-propquery", "provider=tpmkey", "-algorithm", "EC", "-pkeyopt", "group:P-192"}),
+                    "EC group \"P-192\"");
   EXPECT_FAILS_WITH(tpmkey({"create", "../x"}), "key name \"../x\"");
   EXPECT_FAILS_WITH(tpmkey({"pubkey", "corrupt"}), "malformed or unusable key file");
 

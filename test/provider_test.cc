@@ -22,6 +22,7 @@
 #include <openssl/x509.h>
 
 #include "keystore/keyfile.h"
+#include "provider/params.h"
 #include "test/fixture.h"
 #include "test/support.h"
 
@@ -246,6 +247,140 @@ TEST_P(ProviderTest, ForeignKeysNeverReachTheTpm) {
   EXPECT_EQ(tpm_commands(lib_), 0u);
 }
 
+// Keys that are not the TPM's, held by tpmkey's key management (what an unqualified fetch gets
+// with tpmkey first): generation without a property query, key material imported as data, and
+// every operation on them are the default provider's, in software. None reaches the TPM
+// (docs/architecture.md, "Either provider order").
+TEST_P(ProviderTest, SoftwareKeysInTpmkeysKeyManagementStayInSoftware) {
+  auto derive = [](OSSL_LIB_CTX* l, EVP_PKEY* priv, EVP_PKEY* peer) {
+    std::vector<unsigned char> out(128);
+    size_t len = out.size();
+    EVP_PKEY_CTX* c = EVP_PKEY_CTX_new_from_pkey(l, priv, nullptr);
+    bool ok = c && EVP_PKEY_derive_init(c) == 1 && EVP_PKEY_derive_set_peer(c, peer) == 1 &&
+              EVP_PKEY_derive(c, out.data(), &len) == 1;
+    EVP_PKEY_CTX_free(c);
+    out.resize(ok ? len : 0);
+    return out;
+  };
+  for (const char* type : {"EC", "RSA"}) {
+    SCOPED_TRACE(type);
+    const bool ec = std::string(type) == "EC";
+    // The keymgmt a fetch without properties finds when tpmkey comes first.
+    EVP_PKEY_CTX* gen = EVP_PKEY_CTX_new_from_name(lib_, type, "tpmkey.keygen=software");
+    ASSERT_TRUE(gen) << drain_errors();
+    EVP_PKEY* raw = nullptr;
+    ASSERT_EQ(EVP_PKEY_keygen_init(gen), 1);
+    if (ec) ASSERT_EQ(EVP_PKEY_CTX_set_group_name(gen, "P-256"), 1);
+    else ASSERT_EQ(EVP_PKEY_CTX_set_rsa_keygen_bits(gen, 2048), 1);
+    ASSERT_EQ(EVP_PKEY_generate(gen, &raw), 1) << drain_errors();
+    EVP_PKEY_CTX_free(gen);
+    PkeyPtr soft(raw, EVP_PKEY_free);
+    EXPECT_NE(std::string(EVP_PKEY_get0_description(soft.get())).find("TPM or software"), std::string::npos);
+    // Signs in software, verifies in the default provider alone and in this library context.
+    auto sig = digest_sign(lib_, soft.get(), "software key", {});
+    ASSERT_FALSE(sig.empty()) << drain_errors();
+    PkeyPtr pub = public_copy(soft.get());
+    ASSERT_TRUE(pub);
+    EXPECT_TRUE(digest_verify(pub.get(), "software key", sig, {}));
+    EVP_MD_CTX* md = EVP_MD_CTX_new();
+    EXPECT_EQ(EVP_DigestVerifyInit_ex(md, nullptr, "SHA256", lib_, nullptr, soft.get(), nullptr), 1);
+    EXPECT_EQ(EVP_DigestVerify(md, sig.data(), sig.size(), reinterpret_cast<const unsigned char*>("software key"), 12), 1);
+    EVP_MD_CTX_free(md);
+    // The private key exports (it is an ordinary software key) and writes as PKCS#8.
+    OSSL_PARAM* params = nullptr;
+    EXPECT_EQ(EVP_PKEY_todata(soft.get(), EVP_PKEY_KEYPAIR, &params), 1);
+    EXPECT_TRUE(OSSL_PARAM_locate(params, ec ? OSSL_PKEY_PARAM_PRIV_KEY : OSSL_PKEY_PARAM_RSA_D));
+    OSSL_PARAM_free(params);
+    BIO* pem = BIO_new(BIO_s_mem());
+    EXPECT_EQ(PEM_write_bio_PrivateKey(pem, soft.get(), nullptr, nullptr, 0, nullptr, nullptr), 1) << drain_errors();
+    char* text = nullptr;
+    long n = BIO_get_mem_data(pem, &text);
+    EXPECT_EQ(std::string(text, size_t(n)).rfind("-----BEGIN PRIVATE KEY-----", 0), 0u);
+    BIO_free(pem);
+    if (ec) {
+      // A peer's public key imported as data into tpmkey's keymgmt: ECDH with it is the default
+      // provider's, and agrees with the peer's own derivation.
+      EVP_PKEY* peer_raw = EVP_PKEY_Q_keygen(default_only(), nullptr, "EC", "P-256");
+      ASSERT_TRUE(peer_raw);
+      PkeyPtr peer(peer_raw, EVP_PKEY_free);
+      OSSL_PARAM* pub_params = nullptr;
+      ASSERT_EQ(EVP_PKEY_todata(peer.get(), EVP_PKEY_PUBLIC_KEY, &pub_params), 1);
+      EVP_PKEY_CTX* fd = EVP_PKEY_CTX_new_from_name(lib_, "EC", "provider=tpmkey");
+      EVP_PKEY* imported_raw = nullptr;
+      ASSERT_TRUE(fd && EVP_PKEY_fromdata_init(fd) == 1 &&
+                  EVP_PKEY_fromdata(fd, &imported_raw, EVP_PKEY_PUBLIC_KEY, pub_params) == 1)
+          << drain_errors();
+      EVP_PKEY_CTX_free(fd);
+      OSSL_PARAM_free(pub_params);
+      PkeyPtr imported(imported_raw, EVP_PKEY_free);
+      EXPECT_NE(std::string(EVP_PKEY_get0_description(imported.get())).find("TPM or software"), std::string::npos);
+      auto ours = derive(lib_, soft.get(), imported.get());
+      PkeyPtr soft_pub = public_copy(soft.get());
+      auto theirs = derive(default_only(), peer.get(), soft_pub.get());
+      EXPECT_FALSE(ours.empty()) << drain_errors();
+      EXPECT_EQ(ours, theirs);
+      // A public-only key is not a private key: it cannot sign.
+      EXPECT_TRUE(digest_sign(lib_, imported.get(), "x", {}).empty());
+      ERR_clear_error();
+    }
+  }
+  // Generation without a property query, as libssl makes its ephemeral keys, in either order.
+  EVP_PKEY* q = EVP_PKEY_Q_keygen(lib_, nullptr, "EC", "P-256");
+  ASSERT_TRUE(q) << drain_errors();
+  EVP_PKEY_free(q);
+  EXPECT_EQ(tpm_commands(lib_), 0u);
+}
+
+// Verification with a TPM key's public half works in the provider's library context, in software;
+// SHA-1 signatures are refused unless asked for; RSA PKCS#1 v1.5 without a digest is refused.
+TEST_P(ProviderTest, VerificationSha1AndRawRsa) {
+  PkeyPtr ec = generate(kAlgs[0]), rsa = generate(kAlgs[3]);
+  ASSERT_TRUE(ec && rsa);
+  for (EVP_PKEY* key : {ec.get(), rsa.get()}) {
+    auto sig = digest_sign(lib_, key, "verify me", {});
+    ASSERT_FALSE(sig.empty()) << drain_errors();
+    const uint64_t before = tpm_commands(lib_);
+    EVP_MD_CTX* md = EVP_MD_CTX_new();
+    EXPECT_EQ(EVP_DigestVerifyInit_ex(md, nullptr, "SHA256", lib_, nullptr, key, nullptr), 1) << drain_errors();
+    EXPECT_EQ(EVP_DigestVerify(md, sig.data(), sig.size(), reinterpret_cast<const unsigned char*>("verify me"), 9), 1);
+    EXPECT_NE(EVP_DigestVerify(md, sig.data(), sig.size(), reinterpret_cast<const unsigned char*>("verify mE"), 9), 1);
+    EVP_MD_CTX_free(md);
+    EXPECT_EQ(tpm_commands(lib_), before) << "verification reached the TPM";
+    ERR_clear_error();
+
+    EXPECT_TRUE(digest_sign(lib_, key, "old", {.md = "SHA1"}).empty());
+    std::string err = drain_errors();
+    EXPECT_NE(err.find("SHA-1 signatures are refused"), std::string::npos) << err;
+    // Allowed explicitly (tpmkey agent --allow-sha1 does this for ssh-rsa).
+    EVP_MD_CTX* md1 = EVP_MD_CTX_new();
+    EVP_PKEY_CTX* pctx = nullptr;
+    int yes = 1;
+    OSSL_PARAM allow[] = {OSSL_PARAM_construct_int(kParamAllowSha1, &yes), OSSL_PARAM_construct_end()};
+    size_t len = 0;
+    ASSERT_EQ(EVP_DigestSignInit_ex(md1, &pctx, "SHA1", lib_, nullptr, key, allow), 1) << drain_errors();
+    unsigned char out[512];
+    len = sizeof out;
+    EXPECT_EQ(EVP_DigestSign(md1, out, &len, reinterpret_cast<const unsigned char*>("old"), 3), 1) << drain_errors();
+    EVP_MD_CTX_free(md1);
+  }
+  // RSA PKCS#1 v1.5 of a bare input without a digest: the default provider signs it with no
+  // DigestInfo, which a TPM signing key cannot do; refused rather than signed differently.
+  EVP_PKEY_CTX* pctx = EVP_PKEY_CTX_new_from_pkey(lib_, rsa.get(), nullptr);
+  auto d = sha("SHA256", "m");
+  unsigned char out[512];
+  size_t outlen = sizeof out;
+  ASSERT_TRUE(pctx && EVP_PKEY_sign_init(pctx) == 1);
+  EXPECT_NE(EVP_PKEY_sign(pctx, out, &outlen, d.data(), d.size()), 1);
+  std::string err = drain_errors();
+  EXPECT_NE(err.find("without a digest signs the input as it is"), std::string::npos) << err;
+  // With the digest named, it signs what the default provider would.
+  ASSERT_EQ(EVP_PKEY_sign_init(pctx), 1);
+  ASSERT_EQ(EVP_PKEY_CTX_set_signature_md(pctx, EVP_sha256()), 1);
+  outlen = sizeof out;
+  EXPECT_EQ(EVP_PKEY_sign(pctx, out, &outlen, d.data(), d.size()), 1) << drain_errors();
+  EVP_PKEY_CTX_free(pctx);
+}
+
 TEST_P(ProviderTest, StoreListsLoadsAndGivesPublicKeys) {
   PkeyPtr a = generate(kAlgs[0]), b = generate(kAlgs[3]);
   ASSERT_TRUE(a && b);
@@ -442,7 +577,8 @@ TEST_P(ProviderTest, SettableAndGettableLists) {
   }
 
   const std::vector<ParamDef> ecdsa_set = {{OSSL_SIGNATURE_PARAM_DIGEST, kUtf8, 0},
-                                           {OSSL_SIGNATURE_PARAM_PROPERTIES, kUtf8, 0}};
+                                           {OSSL_SIGNATURE_PARAM_PROPERTIES, kUtf8, 0},
+                                           {kParamAllowSha1, OSSL_PARAM_INTEGER, sizeof(int)}};
   const std::vector<ParamDef> ecdsa_get = {{OSSL_SIGNATURE_PARAM_ALGORITHM_ID, kOctets, 0},
                                            {OSSL_SIGNATURE_PARAM_DIGEST, kUtf8, 0}};
   const std::vector<ParamDef> rsa_only = {{OSSL_SIGNATURE_PARAM_PAD_MODE, kUtf8, 0},

@@ -6,6 +6,8 @@
 #include <bit>
 #include <cstring>
 
+#include "provider/params.h"
+
 namespace tpmkey::agent {
 namespace {
 
@@ -220,6 +222,11 @@ Result<Bytes> ssh_sign(EVP_PKEY* pkey, OSSL_LIB_CTX* libctx, const uint8_t* data
   if (!md || EVP_DigestSignInit_ex(md.get(), &pctx, digest, libctx, nullptr, pkey, nullptr) <= 0)
     return openssl_error("cannot start the signature");
   if (rsa && EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) <= 0) return openssl_error("cannot pick PKCS#1 padding");
+  if (digest && std::strcmp(digest, "SHA1") == 0) {  // tpmkey signs SHA-1 only when asked to (provider/params.h)
+    int yes = 1;
+    OSSL_PARAM allow[] = {OSSL_PARAM_construct_int(kParamAllowSha1, &yes), OSSL_PARAM_construct_end()};
+    if (EVP_PKEY_CTX_set_params(pctx, allow) <= 0) return openssl_error("cannot allow SHA-1");
+  }
   size_t len = 0;
   if (EVP_DigestSign(md.get(), nullptr, &len, data, size) <= 0) return openssl_error("cannot size the signature");
   Bytes sig(len);
