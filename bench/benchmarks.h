@@ -1,6 +1,10 @@
 // Registration of the benchmark families, in the order they run (bench/main.cc).
 #pragma once
 
+#include <string>
+
+#include "bench/common.h"
+
 namespace tpmkey::bench {
 
 // limit/ALG (password auth) or esys-session/ALG (salted, encrypted session): raw ESYS TPM2_Sign.
@@ -16,5 +20,11 @@ void register_processes();
 // agent-sign/ALG with 1 and 4 clients: SIGN_REQUEST round trips to a `tpmkey agent` process;
 // login/ALG (only with an sshd port): `ssh ... true` through tpmkey agent, ssh-agent, a key file.
 void register_agent();
+// tls/ALG/KIND/T: mutual TLS 1.3 handshakes by tpmkey-tls-example with a software, tpmkey or
+// tpm2-openssl client key, T client threads, against openssl s_server (tls_bench.cc).
+void register_tls();
+inline std::string tls_row(Alg a, const char* kind, int threads) {
+  return std::string("tls/") + (a == Alg::kEcdsaP256 ? "ecdsa-p256" : "rsa2048") + "/" + kind + "/" + std::to_string(threads);
+}
 
 }  // namespace tpmkey::bench

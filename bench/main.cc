@@ -91,6 +91,7 @@ int main(int argc, char** argv) {
   register_threads();
   register_processes();
   register_agent();
+  register_tls();
 
   int rest_argc = int(rest.size());
   benchmark::Initialize(&rest_argc, rest.data());

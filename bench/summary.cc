@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <sstream>
 
+#include "bench/benchmarks.h"
 #include "bench/common.h"
 
 namespace tpmkey::bench {
@@ -286,6 +287,25 @@ std::string summary_markdown(const std::map<std::string, RunResult>& r, const st
         << ratio(ms > 0 && key_file > 0 ? ms / key_file : 0) << " |\n";
     }
   }
+
+  // TLS: the same run's handshakes with each kind of client key (tls_bench.cc).
+  o << "\n### Mutual TLS 1.3 handshakes: `tpmkey-tls-example` against `openssl s_server` (handshakes/s; × = "
+       "throughput ratio, higher is better)\n\n"
+    << "| Client key | Algorithm | client threads | handshakes/s | TPM cmds/handshake | × software key | × tpm2-openssl |\n"
+    << "| --- | --- | ---: | ---: | ---: | ---: | ---: |\n";
+  for (Alg a : {Alg::kEcdsaP256, Alg::kRsaPkcs1})
+    for (int t : {1, 4}) {
+      const RunResult* soft = find(r, tls_row(a, "software", t));
+      const RunResult* peer = find(r, tls_row(a, "tpm2-openssl", t));
+      for (const char* kind : {"tpmkey", "tpm2-openssl", "software"}) {
+        const std::string key = tls_row(a, kind, t);
+        const RunResult* x = find(r, key);
+        o << "| " << kind << " | " << (a == Alg::kEcdsaP256 ? "ECDSA P-256" : "RSA-2048") << " | " << t << " | "
+          << rate(x, absent(r, key)) << " | "
+          << (std::string(kind) == "tpmkey" && x ? printf_string("%.2f", counter_of(x, "tpm_cmds", 0)) : "n/a") << " | "
+          << ratio(throughput_ratio(x, soft)) << " | " << ratio(throughput_ratio(x, peer)) << " |\n";
+      }
+    }
 
   auto warm = [&](Alg a) { return find(r, std::string("tpmkey-warm-digestsign/") + alg_name(a)); };
   auto vs_limit = [&](Alg a) { return throughput_ratio(warm(a), find(r, std::string("limit/") + alg_name(a))); };
