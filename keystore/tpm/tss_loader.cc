@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <cstdio>
 #include <mutex>
 #include <tuple>
 #include <type_traits>
@@ -104,10 +105,11 @@ constexpr Entry kEntries[kFunctions] = {
 #undef TPMKEY_TSS_ENTRY
 };
 
+// Trivially destructible, so the exit-time flush (process.cc) can still call through it.
 struct Library {
   std::once_flag once;
   std::atomic<bool> tried{false};  // open_library has run
-  std::string error;               // why it is not available; empty once loaded
+  char error[512] = {};            // why it is not available; empty once loaded
 };
 Library g_libs[kLibs];
 void* g_functions[kFunctions];  // written inside the library's call_once, read after it
@@ -118,7 +120,7 @@ void open_library(Lib lib) {
   void* h = dlopen(kFiles[i], RTLD_NOW | RTLD_LOCAL);
   if (!h) {
     const char* e = dlerror();
-    g_libs[i].error = std::string("cannot load ") + (e ? e : kFiles[i]);
+    std::snprintf(g_libs[i].error, sizeof g_libs[i].error, "cannot load %s", e ? e : kFiles[i]);
     return;
   }
   void* found[kFunctions] = {};
@@ -126,7 +128,8 @@ void open_library(Lib lib) {
     if (kEntries[f].lib != lib) continue;
     found[f] = dlsym(h, kEntries[f].name);
     if (!found[f]) {
-      g_libs[i].error = std::string(kFiles[i]) + " has no " + kEntries[f].name + " (a tpm2-tss older than the one tpmkey was built with?)";
+      std::snprintf(g_libs[i].error, sizeof g_libs[i].error,
+                    "%s has no %s (a tpm2-tss older than the one tpmkey was built with?)", kFiles[i], kEntries[f].name);
       dlclose(h);
       return;
     }
@@ -141,7 +144,7 @@ bool ready(Lib lib) {
     open_library(lib);
     l.tried.store(true, std::memory_order_release);
   });
-  return l.error.empty();
+  return l.error[0] == '\0';
 }
 
 // The function `f` of `lib`, or nullptr if the library cannot be had. libtss2-sys needs
@@ -185,7 +188,7 @@ Status load() {
 std::string load_failure() {
   for (Lib lib : {Lib::kMu, Lib::kSys}) {
     const Library& l = g_libs[int(lib)];  // only asks: a library not tried yet is not loaded here
-    if (l.tried.load(std::memory_order_acquire) && !l.error.empty()) return l.error;
+    if (l.tried.load(std::memory_order_acquire) && l.error[0]) return l.error;
   }
   return {};
 }
