@@ -456,12 +456,6 @@ std::string login_log(Login k, Alg a) {
   return options().workdir + "/" + login_row(a).substr(6) + "-" + login_name(k) + ".log";
 }
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-}
-
 // TPM commands per login of a counted tpmkey agent: a warm-up login, then kCountedLogins.
 double count_login_commands(Alg a) {
   AgentProcess agent(true);

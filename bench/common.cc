@@ -5,6 +5,7 @@
 #include <spawn.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <fstream>
@@ -265,6 +266,12 @@ int wait_for(pid_t pid) {
 int run(const Command& c, const std::string& log) {
   pid_t pid = spawn(c, log);
   return pid < 0 ? 127 : wait_for(pid);
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
 std::string read_all(const std::string& path) {

@@ -106,6 +106,8 @@ int wait_for(pid_t pid);
 int run(const Command& c, const std::string& log);
 // A whole file ("" if it cannot be read).
 std::string read_all(const std::string& path);
+// The median (0 for none).
+double median(std::vector<double> v);
 
 // The OpenSSL error queue as text (and clears it).
 std::string ossl_errors();

@@ -4,6 +4,8 @@
 // parent, key load, one signature, teardown.
 //   pkeyutl/ALG (ALG: ecdsa-p256, rsa2048-pkcs1), counters <kind>_ms and <kind>_cmds
 //   tss-floor   what tpm2-tss and the transport alone cost a process (tss_floor.cc)
+//   idle-provider  `openssl dgst -sha256` with tpmkey activated in its openssl.cnf and without,
+//               side by side: what tpmkey costs a process that uses no TPM key
 // The timed runs use the plain swtpm TCTI. One more run per kind after the timed loop goes through
 // the counting TCTI (commands per process, written by the module at exit); its signature is verified.
 #include <algorithm>
@@ -15,6 +17,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <benchmark/benchmark.h>
@@ -189,9 +192,84 @@ void tss_floor(benchmark::State& state) {
   check_tpm_clean("tss-floor");
 }
 
+// An openssl.cnf in the workdir that activates the default provider, and tpmkey after it (as a
+// system-wide configuration would: its TPM and keystore configured, never used by `openssl dgst`).
+std::string idle_cnf(bool with_tpmkey) {
+  const std::string path = options().workdir + (with_tpmkey ? "/idle-tpmkey.cnf" : "/idle-default.cnf");
+  std::ofstream f(path, std::ios::trunc);
+  f << "openssl_conf = openssl_init\n\n[openssl_init]\nproviders = provider_sect\n\n[provider_sect]\n"
+    << "default = default_sect\n" << (with_tpmkey ? "tpmkey = tpmkey_sect\n" : "") << "\n[default_sect]\nactivate = 1\n";
+  if (with_tpmkey)
+    f << "\n[tpmkey_sect]\nmodule = " << options().provider_dir << "/tpmkey.so\ntcti = " << options().tcti
+      << "\nkeystore = " << options().keystore << "\nactivate = 1\n";
+  return path;
+}
+
+Command dgst(const std::string& cnf) {
+  Command c;
+  c.argv = {"openssl", "dgst", "-sha256", message_file()};
+  c.env = {"OPENSSL_CONF=" + cnf};
+  for (const char* drop : {"TPMKEY_TCTI", "TPMKEY_KEYSTORE", "TPM2OPENSSL_TCTI", "OPENSSL_MODULES"}) c.env.push_back(drop);
+  return c;
+}
+
+// The idle provider: `openssl dgst -sha256` of the message as a new process, with an openssl.cnf
+// that activates default alone and one that activates default and tpmkey, side by side in each
+// iteration (the order alternates), as the one-shot rows run. Counters: each kind's mean time
+// per process (<kind>_ms) and the median over the iterations of the paired difference
+// (tpmkey-minus-default_ms). An untimed `openssl list -providers` first checks that the second
+// configuration really activates tpmkey.
+void idle_provider(benchmark::State& state) {
+  const std::string kinds[2] = {"default", "tpmkey"};
+  Command timed[2] = {dgst(idle_cnf(false)), dgst(idle_cnf(true))};
+  const std::string log = options().workdir + "/idle-provider.log";
+  Command list = timed[1];
+  list.argv = {"openssl", "list", "-providers"};
+  if (run(list, log) != 0 || read_all(log).find("tpmkey") == std::string::npos) {
+    std::string msg = "idle-provider: the configuration does not activate tpmkey: " + read_all(log);
+    record_problem(msg);
+    state.SkipWithError(msg.c_str());
+    return;
+  }
+  double total_ms[2] = {};
+  std::vector<double> differences;
+  int64_t n = 0, failures = 0;
+  for (auto _ : state) {
+    double ms[2] = {};
+    for (int j = 0; j < 2 && !failures; ++j) {
+      const int i = int((n + j) % 2);
+      const auto t0 = std::chrono::steady_clock::now();
+      const int status = run(timed[i], log);
+      ms[i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      if (status != 0) {
+        ++failures;
+        std::string msg = "idle-provider/" + kinds[i] + ": exit status " + std::to_string(status) + ": " + read_all(log);
+        record_problem(msg);
+        state.SkipWithError(msg.c_str());
+      }
+    }
+    if (failures) break;
+    total_ms[0] += ms[0];
+    total_ms[1] += ms[1];
+    differences.push_back(ms[1] - ms[0]);
+    ++n;
+    state.SetIterationTime((ms[0] + ms[1]) / 1000.0);
+  }
+  state.SetItemsProcessed(state.iterations());
+  for (int i = 0; i < 2; ++i) state.counters[kinds[i] + "_ms"] = n ? total_ms[i] / double(n) : 0;
+  state.counters["tpmkey-minus-default_ms"] = median(std::move(differences));
+  state.counters["failures"] = double(failures);
+}
+
 }  // namespace
 
 void register_processes() {
+  // Processes that never touch the TPM are short: three times the iterations of the other rows.
+  benchmark::RegisterBenchmark("idle-provider", idle_provider)
+      ->UseManualTime()
+      ->Iterations(3 * options().process_iterations)
+      ->Repetitions(options().repetitions)
+      ->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("tss-floor", tss_floor)
       ->UseManualTime()
       ->Iterations(options().process_iterations)

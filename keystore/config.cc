@@ -38,7 +38,10 @@ Status parse_seconds(const char* text, const char* name, const char* env_name, M
   if (errno || end == text || *end != '\0' || !std::isfinite(s) || s <= 0 || s > 86400)
     return make_error(Reason::kInvalidArgument, std::string(name) + " (or " + env_name + ") must be a number of seconds "
                                                     "between 0 and 86400, not \"" + std::string(text).substr(0, 32) + "\"");
-  *out = Millis(std::max<long long>(1, std::llround(s * 1000)));
+  // Rounded to the nearest millisecond by hand: std::llround is the one libm function tpmkey
+  // would call, and libm is a library more for every process that loads the provider
+  // (docs/performance.md, "The idle provider").
+  *out = Millis(std::max<long long>(1, static_cast<long long>(s * 1000 + 0.5)));
   return Status::Ok();
 }
 

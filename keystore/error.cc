@@ -1,13 +1,13 @@
 #include "keystore/error.h"
 
-#include <dlfcn.h>
-
 #include <cstdio>
 
 #include <tss2/tss2_mu.h>
 #include <tss2/tss2_rc.h>
 #include <tss2/tss2_sys.h>
 #include <tss2/tss2_tpm2_types.h>
+
+#include "keystore/tpm/tss_loader.h"
 
 namespace tpmkey {
 
@@ -136,12 +136,14 @@ std::string describe_rc(TSS2_RC rc) {
                        "session was started with); nothing in it was used") + buf;
   if (base == TSS2_BASE_RC_MALFORMED_RESPONSE || base == TSS2_BASE_RC_INSUFFICIENT_RESPONSE)
     return std::string("the TPM's response could not be parsed; nothing in it was used") + buf;
-  // libtss2-rc is loaded on the first error, not by every process that loads tpmkey.
-  static const auto decode = [] {
-    void* lib = dlopen("libtss2-rc.so.0", RTLD_NOW | RTLD_LOCAL);
-    return lib ? reinterpret_cast<decltype(&Tss2_RC_Decode)>(dlsym(lib, "Tss2_RC_Decode")) : nullptr;
-  }();
-  return std::string(decode ? decode(rc) : "TSS2 error") + buf;
+  // What every tpm2-tss function returns when libtss2-sys or libtss2-mu could not be loaded.
+  if (base == TSS2_BASE_RC_NOT_IMPLEMENTED) {
+    if (std::string why = tss::load_failure(); !why.empty()) return why + buf;
+  }
+  // libtss2-rc is loaded on the first error, not by every process that loads tpmkey
+  // (keystore/tpm/tss_loader.cc); nullptr if it cannot be.
+  const char* text = Tss2_RC_Decode(rc);
+  return std::string(text ? text : "TSS2 error") + buf;
 }
 
 Error tss_error(const std::string& what, TSS2_RC rc) {

@@ -7,6 +7,7 @@
 #include <tss2/tss2_mu.h>
 
 #include "keystore/der.h"
+#include "keystore/tpm/tss_loader.h"
 
 namespace tpmkey {
 namespace {
@@ -92,6 +93,7 @@ Result<KeyFile> parse_der(const uint8_t* data, size_t size, TPM2B_ENCRYPTED_SECR
   auto pub = r.next_if(der::kOctetString);
   auto priv = r.next_if(der::kOctetString);
   if (!pub || !priv || !r.at_end() || r.failed()) return bad("missing public or private blob");
+  TPMKEY_TRY(tss::load());  // libtss2-mu and -sys, by the first key file read (tss_loader.h)
   size_t off = 0;
   if (Tss2_MU_TPM2B_PUBLIC_Unmarshal(pub->value, pub->length, &off, &kf.pub) != TSS2_RC_SUCCESS ||
       off != pub->length)

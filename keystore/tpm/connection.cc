@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "keystore/tpm/tss_loader.h"
+
 namespace tpmkey {
 namespace {
 
@@ -21,6 +23,8 @@ Connection::~Connection() { close(); }
 Status Connection::open() {
   if (sys_) return Status::Ok();
   if (forgotten_) return make_error(Reason::kInternal, "this TPM connection belongs to the parent process");
+  // libtss2-sys and libtss2-mu are loaded by the first connection (tss_loader.h).
+  TPMKEY_TRY(tss::load());
   auto t = Transport::open(spec_, timeouts_, &counter_);
   if (!t) return t.take_error();
   const size_t size = Tss2_Sys_GetContextSize(0);
