@@ -31,13 +31,16 @@ cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DTPMKEY_WERROR=ON -DTPMKEY_SA
 cmake --build build-tsan -j"$(nproc)" --target tpmkey tpmkey_provider lifetime_tests session_tests agent_protocol_tests
 tsan_rt=$(gcc -print-file-name=libtsan.so)
 export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 die_after_fork=0 suppressions=$PWD/test/tsan.supp"
+# Instrumented processes are several times slower and hold the TPM's session slots longer: racing
+# processes wait longer for each other than the default 5 s (this run looks for races, not speed).
+export TPMKEY_BUSY_TIMEOUT=60
 TPMKEY_SUBPROCESS_PRELOAD="$tsan_rt" build-tsan/test/lifetime_tests \
   --gtest_filter='LifetimeTest.ForkWhileAThreadSigns:LifetimeTest.RacingOneShotProcessesAllSucceed:LifetimeTest.WaitsForSlotsHeldByOthers'
 TPMKEY_SUBPROCESS_PRELOAD="$tsan_rt" build-tsan/test/session_tests \
   --gtest_filter='SessionTest.ThreadsSignCorrectly:SessionTest.ForkedChildUsesItsOwnSession'
 TPMKEY_SUBPROCESS_PRELOAD="$tsan_rt" build-tsan/test/agent_protocol_tests \
   --gtest_filter='AgentProtocolTest.ThirtyTwoClientsSignConcurrently:AgentProtocolTest.StalledClientDoesNotBlockOthers:AgentProtocolTest.PipelinedFrames'
-unset TSAN_OPTIONS
+unset TSAN_OPTIONS TPMKEY_BUSY_TIMEOUT
 
 echo "== benchmarks: build, and one short pass over every row"
 # Checks that `bash bench/run.sh` works from a clean clone: every row runs, every signature is
