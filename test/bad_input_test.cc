@@ -148,18 +148,19 @@ TEST_P(BadInputTest, FailsCleanly) {
     SCOPED_TRACE(c.openssl ? (tpmkey_first ? "-provider tpmkey -provider default" : "-provider default -provider tpmkey")
                            : "tpmkey");
     const auto before = snapshot(keystore_);
+    const std::string good = read_file(entry("good.pem")), pw = read_file(entry("pw.pem"));
     CommandResult r = c.run(*this, tpmkey_first);
     const auto planted = snapshot(keystore_);
     EXPECT_FALSE(r.timed_out) << "hung";
     EXPECT_NE(r.exit_code, 0) << "succeeded: " << r.out << r.err;
     EXPECT_LT(r.exit_code, 128) << "ended by a signal: " << r.err;
     EXPECT_NE(r.err.find(c.says), std::string::npos) << "stderr does not say \"" << c.says << "\":\n" << r.err;
-    // Nothing is lost: every entry that was there is still there, and the same command again
-    // (run() plants idempotently) leaves the keystore exactly as the first left it.
-    for (const auto& [name, v] : before) {
-      auto it = planted.find(name);
-      EXPECT_TRUE(it != planted.end()) << name << " was removed from the keystore";
-    }
+    // Nothing is lost: every entry that was there is still there, the keys made before are
+    // byte for byte what they were, and the same command again (run() plants idempotently)
+    // leaves the keystore exactly as the first left it.
+    for (const auto& [name, v] : before) EXPECT_TRUE(planted.count(name)) << name << " was removed from the keystore";
+    EXPECT_EQ(read_file(entry("good.pem")), good);
+    EXPECT_EQ(read_file(entry("pw.pem")), pw);
     CommandResult again = c.run(*this, tpmkey_first);
     EXPECT_EQ(snapshot(keystore_), planted) << "the keystore changed";
     EXPECT_EQ(again.exit_code, r.exit_code);
@@ -169,7 +170,6 @@ TEST_P(BadInputTest, FailsCleanly) {
 }
 
 using B = BadInputTest;
-using Argv = std::vector<std::string>;
 
 // A key file damaged in one byte at `at` (from the end when negative).
 std::string flipped(std::string s, long at) {
@@ -178,7 +178,7 @@ std::string flipped(std::string s, long at) {
   return s;
 }
 
-void restore_mode(B& t, const std::string& path, mode_t mode) { chmod(path.c_str(), mode); (void)t; }
+void restore_mode(const std::string& path, mode_t mode) { chmod(path.c_str(), mode); }
 
 // gtest prints a case by its name.
 void PrintTo(const BadInput& c, std::ostream* os) { *os << c.name; }
@@ -304,13 +304,13 @@ std::vector<BadInput> cases() {
          chmod(t.entry("good.pem").c_str(), 0620);
          return t.sign("tpm2:good", f);
        },
-       "writable by its group", [](B& t) { restore_mode(t, t.entry("good.pem"), 0600); }},
+       "writable by its group", [](B& t) { restore_mode(t.entry("good.pem"), 0600); }},
       {"KeystoreWorldWritable", true,
        [](B& t, bool f) {
          chmod(t.keystore_.c_str(), 0777);
          return t.sign("tpm2:good", f);
        },
-       "writable by its group and others", [](B& t) { restore_mode(t, t.keystore_, 0700); }},
+       "writable by its group and others", [](B& t) { restore_mode(t.keystore_, 0700); }},
       {"SrkPinGarbage", true,
        [](B& t, bool f) {
          if (!fs::exists(t.dir_ + "/srk.pin.saved")) fs::rename(t.entry("srk.pin"), t.dir_ + "/srk.pin.saved");
@@ -349,7 +349,7 @@ std::vector<BadInput> cases() {
          chmod(t.entry("srk.pin").c_str(), 0660);
          return t.sign("tpm2:good", f);
        },
-       "writable by its group", [](B& t) { restore_mode(t, t.entry("srk.pin"), 0600); }},
+       "writable by its group", [](B& t) { restore_mode(t.entry("srk.pin"), 0600); }},
       {"HandleFileGarbage", true,
        [](B& t, bool f) {
          t.file("keystore/good.handle", "0xnothing\n");
