@@ -64,8 +64,15 @@ class BadInputTest : public TpmTest, public ::testing::WithParamInterface<BadInp
     TpmTest::SetUp();
     write_file(dir_ + "/msg", "a message that the key made before still signs\n");
     write_file(dir_ + "/pw", "a password\n");  // 0600
-    // The same keys for every case: made once, copied into each case's fresh keystore.
-    static std::string made;
+    // The same keys for every case: made once, copied into each case's fresh keystore, removed
+    // at exit.
+    static struct MadeKeys {
+      std::string dir;
+      ~MadeKeys() {
+        if (!dir.empty()) remove_tree(dir);
+      }
+    } keys;
+    std::string& made = keys.dir;
     if (made.empty()) {
       made = make_temp_dir("tpmkey-bad-input-keys");
       std::string ks = made + "/keystore";
@@ -81,7 +88,8 @@ class BadInputTest : public TpmTest, public ::testing::WithParamInterface<BadInp
     }
     fs::create_directory(keystore_);
     chmod(keystore_.c_str(), 0700);
-    for (const auto& e : fs::directory_iterator(made + "/keystore")) fs::copy_file(e.path(), keystore_ + "/" + e.path().filename().string());
+    for (const auto& e : fs::directory_iterator(made + "/keystore"))
+      fs::copy_file(e.path(), keystore_ + "/" + e.path().filename().string());
     fs::copy_file(made + "/good.pub", dir_ + "/good.pub");
     env_ = {"TPMKEY_TCTI=" + tcti_, "TPMKEY_KEYSTORE=" + keystore_, "OPENSSL_CONF=/dev/null", "TSS2_LOG=all+none"};
   }
