@@ -21,6 +21,9 @@ class Context {
   ~Context();
   const Settings& settings() const { return settings_; }
   const Keystore& keystore() const { return keystore_; }
+  // The error of settings that failed to resolve, if they did. Then keystore() is the default
+  // settings' (or none): the store reports this before it reads the keystore.
+  Status settings_status() const { return settings_error_ ? Status(*settings_error_) : Status::Ok(); }
 
   // Made on first use. In a forked child the parent's Tpm (which the fork handler already made
   // forget everything) is replaced by a new one.

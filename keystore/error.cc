@@ -1,6 +1,8 @@
 #include "keystore/error.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <string_view>
 
 #include <tss2/tss2_mu.h>
 #include <tss2/tss2_rc.h>
@@ -45,6 +47,40 @@ std::string Error::text() const {
 }
 
 Error make_error(Reason r, std::string detail) { return Error{r, {}, std::move(detail)}; }
+
+namespace {
+
+bool continuation(const std::string& s, size_t i) { return i < s.size() && (uint8_t(s[i]) & 0xC0) == 0x80; }
+
+}  // namespace
+
+std::string shorten_text(const std::string& text, size_t max) {
+  constexpr size_t kKeep = 32;  // of a shortened word, at least this much stays (start and end)
+  constexpr std::string_view kEllipsis = "...";
+  std::string out = text;
+  while (out.size() > max) {
+    size_t best = 0, best_len = 0;
+    for (size_t i = 0; i < out.size();) {
+      size_t j = i;
+      while (j < out.size() && out[j] != ' ') ++j;
+      if (j - i > best_len) best = i, best_len = j - i;
+      i = j + 1;
+    }
+    if (best_len <= kKeep + kEllipsis.size()) break;
+    const size_t excess = out.size() - max;
+    const size_t keep = best_len > excess + kEllipsis.size() + kKeep ? best_len - excess - kEllipsis.size() : kKeep;
+    size_t head = best + keep / 2, tail = best + best_len - (keep - keep / 2);
+    while (head > best && continuation(out, head)) --head;
+    while (tail < best + best_len && continuation(out, tail)) ++tail;
+    out = out.substr(0, head) + std::string(kEllipsis) + out.substr(tail);
+  }
+  if (out.size() > max) {
+    size_t cut = max > kEllipsis.size() ? max - kEllipsis.size() : 0;
+    while (cut > 0 && continuation(out, cut)) --cut;
+    out = out.substr(0, cut) + std::string(kEllipsis.substr(0, std::min(kEllipsis.size(), max)));
+  }
+  return out;
+}
 
 uint32_t tpm_base_code(TSS2_RC rc) {
   if ((rc & TSS2_RC_LAYER_MASK) != TSS2_TPM_RC_LAYER) return 0;

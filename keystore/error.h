@@ -49,6 +49,13 @@ struct Error {
 
 Error make_error(Reason r, std::string detail);
 
+// OpenSSL drops an error text of ERR_MAX_DATA_SIZE (1024) bytes or more, NUL included, and its
+// user sees an empty line: the provider raises at most this many bytes.
+inline constexpr size_t kMaxErrorText = 1000;
+// `text` in at most `max` bytes: the longest words (paths, mostly) lose their middle to "...",
+// then, if it is still too long, its end. A UTF-8 character is never split.
+std::string shorten_text(const std::string& text, size_t max);
+
 // Classifies a TSS2 return code into a Reason, masking handle/session/parameter numbers.
 Reason classify_rc(TSS2_RC rc);
 // "tpm:session(1):the authorization HMAC check failed (rc=0x000009a2)"

@@ -72,6 +72,20 @@ Status check_writers(const std::string& path, const struct stat& st, Writers wri
   return Status::Ok();
 }
 
+// The password-file rule, on a stat of the file.
+Status check_secret_mode(const std::string& path, const struct stat& st) {
+  if (!S_ISREG(st.st_mode)) return Status::Ok();  // a pipe or a terminal: the user's own
+  if (!trusted_owner(st.st_uid))
+    return unsafe(path + " is owned by uid " + std::to_string(st.st_uid) + ", not by you (uid " + euid_text() +
+                  ") or root, so another user chose or can read this password: use a file of your own, mode 0600");
+  if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+    const bool group = st.st_mode & S_IRWXG, other = st.st_mode & S_IRWXO;
+    return unsafe(path + " is accessible by " + (group && other ? "its group and others" : group ? "its group" : "others") +
+                  " (mode " + mode_text(st.st_mode) + "), and a password file must be private: `chmod 600 " + path + "`");
+  }
+  return Status::Ok();
+}
+
 // The effective user's home directory, symbolic links resolved (from the password database, as
 // OpenSSH takes it, not from $HOME); empty if unknown.
 std::string real_home() {
@@ -161,6 +175,59 @@ Result<std::string> read_small_file(const std::string& path, size_t max, Symlink
   if (off > max) return make_error(Reason::kMalformedKey, "file is larger than " + std::to_string(max / 1024) + " KiB").context(what);
   buf.resize(off);
   return buf;
+}
+
+Status check_secret_file(const std::string& path) {
+  struct stat st{};
+  if (stat(path.c_str(), &st) != 0) return io_error("read(" + path + ")", errno);
+  if (Status ok = check_secret_mode(path, st); !ok) return ok.take_error().context("read(" + path + ")");
+  return Status::Ok();
+}
+
+Result<SecretBytes> read_secret_file(const std::string& path) {
+  const std::string what = "read(" + path + ")";
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) return io_error(what, errno);
+  struct stat st{};
+  if (fstat(fd, &st) != 0) {
+    const int err = errno;
+    close(fd);
+    return io_error(what, err);
+  }
+  if (S_ISDIR(st.st_mode)) {
+    close(fd);
+    return make_error(Reason::kIo, "is a directory, not a password file").context(what);
+  }
+  if (Status ok = check_secret_mode(path, st); !ok) {
+    close(fd);
+    return ok.take_error().context(what);
+  }
+  uint8_t buf[256];
+  size_t off = 0;
+  int err = 0;
+  while (off < sizeof buf) {  // until the first line ends, the file ends or the buffer is full
+    ssize_t n = read(fd, buf + off, sizeof buf - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) err = errno;
+    if (n <= 0) break;
+    const bool line_end = std::memchr(buf + off, '\n', size_t(n)) != nullptr;
+    off += size_t(n);
+    if (line_end) break;
+  }
+  close(fd);
+  if (err) {
+    OPENSSL_cleanse(buf, sizeof buf);
+    return io_error(what, err);
+  }
+  size_t len = 0;
+  while (len < off && buf[len] != '\n' && buf[len] != '\r') ++len;
+  if (len == sizeof buf) {
+    OPENSSL_cleanse(buf, sizeof buf);
+    return make_error(Reason::kInvalidArgument, "the first line is longer than 255 bytes").context(what);
+  }
+  SecretBytes secret(buf, len);
+  OPENSSL_cleanse(buf, sizeof buf);
+  return secret;
 }
 
 Status make_dirs(const std::string& dir) {

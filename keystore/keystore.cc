@@ -59,7 +59,12 @@ Result<std::vector<std::string>> Keystore::list() const {
   return names;
 }
 
-bool Keystore::exists(const std::string& name) const { return access(path_of(name).c_str(), F_OK) == 0; }
+// Any directory entry counts, a dangling symbolic link too: read() then says what it is, and
+// add() never writes where one is.
+bool Keystore::exists(const std::string& name) const {
+  struct stat st{};
+  return lstat(path_of(name).c_str(), &st) == 0;
+}
 
 Result<KeyFile> Keystore::read(const std::string& name) const {
   TPMKEY_TRY(validate_name(name));

@@ -34,6 +34,7 @@ class Keystore {
   // Key names, sorted. A keystore directory that does not exist yet is empty.
   Result<std::vector<std::string>> list() const;
   Result<KeyFile> read(const std::string& name) const;
+  // Whether NAME.pem is there at all (lstat: a dangling symbolic link exists).
   bool exists(const std::string& name) const;
   // Creates NAME.pem (0600) atomically, and NAME.handle when kf.persistent is set; refuses to
   // replace an existing key. read() fills kf.persistent from NAME.handle.

@@ -1,7 +1,9 @@
 // Encoder: a TPM key as its TSS2 PRIVATE KEY file, PEM or DER. Only the TPM-wrapped blob is
 // written; public-only encodings (SubjectPublicKeyInfo) are left to the default provider, which
 // gets the public half through keymgmt export. A software key is written by the default
-// provider's own encoders, passphrase and cipher included.
+// provider's own encoders, passphrase and cipher included. A cipher for a TPM key (`openssl pkey
+// -aes256 -passout ...`) is refused: the blob is already encrypted by the TPM, and a TSS2 key file
+// has no passphrase form, so writing it unencrypted would silently ignore what the user asked for.
 #include <openssl/core_names.h>
 #include <openssl/encoder.h>
 
@@ -72,8 +74,9 @@ int encode(void* vctx, OSSL_CORE_BIO* out, const void* obj, const OSSL_PARAM[], 
                              c->cipher, cb, cbarg);
     if (!c->cipher.empty())
       return make_error(Reason::kUnsupported,
-                        "a TPM key file cannot be encrypted with a passphrase: only the TPM that holds the key can "
-                        "use it; give the key a password (tpmkey passwd) to protect it further")
+                        "a TPM key file cannot be passphrase-encrypted (" + c->cipher +
+                            " was asked for): it is already protected by the TPM, which alone can use it; write it "
+                            "without a cipher, and give the key a password (tpmkey passwd) to protect its use")
           .context("encode(" + kd->key->label() + ")");
     bool ok;
     if constexpr (kPem) {

@@ -183,7 +183,7 @@ void ProviderCtx::raise(const Error& e, const char* func) const {
   if (!new_error || !vset_error) return;
   new_error(handle);
   if (set_error_debug) set_error_debug(handle, nullptr, 0, func);
-  std::string text = e.text();
+  const std::string text = shorten_text(e.text(), kMaxErrorText);
   auto set = [&](const char* fmt, ...) {
     va_list ap;
     va_start(ap, fmt);

@@ -5,6 +5,7 @@
 #include <openssl/params.h>
 #include <openssl/store.h>
 
+#include "keystore/files.h"
 #include "keystore/public_key.h"
 #include "provider/provider.h"
 
@@ -19,6 +20,9 @@ struct StoreCtx {
   std::vector<std::string> names;
   size_t next = 0;
   bool done = false;
+  // A load that failed: eof() stays false until the next load, so that OSSL_STORE_load records
+  // the error (it does not when the store is already at its end) and `openssl storeutl` fails.
+  bool failed = false;
 };
 
 void* open(void* provctx, const char* uri) noexcept {
@@ -80,6 +84,12 @@ Status emit_key(StoreCtx& ctx, OSSL_CALLBACK* cb, void* cbarg, OSSL_PASSPHRASE_C
 
   auto key = Key::open(*ctx.prov->core, ctx.uri);
   if (!key) return key.take_error();
+  // Key::open has read the pin-source file (keystore/key.cc); a password file that others can
+  // read, or another user's, is refused as `--password-file` refuses it (keystore/files.h).
+  if (ctx.uri.pin_source && (*key)->needs_auth()) {
+    if (Status ok = check_secret_file(*ctx.uri.pin_source); !ok)
+      return ok.take_error().context("open(" + display_uri(ctx.uri) + ")");
+  }
   int type = OSSL_OBJECT_PKEY;
   const char* dtype = data_type((*key)->spec().kind);
   if (want_private) {
@@ -110,15 +120,32 @@ Status emit_key(StoreCtx& ctx, OSSL_CALLBACK* cb, void* cbarg, OSSL_PASSPHRASE_C
 int load(void* vctx, OSSL_CALLBACK* cb, void* cbarg, OSSL_PASSPHRASE_CALLBACK* pw_cb, void* pw_arg) noexcept {
   auto* ctx = static_cast<StoreCtx*>(vctx);
   return guard(ctx->prov, "store_load", [&]() -> Status {
+    if (ctx->failed) ctx->done = true;
     if (ctx->done) return Status::Ok();
+    if (Status st = ctx->prov->core->settings_status(); !st) {  // the keystore may not be the one meant
+      ctx->failed = true;
+      return st;
+    }
     if (!ctx->uri.names_keystore()) {
-      ctx->done = true;
-      return emit_key(*ctx, cb, cbarg, pw_cb, pw_arg);
+      Status st = emit_key(*ctx, cb, cbarg, pw_cb, pw_arg);
+      ctx->failed = !st;
+      ctx->done = !ctx->failed;
+      return st;
+    }
+    if (!ctx->listed && (ctx->expect == OSSL_STORE_INFO_PKEY || ctx->expect == OSSL_STORE_INFO_PUBKEY)) {
+      // A program asked for a key (`-inkey tpm2:`) and gets names, which it skips: this says
+      // why when it reports that it found no key. The names are still listed, so that
+      // `openssl storeutl -r -keys tpm2:` follows them to the keys.
+      ctx->prov->raise(make_error(Reason::kInvalidArgument,
+                                  "tpm2: names the whole keystore, not a key: give a key name, tpm2:NAME (`tpmkey "
+                                  "list` or `openssl storeutl tpm2:` lists them)")
+                           .context("open(tpm2:)"),
+                       "store_load");
     }
     if (!ctx->listed) {
       auto names = ctx->prov->core->keystore().list();
       if (!names) {
-        ctx->done = true;
+        ctx->failed = true;
         return names.take_error().context("list(tpm2:)");
       }
       ctx->names = std::move(*names);

@@ -1365,7 +1365,14 @@ TEST_F(AgentProtocolTest, ThirtyTwoClientsSignConcurrently) {
   RecordProperty("tpm2_sign", int(signs));
   RecordProperty("tpm2_readpublic", int(proofs));
   EXPECT_EQ(signs, kTotal);
+#ifdef __SANITIZE_THREAD__
+  // ThreadSanitizer (tools/test.sh) slows the agent several times over: more of its pauses
+  // exceed the continuity window of a bare swtpm socket, so more signatures need a proof
+  // (TPM2_ReadPublic) first. The other commands stay as few.
+  EXPECT_LE(total - size_t(signs) - size_t(proofs), 16u);
+#else
   EXPECT_LE(total, size_t(kTotal) * 11 / 10 + 16);
+#endif
   EXPECT_EQ(agent->stop(), 0);
 }
 

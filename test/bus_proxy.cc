@@ -32,6 +32,7 @@ struct BusProxy::Impl {
   mutable std::mutex mu;
   std::string sent;
   uint32_t corrupt_cc = 0;
+  BusProxy::Rewrite rewrite;
   int corrupted = 0;
   std::vector<int> fds;  // open connections, shut down on destruction
   std::vector<std::thread> threads;
@@ -58,7 +59,9 @@ struct BusProxy::Impl {
   }
   void relay_messages(int client, int server) {
     std::vector<uint8_t> m;
+    std::vector<uint8_t> command;
     while (read_message(client, m)) {
+      command = m;
       uint32_t cc = uint32_t(m[6]) << 24 | uint32_t(m[7]) << 16 | uint32_t(m[8]) << 8 | m[9];
       {
         std::lock_guard l(mu);
@@ -70,6 +73,11 @@ struct BusProxy::Impl {
         if (corrupt_cc && cc == corrupt_cc && m.size() > 30) {
           m[25] ^= 0x01;  // inside the response parameters (after header and parameterSize)
           corrupt_cc = 0;
+          ++corrupted;
+        }
+        if (rewrite && rewrite(command, m)) {
+          const uint32_t size = uint32_t(m.size());
+          for (int i = 0; i < 4; ++i) m[2 + i] = uint8_t(size >> (24 - 8 * i));
           ++corrupted;
         }
       }
@@ -183,6 +191,11 @@ void BusProxy::clear() {
 void BusProxy::corrupt_next_response(uint32_t command_code) {
   std::lock_guard l(impl_->mu);
   impl_->corrupt_cc = command_code;
+}
+
+void BusProxy::rewrite_responses(Rewrite fn) {
+  std::lock_guard l(impl_->mu);
+  impl_->rewrite = std::move(fn);
 }
 
 int BusProxy::corrupted() const {

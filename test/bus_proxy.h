@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,6 +27,11 @@ class BusProxy {
   void clear();
   // Flips one byte in the parameters of the next response to a command with this code.
   void corrupt_next_response(uint32_t command_code);
+  // Rewrites responses from now on: `fn` sees each command and its response (the whole message,
+  // header included) and may change the response, returning true when it did (it then counts in
+  // corrupted()). The proxy fixes the header's size field. An empty `fn` stops rewriting.
+  using Rewrite = std::function<bool(const std::vector<uint8_t>& command, std::vector<uint8_t>& response)>;
+  void rewrite_responses(Rewrite fn);
   int corrupted() const;
 
  private:

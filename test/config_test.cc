@@ -235,5 +235,56 @@ TEST_F(KeystoreFiles, TemporaryNames) {
   EXPECT_FALSE(is_temporary_name(".k.pem.tmp-0123456789abcdeg"));
 }
 
+// Password files are checked as OpenSSH checks private key files: private to the user (or
+// root). Pipes are the user's own and read as they are.
+TEST(SecretFiles, OnlyPrivateFilesAreRead) {
+  const std::string dir = make_temp_dir("tpmkey-secret-files");
+  const std::string f = dir + "/pw";
+  write_file(f, "first line\r\nsecond line\n");
+  chmod(f.c_str(), 0600);
+  auto ok = read_secret_file(f);
+  ASSERT_TRUE(ok) << ok.error().text();
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(ok->data()), ok->size()), "first line");
+  EXPECT_TRUE(check_secret_file(f));
+  chmod(f.c_str(), 0400);
+  EXPECT_TRUE(read_secret_file(f));
+  for (mode_t m : {0640, 0604, 0644, 0660, 0606}) {
+    chmod(f.c_str(), m);
+    auto r = read_secret_file(f);
+    ASSERT_FALSE(r) << std::oct << m;
+    EXPECT_EQ(r.error().reason, Reason::kUnsafePermissions);
+    EXPECT_NE(r.error().text().find("a password file must be private: `chmod 600 " + f + "`"), std::string::npos)
+        << r.error().text();
+    EXPECT_EQ(r.error().text().find("first line"), std::string::npos) << "the password was echoed";
+    auto c = check_secret_file(f);
+    ASSERT_FALSE(c);
+    EXPECT_EQ(c.error().reason, Reason::kUnsafePermissions);
+  }
+  chmod(f.c_str(), 0600);
+  if (geteuid() == 0) {  // another owner: only root can make the file
+    ASSERT_EQ(chown(f.c_str(), 4242, 4242), 0);
+    auto r = read_secret_file(f);
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().text().find("is owned by uid 4242, not by you"), std::string::npos) << r.error().text();
+    EXPECT_FALSE(check_secret_file(f));
+    ASSERT_EQ(chown(f.c_str(), geteuid(), getegid()), 0);
+  }
+  // A pipe (what `--password-file <(...)` gives) is read as it is.
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  ASSERT_EQ(write(p[1], "piped\n", 6), 6);
+  close(p[1]);
+  auto piped = read_secret_file("/proc/self/fd/" + std::to_string(p[0]));
+  close(p[0]);
+  ASSERT_TRUE(piped) << piped.error().text();
+  EXPECT_EQ(piped->size(), 5u);
+  // A missing file, a directory, an over-long first line.
+  EXPECT_EQ(read_secret_file(dir + "/nope").error().reason, Reason::kKeyNotFound);
+  EXPECT_FALSE(read_secret_file(dir));
+  write_file(f, std::string(300, 'x'));
+  EXPECT_NE(read_secret_file(f).error().text().find("longer than 255 bytes"), std::string::npos);
+  remove_tree(dir);
+}
+
 }  // namespace
 }  // namespace tpmkey::test

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -27,9 +28,19 @@ void remove_tree(const std::string& dir) {
   std::filesystem::remove_all(dir, ec);
 }
 
+// A new file is created 0600, as a user's own files (password files, keys) are: tpmkey refuses a
+// password file that others can read (keystore/files.h).
 void write_file(const std::string& path, const std::string& data) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f << data;
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return;
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = ::write(fd, data.data() + off, data.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    off += size_t(n);
+  }
+  close(fd);
 }
 
 std::string read_file(const std::string& path) {

@@ -14,6 +14,7 @@ namespace tpmkey::test {
 
 std::string make_temp_dir(const std::string& prefix);
 void remove_tree(const std::string& dir);
+// Writes `data` to `path`; a new file is created with mode 0600.
 void write_file(const std::string& path, const std::string& data);
 std::string read_file(const std::string& path);
 

@@ -38,5 +38,45 @@ TEST(ReturnCodes, MessageHasContextReasonAndDecodedCode) {
             "implications (rc=0x000009a2)");
 }
 
+// OpenSSL drops an error text of 1024 bytes or more: long texts are shortened, paths in the
+// middle, and a UTF-8 character is never cut.
+TEST(ErrorText, LongTextsAreShortenedBelowOpenSslsLimit) {
+  EXPECT_EQ(shorten_text("short: text", 100), "short: text");
+  const std::string path = "/home/user/" + std::string(3000, 'd') + "/key.pem";
+  const std::string text = "read(" + path + "): key not found: No such file or directory";
+  const std::string s = shorten_text(text, kMaxErrorText);
+  EXPECT_LE(s.size(), kMaxErrorText);
+  EXPECT_EQ(s.rfind("read(/home/user/ddd", 0), 0u) << s;
+  EXPECT_NE(s.find("ddd...ddd"), std::string::npos) << s;
+  const std::string end = "ddd/key.pem): key not found: No such file or directory";
+  EXPECT_EQ(s.substr(s.size() - end.size()), end) << s;
+  // Many long words: each loses its middle; words of 35 bytes or less are kept whole.
+  std::string many;
+  for (int i = 0; i < 40; ++i) many += std::string(100, char('a' + i % 26)) + " ";
+  const std::string m = shorten_text(many, kMaxErrorText);
+  EXPECT_LE(m.size(), kMaxErrorText);
+  // Nothing but short words: the end is cut.
+  std::string words;
+  for (int i = 0; i < 400; ++i) words += "word ";
+  const std::string w = shorten_text(words, kMaxErrorText);
+  EXPECT_LE(w.size(), kMaxErrorText);
+  EXPECT_EQ(w.substr(w.size() - 3), "...");
+  // Multi-byte characters are never split.
+  std::string utf8;
+  for (int i = 0; i < 1000; ++i) utf8 += "\xc3\xa9";  // é
+  for (const std::string& in : {utf8, "x " + utf8, utf8 + " " + utf8}) {
+    const std::string u = shorten_text(in, kMaxErrorText);
+    EXPECT_LE(u.size(), kMaxErrorText);
+    for (size_t i = 0; i < u.size(); ++i) {
+      if (uint8_t(u[i]) == 0xc3) {
+        EXPECT_TRUE(i + 1 < u.size() && uint8_t(u[i + 1]) == 0xa9) << "split at " << i;
+      }
+      if (uint8_t(u[i]) == 0xa9) {
+        EXPECT_TRUE(i > 0 && uint8_t(u[i - 1]) == 0xc3) << "orphan at " << i;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tpmkey

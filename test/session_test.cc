@@ -11,7 +11,9 @@
 #include <thread>
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/rsa.h>
+#include <tss2/tss2_mu.h>
 
 #include "keystore/context.h"
 #include "keystore/key.h"
@@ -150,6 +152,105 @@ TEST_F(SessionTest, HashSequenceStartsInTheSession) {
   k.reset();
   release(l);
   run({"tpm2_evictcontrol", "-T", tcti_, "-C", "o", "-c", "0x81000031"}, {"TSS2_LOG=all+none"});
+}
+
+uint32_t be_at(const std::vector<uint8_t>& m, size_t at, int n) {
+  uint32_t v = 0;
+  for (int i = 0; i < n; ++i) v = v << 8 | m[at + size_t(i)];
+  return v;
+}
+
+// Whether `command` is TPM2_ReadPublic of `handle`, and `response` its successful answer with the
+// given tag (TPM2_ST_NO_SESSIONS for a plain read, TPM2_ST_SESSIONS for the audited one).
+bool is_read_public(const std::vector<uint8_t>& command, const std::vector<uint8_t>& response, uint32_t handle,
+                    uint16_t tag) {
+  return command.size() >= 14 && be_at(command, 6, 4) == TPM2_CC_ReadPublic && be_at(command, 10, 4) == handle &&
+         response.size() > 30 && be_at(response, 0, 2) == tag && be_at(response, 6, 4) == 0;
+}
+
+// A tpm2:handle= key's public key comes from the TPM. An interposer that answers the plain
+// TPM2_ReadPublic with another key's public area and the matching name (so the name check of the
+// plain read passes) is caught by the audited read in the salted session, and so is one that
+// alters the audited read: the key is refused, not used.
+TEST_F(SessionTest, HandleKeyWithAPublicAreaChangedOnTheBusIsRefused) {
+  constexpr uint32_t kHandle = 0x81000032;
+  const std::string uri = "tpm2:handle=0x81000032";
+  BusProxy bus(shared_swtpm().port());
+  ASSERT_OK(run({"tpm2_createprimary", "-T", tcti_, "-C", "o", "-G", "ecc256:null", "-a",
+                 "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign", "-c", dir_ + "/k.ctx"},
+                {"TSS2_LOG=all+none"}));
+  ASSERT_OK(run({"tpm2_evictcontrol", "-T", tcti_, "-C", "o", "-c", dir_ + "/k.ctx", "0x81000032"}, {"TSS2_LOG=all+none"}));
+  release_others();
+  OSSL_LIB_CTX* l = lib(bus.tcti());
+  make_key(l, "attacker");  // the key whose public half an interposer would rather hand out
+  auto attacker = Keystore(keystore_).read("attacker");
+  ASSERT_TRUE(attacker) << attacker.error().text();
+  const TPMT_PUBLIC fake = attacker->pub.publicArea;
+  uint8_t area[sizeof(TPMT_PUBLIC)];
+  size_t area_len = 0;
+  ASSERT_EQ(Tss2_MU_TPMT_PUBLIC_Marshal(&fake, area, sizeof area, &area_len), TSS2_RC_SUCCESS);
+  TPM2B_NAME fake_name{};
+  fake_name.name[0] = uint8_t(fake.nameAlg >> 8);
+  fake_name.name[1] = uint8_t(fake.nameAlg);
+  unsigned int md_len = 0;
+  ASSERT_EQ(EVP_Digest(area, area_len, fake_name.name + 2, &md_len, EVP_sha256(), nullptr), 1);
+  fake_name.size = uint16_t(2 + md_len);
+
+  // 1. The plain read answered with the attacker's public area and its name.
+  bus.rewrite_responses([&](const std::vector<uint8_t>& cmd, std::vector<uint8_t>& rsp) {
+    if (!is_read_public(cmd, rsp, kHandle, TPM2_ST_NO_SESSIONS)) return false;
+    size_t off = 10;
+    TPM2B_PUBLIC real{};
+    TPM2B_NAME name{}, qualified{};
+    if (Tss2_MU_TPM2B_PUBLIC_Unmarshal(rsp.data(), rsp.size(), &off, &real) != TSS2_RC_SUCCESS ||
+        Tss2_MU_TPM2B_NAME_Unmarshal(rsp.data(), rsp.size(), &off, &name) != TSS2_RC_SUCCESS ||
+        Tss2_MU_TPM2B_NAME_Unmarshal(rsp.data(), rsp.size(), &off, &qualified) != TSS2_RC_SUCCESS)
+      return false;
+    TPM2B_PUBLIC out{};
+    out.publicArea = fake;
+    std::vector<uint8_t> forged(rsp.begin(), rsp.begin() + 10);
+    forged.resize(10 + sizeof(TPM2B_PUBLIC) + 2 * sizeof(TPM2B_NAME));
+    size_t at = 10;
+    if (Tss2_MU_TPM2B_PUBLIC_Marshal(&out, forged.data(), forged.size(), &at) != TSS2_RC_SUCCESS ||
+        Tss2_MU_TPM2B_NAME_Marshal(&fake_name, forged.data(), forged.size(), &at) != TSS2_RC_SUCCESS ||
+        Tss2_MU_TPM2B_NAME_Marshal(&qualified, forged.data(), forged.size(), &at) != TSS2_RC_SUCCESS)
+      return false;
+    forged.resize(at);
+    rsp = std::move(forged);
+    return true;
+  });
+  EXPECT_FALSE(load_key(l, uri)) << "a public key substituted on the bus was used";
+  EXPECT_GE(bus.corrupted(), 1);
+  std::string err = drain_errors();
+  EXPECT_NE(err.find("read the public key at 0x81000032: TPM identity check failed: the TPM does not vouch for the "
+                     "public area it returned"),
+            std::string::npos)
+      << err;
+
+  // 2. The audited read altered: its response HMAC does not check out.
+  const int before = bus.corrupted();
+  bus.rewrite_responses([&](const std::vector<uint8_t>& cmd, std::vector<uint8_t>& rsp) {
+    if (!is_read_public(cmd, rsp, kHandle, TPM2_ST_SESSIONS)) return false;
+    rsp[30] ^= 0x01;  // inside outPublic (after the header and parameterSize)
+    return true;
+  });
+  EXPECT_FALSE(load_key(l, uri)) << "an altered audited answer was used";
+  EXPECT_EQ(bus.corrupted(), before + 1);
+  err = drain_errors();
+  EXPECT_NE(err.find("TPM identity check failed: the TPM's response failed its HMAC check"), std::string::npos) << err;
+
+  // Untouched answers: the key loads, and its public key is the one that verifies its signatures.
+  bus.rewrite_responses({});
+  PkeyPtr k = load_key(l, uri);
+  ASSERT_TRUE(k) << drain_errors();
+  PkeyPtr substituted = load_key(l, "tpm2:attacker");
+  ASSERT_TRUE(substituted);
+  EXPECT_NE(EVP_PKEY_eq(k.get(), substituted.get()), 1);
+  EXPECT_TRUE(sign_verifies(l, k.get(), "signed by the key at the handle")) << drain_errors();
+  k.reset();
+  substituted.reset();
+  release(l);
+  run({"tpm2_evictcontrol", "-T", tcti_, "-C", "o", "-c", "0x81000032"}, {"TSS2_LOG=all+none"});
 }
 
 TEST_F(SessionTest, SrkPinMismatchIsAHardError) {

@@ -552,7 +552,7 @@ std::string password_option_conflict(const Args& a) {
 // scripts get no prompt and a key without a password. nullopt: no password.
 Result<std::optional<SecretBytes>> new_key_password(const Args& a, const std::string& name) {
   if (auto file = a.option("--password-file")) {
-    auto pw = read_pin_source(*file);
+    auto pw = read_secret_file(*file);
     if (!pw) return pw.take_error();
     if (pw->empty()) return make_error(Reason::kInvalidArgument, "the password file is empty");
     return std::optional<SecretBytes>(std::move(*pw));
@@ -724,7 +724,7 @@ int cmd_passwd(const Args& a) {
   PasswordChange change;
   if (target->has_password()) {
     Result<SecretBytes> old = SecretBytes();
-    if (auto file = a.option("--old-password-file")) old = read_pin_source(*file);
+    if (auto file = a.option("--old-password-file")) old = read_secret_file(*file);
     else if (have_tty()) old = prompt_password("Current password of " + label + ": ", false);
     else
       old = make_error(Reason::kAuthFailed,
@@ -735,7 +735,7 @@ int cmd_passwd(const Args& a) {
     std::fprintf(stderr, "tpmkey: %s has no password; --old-password-file is not used\n", label.c_str());
   }
   if (auto file = a.option("--password-file")) {
-    auto pw = read_pin_source(*file);
+    auto pw = read_secret_file(*file);
     if (!pw) return fail(pw.take_error().context(what));
     if (pw->empty())
       return fail(make_error(Reason::kInvalidArgument,
@@ -783,7 +783,7 @@ int cmd_passwd(const Args& a) {
 // The password of a key file being imported, which its self-test needs: from --password-file,
 // else asked on the terminal; without one, an error that starts with `says_so`.
 Result<SecretBytes> existing_password(const Args& a, const std::string& prompt, const std::string& says_so) {
-  if (auto file = a.option("--password-file")) return read_pin_source(*file);
+  if (auto file = a.option("--password-file")) return read_secret_file(*file);
   if (have_tty()) return prompt_password(prompt, false);
   return make_error(Reason::kAuthFailed, says_so + ", which the check needs: give it with --password-file (there "
                                                    "is no terminal to ask on)");
@@ -877,13 +877,13 @@ int cmd_wrap(const Args& a) {
   bool asked = false;
   req.passphrase = [&]() -> Result<SecretBytes> {
     asked = true;
-    if (passphrase_file) return read_pin_source(*passphrase_file);
+    if (passphrase_file) return read_secret_file(*passphrase_file);
     if (have_tty()) return prompt_password("Passphrase of " + req.key_path + ": ", false);
     return make_error(Reason::kAuthFailed, req.key_path + " is encrypted: give its passphrase with --passphrase-file "
                                                           "(there is no terminal to ask on)");
   };
   if (auto file = a.option("--password-file")) {
-    auto pw = read_pin_source(*file);
+    auto pw = read_secret_file(*file);
     if (!pw) return fail(pw.take_error().context(what));
     if (pw->empty()) return fail(make_error(Reason::kInvalidArgument, "the password file is empty").context(what));
     req.password = std::move(*pw);
@@ -939,7 +939,7 @@ int cmd_import(const Args& a) {
   }
   const auto passphrase_file = a.option("--passphrase-file");
   PassphraseSource passphrase = [&]() -> Result<SecretBytes> {
-    if (passphrase_file) return read_pin_source(*passphrase_file);
+    if (passphrase_file) return read_secret_file(*passphrase_file);
     if (have_tty()) return prompt_password("Passphrase of " + path + ": ", false);
     return make_error(Reason::kAuthFailed, path + " is encrypted: give its passphrase with --passphrase-file (there "
                                                   "is no terminal to ask on)");

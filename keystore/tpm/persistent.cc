@@ -17,8 +17,14 @@ Error not_persistent(uint32_t handle) {
 
 }  // namespace
 
+// The plain TPM2_ReadPublic that tells the name is unauthenticated: anything on the bus could
+// answer with another key's public area and the matching name. So the same handle is read again
+// in the salted session as an audit session: the command HMAC covers the name read first (in the
+// cpHash), and the response HMAC covers the public area returned. Only a public area that the TPM
+// vouches for in the session is used (docs/security.md#what-tpmkey-trusts).
 Result<TPM2B_PUBLIC> Tpm::public_of(uint32_t handle) {
   if (!is_persistent_handle(handle)) return not_persistent(handle);
+  const std::string what = "read the public key at " + hex_handle(handle);
   return operation<Result<TPM2B_PUBLIC>>([&]() -> Result<TPM2B_PUBLIC> {
     Bytes name;
     auto pub = read_public(handle, &name);
@@ -29,6 +35,26 @@ Result<TPM2B_PUBLIC> Tpm::public_of(uint32_t handle) {
     }
     TPM2B_PUBLIC out{};
     out.publicArea = *pub;
+    auto s = session();
+    if (!s) return s.take_error().context(what);
+    if (!*s) return out;  // the cleartext opt-out: nothing on the bus is authenticated
+    Bytes proven;
+    auto audited = read_public(handle, &proven, &name, *s);
+    if (!audited) {
+      Error e = audited.take_error();
+      if (names_session(e.rc) && (tpm_base_code(e.rc) == TPM2_RC_BAD_AUTH || tpm_base_code(e.rc) == TPM2_RC_AUTH_FAIL))
+        return make_error(Reason::kUntrustedTpm,
+                          "the TPM does not vouch for the public area it returned (its name is not the one the TPM "
+                          "holds at that handle): something on the TPM bus altered the answer; the key is not used")
+            .context(what);
+      return e.context(what);
+    }
+    if (proven != name)
+      return make_error(Reason::kUntrustedTpm,
+                        "the public area read in the session differs from the one read before: something on the TPM "
+                        "bus altered the answer; the key is not used")
+          .context(what);
+    out.publicArea = *audited;
     return out;
   });
 }

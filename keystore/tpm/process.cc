@@ -8,6 +8,10 @@
 
 #include "keystore/tpm/tpm.h"
 
+// What std::atexit does in a shared object (glibc), spelled out: see install_handlers().
+extern "C" int __cxa_atexit(void (*fn)(void*), void* arg, void* dso);
+extern "C" void* __dso_handle;
+
 namespace tpmkey {
 namespace {
 
@@ -56,7 +60,11 @@ void flush_all_at_exit() {
 
 void install_handlers() {
   static bool installed = [] {
-    std::atexit(flush_all_at_exit);
+    // The exit flush belongs to this module (__dso_handle), so that it is dropped if the
+    // provider module is unloaded (dlclose) before the process exits, as glibc's atexit does for
+    // a shared object. Spelled out because ThreadSanitizer's atexit interceptor loses that tie:
+    // the handler would then run after the module is gone.
+    __cxa_atexit([](void*) { flush_all_at_exit(); }, nullptr, &__dso_handle);
     pthread_atfork([] { ForkRegistry::prepare(); }, [] { ForkRegistry::parent(); }, [] { ForkRegistry::child(); });
     return true;
   }();
