@@ -20,6 +20,10 @@ class Context {
   explicit Context(Result<Settings> s, Crypto::Where crypto_where = Crypto::Where::kPrivate);
   ~Context();
   const Settings& settings() const { return settings_; }
+  // Whether the settings resolved (an error is reported by tpm()).
+  bool settings_valid() const { return !settings_error_; }
+  // The agent's own provider signs directly: it is the agent (keystore/broker.h).
+  void never_use_agent() { settings_.agent = "off"; }
   const Keystore& keystore() const { return keystore_; }
 
   // Made on first use. In a forked child the parent's Tpm (which the fork handler already made
