@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -115,7 +116,10 @@ Result<Bytes> exchange(const std::string& path, const Bytes& message, std::chron
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   Fd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (fd.get() < 0) return make_error(Reason::kIo, std::string("socket: ") + std::strerror(errno));
-  // A Unix socket connects at once or not at all (a full backlog: EAGAIN, fall back).
+  // A Unix socket connects at once, or waits while the agent's backlog is full: at most `timeout`.
+  const auto ms = timeout.count();
+  timeval tv{time_t(ms / 1000), suseconds_t(ms % 1000 * 1000)};
+  setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
     return make_error(Reason::kIo, std::string("connect: ") + std::strerror(errno));
   ucred peer{};
