@@ -2,16 +2,24 @@
 
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 
 #include <openssl/core_names.h>
 #include <openssl/err.h>
@@ -356,6 +364,98 @@ std::vector<std::string>& problems() {
 void record_problem(const std::string& p) {
   std::lock_guard lock(g_problems_mu);
   if (problems().size() < 50) problems().push_back(p);
+}
+
+int connect_unix(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) return -1;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+AgentProcess::AgentProcess(bool counted, const std::string& name) {
+  const std::string base = options().workdir + "/" + (name.empty() ? (counted ? "agent-counted" : "agent") : name);
+  socket_ = base + ".sock";
+  log_ = base + ".log";
+  unlink(socket_.c_str());
+  Command c;
+  c.argv = {options().tpmkey_program, "agent", "-D", "-a", socket_, "--tcti",
+            counted ? counting_tcti() : options().tcti, "--keystore", options().keystore};
+  for (const char* drop : {"TPMKEY_TCTI", "TPMKEY_KEYSTORE", "TPM2OPENSSL_TCTI", "TPMKEY_BENCH_COUNT_FILE",
+                           "TPMKEY_BENCH_COUNT_MAP", "SSH_AUTH_SOCK"})
+    c.env.push_back(drop);
+  if (counted) {
+    const std::string map = base + ".count";
+    int fd = open(map.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0 || ftruncate(fd, sizeof(uint64_t)) != 0) {
+      if (fd >= 0) close(fd);
+      throw std::runtime_error("cannot make the counter file " + map);
+    }
+    void* p = mmap(nullptr, sizeof(uint64_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) throw std::runtime_error("cannot map the counter file " + map);  // nothing to undo yet
+    counter_ = static_cast<uint64_t*>(p);
+    c.env.push_back("TPMKEY_BENCH_COUNT_MAP=" + map);
+  }
+  // A constructor that throws runs no destructor: what it made is undone here.
+  auto fail = [&](const std::string& why) {
+    stop();
+    unmap();
+    throw std::runtime_error(why);
+  };
+  pid_ = spawn(c, log_);
+  if (pid_ < 0) fail("cannot start " + options().tpmkey_program + " agent");
+  // Ready once the socket accepts a connection (bounded: it starts in about 10 ms).
+  for (int i = 0; i < 2000; ++i) {
+    if (int fd = connect_unix(socket_); fd >= 0) {
+      close(fd);
+      return;
+    }
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      fail("tpmkey agent exited at start: " + read_all(log_));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  fail("tpmkey agent did not listen within 10 s: " + read_all(log_));
+}
+
+AgentProcess::~AgentProcess() {
+  stop();
+  unmap();
+}
+
+void AgentProcess::stop() {
+  if (pid_ < 0) return;
+  const pid_t pid = pid_;
+  pid_ = -1;
+  kill(pid, SIGTERM);
+  int status = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  while (waitpid(pid, &status, WNOHANG) != pid) {
+    if (std::chrono::steady_clock::now() - t0 > std::chrono::seconds(5)) {
+      record_problem("tpmkey agent did not stop within 5 s of SIGTERM (killed): " + read_all(log_));
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    record_problem("tpmkey agent ended with status " + std::to_string(status) + ": " + read_all(log_));
+}
+
+void AgentProcess::unmap() {
+  if (counter_) munmap(counter_, sizeof(uint64_t));
+  counter_ = nullptr;
 }
 
 }  // namespace tpmkey::bench

@@ -109,6 +109,33 @@ std::string read_all(const std::string& path);
 // The median (0 for none).
 double median(std::vector<double> v);
 
+// One `tpmkey agent -D` process on a socket in the workdir (`name`.sock, its log `name`.log),
+// serving the keystore, for the lifetime of the object. `counted`: its TCTI is the counting
+// module, counting into a file mapped here too (commands()).
+class AgentProcess {
+ public:
+  explicit AgentProcess(bool counted, const std::string& name = "");
+  ~AgentProcess();
+  AgentProcess(const AgentProcess&) = delete;
+  AgentProcess& operator=(const AgentProcess&) = delete;
+
+  const std::string& socket() const { return socket_; }
+  // TPM commands the counted agent has sent so far.
+  uint64_t commands() const { return counter_ ? __atomic_load_n(counter_, __ATOMIC_ACQUIRE) : 0; }
+  // SIGTERM and wait: the agent gives its key and session back to the TPM as it exits, before the
+  // next benchmark's TPM clean check. A stop that takes long or fails is a problem.
+  void stop();
+
+ private:
+  void unmap();
+  pid_t pid_ = -1;
+  std::string socket_, log_;
+  uint64_t* counter_ = nullptr;
+};
+
+// A connected unix stream socket, or -1.
+int connect_unix(const std::string& path);
+
 // The OpenSSL error queue as text (and clears it).
 std::string ossl_errors();
 

@@ -1,8 +1,11 @@
 // One-shot whole-process signing: `openssl pkeyutl -sign -rawin -digest sha256` (posix_spawn and
-// wait) with a software key, a tpmkey key and a tpm2-openssl key, side by side in each iteration.
-// This is what a script or a short-lived tool pays: process start, provider load, TPM connection,
-// parent, key load, one signature, teardown.
-//   pkeyutl/ALG (ALG: ecdsa-p256, rsa2048-pkcs1), counters <kind>_ms and <kind>_cmds
+// wait) with a software key, a tpmkey key signing directly (agent = off), the same tpmkey key with
+// a tpmkey agent running (the broker, keystore/broker.h) and a tpm2-openssl key, side by side in
+// each iteration. This is what a script or a short-lived tool pays: process start, provider load,
+// TPM connection, parent, key load, one signature, teardown; or with the agent, one round trip
+// over its socket, in which the agent sends one TPM2_Sign.
+//   pkeyutl/ALG (ALG: ecdsa-p256, rsa2048-pkcs1), counters <kind>_ms and <kind>_cmds (the
+//   process's own TPM commands: 0 for tpmkey-agent)
 //   tss-floor   what tpm2-tss and the transport alone cost a process (tss_floor.cc)
 //   idle-provider  `openssl dgst -sha256` with tpmkey activated in its openssl.cnf and without,
 //               side by side: what tpmkey costs a process that uses no TPM key
@@ -14,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -28,12 +32,13 @@
 namespace tpmkey::bench {
 namespace {
 
-enum class Kind { kSoftware, kTpmkey, kTpm2Openssl };
+enum class Kind { kSoftware, kTpmkey, kTpmkeyAgent, kTpm2Openssl };
 
 const char* kind_name(Kind k) {
   switch (k) {
     case Kind::kSoftware: return "software";
     case Kind::kTpmkey: return "tpmkey";
+    case Kind::kTpmkeyAgent: return "tpmkey-agent";
     case Kind::kTpm2Openssl: return "tpm2-openssl";
   }
   return "?";
@@ -49,22 +54,25 @@ std::string message_file() {
   return path;
 }
 
-Command pkeyutl(Kind k, Alg a, const std::string& tcti, const std::string& sig_out) {
+// `agent`: the socket of the agent the tpmkey-agent kind signs through.
+Command pkeyutl(Kind k, Alg a, const std::string& tcti, const std::string& sig_out, const std::string& agent) {
   Command c;
   c.argv = {"openssl", "pkeyutl"};
   // The TPM variables are set only for the provider that reads them.
-  for (const char* drop : {"TPMKEY_TCTI", "TPM2OPENSSL_TCTI", "TPMKEY_BENCH_COUNT_FILE", "OPENSSL_MODULES"})
+  for (const char* drop : {"TPMKEY_TCTI", "TPM2OPENSSL_TCTI", "TPMKEY_BENCH_COUNT_FILE", "OPENSSL_MODULES", "TPMKEY_AGENT"})
     c.env.push_back(drop);
   switch (k) {
     case Kind::kSoftware:
       c.argv.insert(c.argv.end(), {"-inkey", software_key_file(a)});
       break;
     case Kind::kTpmkey:
+    case Kind::kTpmkeyAgent:
       // The module is found the way an installed one is: by name, in the modules directory.
       c.argv.insert(c.argv.end(), {"-provider", "tpmkey", "-provider", "default", "-inkey", tpmkey_uri(a)});
       c.env.push_back("OPENSSL_MODULES=" + options().provider_dir);
       c.env.push_back("TPMKEY_TCTI=" + tcti);
       c.env.push_back("TPMKEY_KEYSTORE=" + options().keystore);
+      c.env.push_back("TPMKEY_AGENT=" + (k == Kind::kTpmkey ? std::string("off") : agent));
       break;
     case Kind::kTpm2Openssl:
       c.argv.insert(c.argv.end(), {"-provider", "tpm2", "-provider", "default", "-propquery", kTpm2OpensslPropq,
@@ -79,20 +87,20 @@ Command pkeyutl(Kind k, Alg a, const std::string& tcti, const std::string& sig_o
 
 PkeyPtr public_key(Kind k, Alg a) {
   // run.sh wrote the public halves next to the keys: soft-ec.pub, bench-ec.pub, tpm2-openssl-ec.pub, ...
-  std::string base = k == Kind::kSoftware ? "soft" : k == Kind::kTpmkey ? "bench" : "tpm2-openssl";
+  std::string base = k == Kind::kSoftware ? "soft" : k == Kind::kTpm2Openssl ? "tpm2-openssl" : "bench";
   return read_public_key(options().workdir + "/" + base + (is_rsa(a) ? "-rsa.pub" : "-ec.pub"));
 }
 
 // One kind's untimed check after the timed loop: a run through the counting TCTI (TPM commands
 // per process, written by the module at exit) whose signature is verified. Returns the count
 // (0 for the software key), or -1 after recording a problem.
-double counted_run(Kind k, Alg a) {
+double counted_run(Kind k, Alg a, const std::string& agent) {
   const std::string tag = std::string(kind_name(k)) + "-" + alg_name(a);
   const std::string log = options().workdir + "/pkeyutl-" + tag + ".log";
   const std::string sig_file = options().workdir + "/pkeyutl-" + tag + ".sig";
   const std::string count_file = options().workdir + "/pkeyutl-" + tag + ".count";
   std::remove(count_file.c_str());
-  Command counted = pkeyutl(k, a, counting_tcti(), sig_file);
+  Command counted = pkeyutl(k, a, counting_tcti(), sig_file, agent);
   if (k != Kind::kSoftware) counted.env.push_back("TPMKEY_BENCH_COUNT_FILE=" + count_file);
   int status = run(counted, log);
   const std::string s = read_all(sig_file);
@@ -109,23 +117,41 @@ double counted_run(Kind k, Alg a) {
   return double(total);
 }
 
-// An iteration runs the software key, tpmkey and tpm2-openssl processes back to back, in an order
-// that rotates, so the three see the same machine: on a shared machine the speed of everything
-// drifts by 10-30% within minutes, and only times taken side by side give steady ratios. The
-// iteration time is the sum; each kind's mean time per process is a counter (<kind>_ms), as are
-// its TPM commands per process (<kind>_cmds).
+// An iteration runs the software key, tpmkey (direct), tpmkey with the agent and tpm2-openssl
+// processes back to back, in an order that rotates, so the four see the same machine: on a shared
+// machine the speed of everything drifts by 10-30% within minutes, and only times taken side by
+// side give steady ratios. The iteration time is the sum; each kind's mean time per process is a
+// counter (<kind>_ms), as are its TPM commands per process (<kind>_cmds). The agent runs for the
+// whole row (a warm-up signature first, untimed) and is stopped before the TPM clean check; the
+// other kinds' processes talk to the TPM between its requests, as they would with an agent that
+// serves other keys.
 void process_sign(benchmark::State& state, Alg a) {
-  constexpr Kind kKinds[] = {Kind::kSoftware, Kind::kTpmkey, Kind::kTpm2Openssl};
-  constexpr int kN = 3;
+  constexpr Kind kKinds[] = {Kind::kSoftware, Kind::kTpmkey, Kind::kTpmkeyAgent, Kind::kTpm2Openssl};
+  constexpr int kN = 4;
+  std::optional<AgentProcess> agent;
+  try {
+    agent.emplace(false, "broker-agent");
+  } catch (const std::exception& e) {
+    record_problem(std::string("pkeyutl/") + alg_name(a) + ": " + e.what());
+    state.SkipWithError(e.what());
+    return;
+  }
   Command timed[kN];
   std::string logs[kN];
   double total_ms[kN] = {};
   for (int i = 0; i < kN; ++i) {
-    timed[i] = pkeyutl(kKinds[i], a, options().tcti, "/dev/null");
+    timed[i] = pkeyutl(kKinds[i], a, options().tcti, "/dev/null", agent->socket());
     logs[i] = options().workdir + "/pkeyutl-" + kind_name(kKinds[i]) + "-" + alg_name(a) + ".log";
   }
   int64_t failures = 0, n = 0;
+  if (int status = run(timed[2], logs[2]); status != 0) {
+    std::string msg = std::string("pkeyutl-tpmkey-agent/") + alg_name(a) + ": warm-up: " + read_all(logs[2]);
+    record_problem(msg);
+    state.SkipWithError(msg.c_str());
+    ++failures;
+  }
   for (auto _ : state) {
+    if (failures) break;
     double iteration_ms = 0;
     for (int j = 0; j < kN && !failures; ++j) {
       const int i = int((n + j) % kN);
@@ -150,12 +176,13 @@ void process_sign(benchmark::State& state, Alg a) {
   for (int i = 0; i < kN; ++i) state.counters[std::string(kind_name(kKinds[i])) + "_ms"] = n ? total_ms[i] / double(n) : 0;
   if (!failures) {
     for (Kind k : kKinds) {
-      const double cmds = counted_run(k, a);
+      const double cmds = counted_run(k, a, agent->socket());
       if (cmds < 0) ++failures;
       state.counters[std::string(kind_name(k)) + "_cmds"] = cmds;
     }
   }
   state.counters["failures"] = double(failures);
+  agent->stop();
   check_tpm_clean(std::string("pkeyutl/") + alg_name(a));
 }
 

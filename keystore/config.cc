@@ -61,6 +61,11 @@ Result<Settings> resolve_settings(const SettingsInput& in) {
                            &s.timeouts.keygen));
   TPMKEY_TRY(parse_seconds(first_set(in.busy_timeout, kEnvBusyTimeout), "busy-timeout", kEnvBusyTimeout,
                            &s.timeouts.busy));
+  if (const char* a = first_set(in.agent, kEnvAgent)) s.agent = a;
+  if (s.agent != "auto" && s.agent != "off" && s.agent[0] != '/')
+    return make_error(Reason::kInvalidArgument, "agent (or " + std::string(kEnvAgent) +
+                                                    ") must be \"auto\", \"off\" or the absolute path of a tpmkey "
+                                                    "agent's socket, not \"" + s.agent.substr(0, 32) + "\"");
   return s;
 }
 

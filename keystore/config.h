@@ -15,6 +15,7 @@ inline constexpr const char* kEnvAuthorization = "TPMKEY_AUTHORIZATION";
 inline constexpr const char* kEnvTimeout = "TPMKEY_TIMEOUT";
 inline constexpr const char* kEnvKeygenTimeout = "TPMKEY_KEYGEN_TIMEOUT";
 inline constexpr const char* kEnvBusyTimeout = "TPMKEY_BUSY_TIMEOUT";
+inline constexpr const char* kEnvAgent = "TPMKEY_AGENT";
 
 using Millis = std::chrono::milliseconds;
 
@@ -36,6 +37,9 @@ struct Settings {
   // "password" (the cleartext TPM_RS_PW opt-out). docs/sessions.md.
   std::string authorization = "session";
   Timeouts timeouts;
+  // Whether keys are signed through a running tpmkey agent (keystore/broker.h): "auto" (the
+  // agent's default socket), "off", or the absolute path of an agent's socket.
+  std::string agent = "auto";
 };
 
 // The values given explicitly (openssl.cnf keys, or the CLI's options); nullptr or "" means
@@ -47,10 +51,11 @@ struct SettingsInput {
   const char* timeout = nullptr;         // seconds, for example "30" or "0.5"
   const char* keygen_timeout = nullptr;  // seconds
   const char* busy_timeout = nullptr;    // seconds
+  const char* agent = nullptr;           // "auto", "off" or a socket path
 };
 
 // Explicit values win, then the TPMKEY_* environment variables, then the defaults (the tctildr
-// default TPM, $XDG_DATA_HOME/tpmkey or ~/.local/share/tpmkey, "session", Timeouts{}).
+// default TPM, $XDG_DATA_HOME/tpmkey or ~/.local/share/tpmkey, "session", Timeouts{}, "auto").
 // A timeout that is not a positive number of seconds is an error that names the setting.
 Result<Settings> resolve_settings(const SettingsInput& in);
 

@@ -20,6 +20,10 @@ class Context {
   explicit Context(Result<Settings> s, Crypto::Where crypto_where = Crypto::Where::kPrivate);
   ~Context();
   const Settings& settings() const { return settings_; }
+  // Whether the settings resolved (an error is reported by tpm()).
+  bool settings_valid() const { return !settings_error_; }
+  // The agent's own provider signs directly: it is the agent (keystore/broker.h).
+  void never_use_agent() { settings_.agent = "off"; }
   const Keystore& keystore() const { return keystore_; }
   // The error of settings that failed to resolve, if they did. Then keystore() is the default
   // settings' (or none): the store reports this before it reads the keystore.

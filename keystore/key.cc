@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "keystore/broker.h"
 #include "keystore/public_key.h"
 
 namespace tpmkey {
@@ -98,6 +99,12 @@ size_t Key::max_signature_size() const { return size_t(EVP_PKEY_get_size(pub_.ge
 
 Result<Bytes> Key::sign(const SignScheme& scheme, const uint8_t* digest, size_t len) {
   const std::string what = "sign(" + label_ + ")";
+  // The broker (keystore/broker.h): a running tpmkey agent that holds this key signs for a process
+  // that has no TPM connection of its own yet, or no password for a key that needs one. A password
+  // this process was given is never sent: such a key signs here. Any failure: the TPM below.
+  if (!restricted() && !(needs_auth() && has_auth_) && (needs_auth() || !ctx_.tpm_if_connected())) {
+    if (auto sig = broker_sign(ctx_, kf_, pub_.get(), scheme, digest, len)) return std::move(*sig);
+  }
   if (needs_auth() && !has_auth_)
     return make_error(Reason::kAuthFailed, "the key needs a password and none was given").context(what);
   auto tpm = ctx_.tpm();

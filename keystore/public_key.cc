@@ -81,27 +81,32 @@ Result<std::string> spki_pem(EVP_PKEY* pkey) {
   return std::string(p, size_t(n));
 }
 
-Result<std::string> openssh_public(const TPMT_PUBLIC& pub, const std::string& comment) {
+Result<Bytes> openssh_blob(const TPMT_PUBLIC& pub) {
   auto spec = spec_of(pub);
   if (!spec) return spec.take_error();
   SshWriter blob;
-  std::string type;
   if ((*spec)->kind == KeyKind::kEc) {
     std::string curve = "nistp" + std::to_string((*spec)->bits);
-    type = "ecdsa-sha2-" + curve;
-    blob.string(type);
+    blob.string("ecdsa-sha2-" + curve);
     blob.string(curve);
     blob.string(ec_point(pub));
   } else {
-    type = "ssh-rsa";
     uint32_t e = rsa_exponent(pub);
     uint8_t eb[4] = {uint8_t(e >> 24), uint8_t(e >> 16), uint8_t(e >> 8), uint8_t(e)};
-    blob.string(type);
+    blob.string("ssh-rsa");
     blob.mpint(eb, 4);
     blob.mpint(pub.unique.rsa.buffer, pub.unique.rsa.size);
   }
-  std::string b64 = base64(blob.bytes().data(), blob.bytes().size());
-  std::string line = type + " " + b64;
+  return blob.take();
+}
+
+Result<std::string> openssh_public(const TPMT_PUBLIC& pub, const std::string& comment) {
+  auto blob = openssh_blob(pub);
+  if (!blob) return blob.take_error();
+  SshReader r(blob->data(), blob->size());
+  SshView type;
+  r.string(&type);
+  std::string line = std::string(type.text()) + " " + base64(blob->data(), blob->size());
   if (!comment.empty()) line += " " + comment;
   return line;
 }

@@ -19,6 +19,9 @@ uint32_t rsa_exponent(const TPMT_PUBLIC& pub);
 // SubjectPublicKeyInfo, DER and PEM.
 Result<Bytes> spki_der(EVP_PKEY* pkey);
 Result<std::string> spki_pem(EVP_PKEY* pkey);
+// The OpenSSH public key blob: string "ecdsa-sha2-nistpN", string curve, string Q; or string
+// "ssh-rsa", mpint e, mpint n.
+Result<Bytes> openssh_blob(const TPMT_PUBLIC& pub);
 // One authorized_keys line: "ecdsa-sha2-nistp256 AAAA... comment".
 Result<std::string> openssh_public(const TPMT_PUBLIC& pub, const std::string& comment);
 

@@ -50,6 +50,7 @@
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 
+#include "keystore/keyfile.h"
 #include "test/fixture.h"
 #include "test/support.h"
 
@@ -845,7 +846,12 @@ TEST_F(AgentProtocolTest, Extensions) {
   auto agent = start({"--no-keystore"});
   AgentConnection c(agent->socket());
   EXPECT_EQ(c.request(Wire().u8(kExtension).str("query")),
-            Buf(Wire().u8(kExtensionResponse).str("query").str("query").str("session-bind@openssh.com")));
+            Buf(Wire()
+                    .u8(kExtensionResponse)
+                    .str("query")
+                    .str("query")
+                    .str("session-bind@openssh.com")
+                    .str("sign-digest@tpmkey")));
 
   SoftKey host = ed25519_key();
   const Buf bind = session_bind(host, random_bytes(32), false);
@@ -879,6 +885,80 @@ TEST_F(AgentProtocolTest, UnknownMessageTypes) {
     EXPECT_TRUE(refused(c, Wire().u8(uint8_t(t)).str("a body").u32(7)));
   }
   EXPECT_TRUE(serves(*agent));
+}
+
+// EXTENSION sign-digest@tpmkey (docs/ssh.md#the-sign-digest-extension), what the tpmkey provider
+// in a one-shot process asks: a keystore key named by its public key blob and key file id (the
+// id computed here from the specification) signs a SHA-256 digest, which the default provider
+// verifies; another key file id or blob is FAILURE (not held), a malformed request
+// EXTENSION_FAILURE, every prefix fails; locked: FAILURE, then served again once unlocked.
+TEST_F(AgentProtocolTest, SignDigestExtension) {
+  TpmKey k = create("k");
+  ASSERT_TRUE(k.pub);
+  auto agent = start();
+  AgentConnection c(agent->socket());
+  const std::string pem = read_file(keystore_ + "/k.pem");
+  auto kf = parse_keyfile(reinterpret_cast<const uint8_t*>(pem.data()), pem.size());
+  ASSERT_TRUE(kf.ok());
+  const Buf id_input = Wire()
+                           .str("tpmkey key file")
+                           .u32(kf->parent)
+                           .u32(kf->persistent)
+                           .str(Buf(kf->priv.buffer, kf->priv.buffer + kf->priv.size));
+  const Buf id = sha("SHA256", std::string(id_input.begin(), id_input.end()));
+  const Buf digest = sha("SHA256", "a digest for the agent");
+  auto request = [](const Buf& blob, const Buf& file_id, const std::string& scheme, const std::string& hash,
+                    const Buf& d) {
+    return Buf(Wire().u8(kExtension).str("sign-digest@tpmkey").str(blob).str(file_id).str(scheme).str(hash).str(d));
+  };
+  const Buf good = request(k.blob, id, "ecdsa", "sha256", digest);
+  auto signs = [&](const std::optional<Buf>& a) -> ::testing::AssertionResult {
+    if (!a) return ::testing::AssertionFailure() << "no answer";
+    Parse p(*a);
+    uint8_t type = 0;
+    std::string name;
+    Buf sig;
+    if (!p.u8(&type) || type != kExtensionResponse || !p.str(&name) || name != "sign-digest@tpmkey" || !p.str(&sig) ||
+        !p.done())
+      return ::testing::AssertionFailure() << describe(a);
+    OsslPtr<EVP_PKEY_CTX, EVP_PKEY_CTX_free> v(EVP_PKEY_CTX_new_from_pkey(default_only(), k.pub.get(), nullptr));
+    if (!v || EVP_PKEY_verify_init(v.get()) <= 0 ||
+        EVP_PKEY_verify(v.get(), sig.data(), sig.size(), digest.data(), digest.size()) != 1)
+      return ::testing::AssertionFailure() << "the signature does not verify";
+    return ::testing::AssertionSuccess();
+  };
+  EXPECT_TRUE(signs(c.request(good))) << agent->log();
+
+  Buf other_id = id;
+  other_id[0] ^= 1;
+  EXPECT_EQ(c.request(request(k.blob, other_id, "ecdsa", "sha256", digest)), kFailureAnswer);
+  EXPECT_EQ(c.request(request(k.blob, {}, "ecdsa", "sha256", digest)), kFailureAnswer);
+  SoftKey ec = ecdsa_key("P-256");
+  EXPECT_EQ(c.request(request(ec.blob, id, "ecdsa", "sha256", digest)), kFailureAnswer);
+
+  const Buf kExtensionFailureAnswer{28};
+  for (const Buf& bad : {request(k.blob, id, "rsassa", "sha256", digest), request(k.blob, id, "rsa-pss", "sha256", digest),
+                         request(k.blob, id, "ecdsa", "sha384", digest), request(k.blob, id, "ecdsa", "md5", digest),
+                         request(k.blob, id, "ECDSA", "sha256", digest),
+                         request(k.blob, id, "ecdsa", "sha256", Buf(digest.begin(), digest.end() - 1)),
+                         Buf(Wire().raw(good).u8(0))})
+    EXPECT_EQ(c.request(bad), kExtensionFailureAnswer) << describe(bad);
+  int bad_prefixes = 0;
+  for (size_t n = 1; n < good.size() && bad_prefixes < 5; ++n) {
+    auto a = c.request(Buf(good.begin(), good.begin() + long(n)));
+    if (a != kFailureAnswer && a != kExtensionFailureAnswer) {
+      ++bad_prefixes;
+      ADD_FAILURE() << "cut to " << n << " of " << good.size() << " bytes: " << describe(a);
+    }
+  }
+  EXPECT_TRUE(still_serves(c));
+  EXPECT_TRUE(signs(c.request(good)));
+
+  EXPECT_EQ(c.request(lock("locked")), kSuccessAnswer);
+  EXPECT_EQ(c.request(good), kFailureAnswer);
+  EXPECT_EQ(c.request(unlock("locked")), kSuccessAnswer);
+  EXPECT_TRUE(signs(c.request(good)));
+  EXPECT_EQ(agent->stop(), 0) << agent->log();
 }
 
 // ---- 2. Malformed messages --------------------------------------------------------------------

@@ -55,6 +55,34 @@ TEST(Settings, TimeoutsHaveDefaultsAndAreValidated) {
   EXPECT_FALSE(resolve_settings(a));
 }
 
+// The agent setting (keystore/broker.h): "auto" by default, the config value before TPMKEY_AGENT,
+// "off" or an absolute path; anything else is an error that names the setting.
+TEST(Settings, AgentIsAutoOffOrAPath) {
+  unsetenv(kEnvAgent);
+  auto d = resolve_settings({});
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->agent, "auto");
+  setenv(kEnvAgent, "/run/user/1000/tpmkey/agent.sock", 1);
+  auto e = resolve_settings({});
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->agent, "/run/user/1000/tpmkey/agent.sock");
+  SettingsInput off;
+  off.agent = "off";
+  auto o = resolve_settings(off);
+  unsetenv(kEnvAgent);
+  ASSERT_TRUE(o);
+  EXPECT_EQ(o->agent, "off");
+  for (const char* bad : {"on", "Auto", "agent.sock", "./agent.sock"}) {
+    SettingsInput b;
+    b.agent = bad;
+    auto r = resolve_settings(b);
+    ASSERT_FALSE(r) << bad;
+    EXPECT_NE(r.error().text().find("agent (or TPMKEY_AGENT) must be \"auto\", \"off\" or the absolute path"),
+              std::string::npos)
+        << r.error().text();
+  }
+}
+
 // A URI's query may hold a password: no message repeats any part of it.
 TEST(UriSecrets, QueryNeverAppearsInMessages) {
   for (const char* uri : {"tpm2:k?hunter2", "tpm2:k?pin-value=a&hunter2", "tpm2:k?hunter2=x", "tpm2:k?pin-value=x&hunter2=y",

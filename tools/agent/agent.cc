@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "keystore/broker.h"
 #include "keystore/public_key.h"
 #include "keystore/uri.h"
 #include "provider/provider.h"
@@ -32,6 +33,7 @@ struct Agent::Identity {
   std::string comment;
   EvpPkeyPtr pkey;
   std::string reader;  // ssh-add -s: the reader as given ("tpm2:NAME", a key file path)
+  Bytes file_id;       // ssh-add -s: key_file_id of its key file (keystore/broker.h)
   time_t expires = 0;  // 0: until removed
   bool confirm = false;
   bool tpm() const { return !reader.empty(); }
@@ -44,6 +46,7 @@ struct Agent::KeystoreEntry {
   off_t size = 0;
   bool usable = false;  // false: needs a password, or not a key SSH can use
   Bytes blob;
+  Bytes file_id;  // key_file_id (keystore/broker.h)
   std::string comment;
   EvpPkeyPtr pkey;  // opened through the provider on first use
 };
@@ -96,6 +99,25 @@ int pin_callback(char* buf, int size, int, void* u) {
   return int(pin->size());
 }
 
+// The key file id (keystore/broker.h) of what an ssh-add -s URI names, read again for it; empty
+// (no sign-digest answer) if it cannot be read.
+Bytes smartcard_file_id(const std::string& uri, const Keystore& keystore, OSSL_LIB_CTX* libctx) {
+  auto parsed = parse_uri(uri);
+  if (!parsed) return {};
+  Result<KeyFile> kf = make_error(Reason::kKeyNotFound, "");
+  if (parsed->name) {
+    kf = keystore.read(*parsed->name);
+  } else if (parsed->file) {
+    kf = read_keyfile(*parsed->file, Symlinks::kFollow, Writers::kUserOrRootAndGroup);
+  } else if (parsed->handle) {
+    KeyFile k;  // as Key::open makes it for tpm2:handle=
+    k.parent = 0;
+    k.persistent = *parsed->handle;
+    kf = k;
+  }
+  return kf ? key_file_id(*kf, libctx) : Bytes{};
+}
+
 }  // namespace
 
 Agent::Agent(AgentOptions opts) : opts_(std::move(opts)), keystore_(opts_.keystore) {
@@ -118,6 +140,10 @@ Result<std::unique_ptr<Agent>> Agent::create(AgentOptions opts) {
   a->tpmkey_ = OSSL_PROVIDER_load(a->libctx_.get(), "tpmkey");
   if (!a->default_ || !a->tpmkey_)
     return make_error(Reason::kInternal, "cannot load the providers: " + drain_openssl_errors("; "));
+  // The provider built in here is the agent's own: it must never ask an agent (this one) to sign.
+  auto* prov = static_cast<provider::ProviderCtx*>(OSSL_PROVIDER_get0_provider_ctx(a->tpmkey_));
+  if (!prov || !prov->core) return make_error(Reason::kInternal, "the built-in provider has no context");
+  prov->core->never_use_agent();
   return a;
 }
 
@@ -183,6 +209,7 @@ void Agent::refresh_keystore() {
     } else {
       e->usable = true;
       e->blob = std::move(*blob);
+      e->file_id = key_file_id(*kf, libctx_.get());
       e->comment = kf->description.empty() ? name : kf->description;
       log_debug("serving tpm2:" + name + " (" + describe(e->blob) + ")");
     }
@@ -195,6 +222,37 @@ bool Agent::still_current(const std::string& name, const KeystoreEntry& e) const
   struct stat st{};
   return stat(keystore_.path_of(name).c_str(), &st) == 0 && st.st_ino == e.ino && st.st_size == e.size &&
          st.st_mtim.tv_sec == e.mtime.tv_sec && st.st_mtim.tv_nsec == e.mtime.tv_nsec;
+}
+
+EVP_PKEY* Agent::keystore_key(const Bytes& blob, const Bytes* file_id, std::string* label) {
+  KeystoreEntry* entry = nullptr;
+  std::string name;
+  auto lookup = [&] {
+    for (auto& [n, e] : keystore_keys_)
+      if (e->usable && !hidden_.count(n) && e->blob == blob && (!file_id || e->file_id == *file_id)) {
+        entry = e.get();
+        name = n;
+        return;
+      }
+  };
+  lookup();
+  // The listing may be older than the keystore: a key created since, or deleted or replaced.
+  if (!entry || !still_current(name, *entry)) {
+    refresh_keystore();
+    entry = nullptr;
+    lookup();
+  }
+  if (!entry) return nullptr;
+  if (!entry->pkey) {
+    auto opened = open_tpm_key("tpm2:" + name, nullptr);
+    if (!opened) {
+      log_error("cannot open tpm2:" + name + ": " + opened.error().text());
+      return nullptr;
+    }
+    entry->pkey = std::move(*opened);
+  }
+  *label = "tpm2:" + name;
+  return entry->pkey.get();
 }
 
 Agent::Identity* Agent::find(const Bytes& blob) {
@@ -340,35 +398,7 @@ Bytes Agent::sign(SshReader& r, const uint8_t* message, size_t size, const Peer&
     pkey = id->pkey.get();
     label = printable(id->comment);
   } else {
-    KeystoreEntry* entry = nullptr;
-    std::string name;
-    auto lookup = [&] {
-      for (auto& [n, e] : keystore_keys_)
-        if (e->usable && !hidden_.count(n) && e->blob == blob) {
-          entry = e.get();
-          name = n;
-          return;
-        }
-    };
-    lookup();
-    // The listing may be older than the keystore: a key created since, or deleted or replaced.
-    if (!entry || !still_current(name, *entry)) {
-      refresh_keystore();
-      entry = nullptr;
-      lookup();
-    }
-    if (entry) {
-      if (!entry->pkey) {
-        auto opened = open_tpm_key("tpm2:" + name, nullptr);
-        if (!opened) {
-          log_error("cannot open tpm2:" + name + ": " + opened.error().text());
-          return failure();
-        }
-        entry->pkey = std::move(*opened);
-      }
-      pkey = entry->pkey.get();
-      label = "tpm2:" + name;
-    }
+    pkey = keystore_key(blob, nullptr, &label);
   }
   if (!pkey) {
     if (!opts_.upstream.empty()) {
@@ -389,6 +419,81 @@ Bytes Agent::sign(SshReader& r, const uint8_t* message, size_t size, const Peer&
   SshWriter w;
   w.u8(msg::kSignResponse);
   w.string(*sig);
+  return w.take();
+}
+
+Bytes Agent::sign_digest(SshReader& r, const Peer& peer) {
+  // string key blob, string key file id, string scheme, string hash, string digest
+  // (docs/ssh.md#the-sign-digest-extension).
+  SshView blob_view, file_id_view, scheme_name, hash_view, digest;
+  if (!r.string(&blob_view) || !r.string(&file_id_view) || !r.string(&scheme_name) || !r.string(&hash_view) ||
+      !r.string(&digest) || !r.done()) {
+    log_error("malformed sign-digest request from pid " + std::to_string(peer.pid));
+    return Bytes{msg::kExtensionFailure};
+  }
+  const auto scheme = scheme_from_wire(scheme_name.text(), hash_view.text());
+  if (!scheme || digest.size != hash_size(scheme->hash)) {
+    log_error("sign-digest request from pid " + std::to_string(peer.pid) + " with an unknown scheme " +
+              printable(scheme_name.text()) + "/" + printable(hash_view.text()) + " or a digest of the wrong size");
+    return Bytes{msg::kExtensionFailure};
+  }
+  const Bytes blob = blob_view.bytes(), file_id = file_id_view.bytes();
+  expire();
+  // Only TPM keys: the added ones whose key file is this one, then the keystore's.
+  EVP_PKEY* pkey = nullptr;
+  std::string label;
+  for (auto& id : added_) {
+    if (!id->tpm() || id->blob != blob || id->file_id != file_id) continue;
+    if (id->confirm && !confirmed(*id)) return failure();
+    pkey = id->pkey.get();
+    label = printable(id->comment);
+    break;
+  }
+  if (!pkey) pkey = keystore_key(blob, &file_id, &label);
+  if (!pkey) {
+    log_debug("sign-digest request for a key not held: " + describe(blob));
+    return failure();
+  }
+  const bool rsa = EVP_PKEY_is_a(pkey, "RSA");
+  if (rsa != (scheme->alg != SigAlg::kEcdsa)) {
+    log_error("sign-digest request from pid " + std::to_string(peer.pid) + ": scheme " +
+              std::string(scheme_wire_name(scheme->alg)) + " for " + label);
+    return Bytes{msg::kExtensionFailure};
+  }
+  // Through the provider, as every signature here: digest, and for RSA the padding (PSS: a salt
+  // as long as the digest, MGF1 with the same hash; what the TPM does).
+  OsslPtr<EVP_PKEY_CTX, EVP_PKEY_CTX_free> sctx(EVP_PKEY_CTX_new_from_pkey(libctx_.get(), pkey, nullptr));
+  char md[16], pad[16], salt[] = OSSL_PKEY_RSA_PSS_SALT_LEN_DIGEST;
+  std::snprintf(md, sizeof md, "%s", hash_name(scheme->hash));
+  std::snprintf(pad, sizeof pad, "%s",
+                scheme->alg == SigAlg::kRsaPss ? OSSL_PKEY_RSA_PAD_MODE_PSS : OSSL_PKEY_RSA_PAD_MODE_PKCSV15);
+  OSSL_PARAM params[5];
+  size_t n = 0;
+  params[n++] = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, md, 0);
+  if (rsa) params[n++] = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_PAD_MODE, pad, 0);
+  if (scheme->alg == SigAlg::kRsaPss) {
+    params[n++] = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_PSS_SALTLEN, salt, 0);
+    params[n++] = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_MGF1_DIGEST, md, 0);
+  }
+  params[n] = OSSL_PARAM_construct_end();
+  size_t len = 0;
+  Bytes sig;
+  bool ok = sctx && EVP_PKEY_sign_init_ex(sctx.get(), params) > 0 &&
+            EVP_PKEY_sign(sctx.get(), nullptr, &len, digest.data, digest.size) > 0;
+  if (ok) {
+    sig.resize(len);
+    ok = EVP_PKEY_sign(sctx.get(), sig.data(), &len, digest.data, digest.size) > 0;
+    sig.resize(len);
+  }
+  if (!ok) {
+    log_error("sign-digest with " + label + " failed: " + drain_openssl_errors("; "));
+    return failure();
+  }
+  log_debug("signed a digest with " + label + " for pid " + std::to_string(peer.pid));
+  SshWriter w;
+  w.u8(msg::kExtensionResponse);
+  w.string(kSignDigestExtension);
+  w.string(sig);
   return w.take();
 }
 
@@ -473,6 +578,7 @@ Bytes Agent::add_smartcard_key(SshReader& r, bool constrained) {
   auto id = std::make_unique<Identity>();
   id->blob = std::move(*blob);
   id->pkey = std::move(*pkey);
+  id->file_id = smartcard_file_id(*uri, keystore_, libctx_.get());
   id->reader = reader;
   id->comment = reader;
   id->confirm = c->confirm;
@@ -590,8 +696,10 @@ Bytes Agent::extension(SshReader& r, Peer& peer) {
     w.string("query");
     w.string("query");
     w.string("session-bind@openssh.com");
+    w.string(kSignDigestExtension);
     return w.take();
   }
+  if (name.text() == kSignDigestExtension) return sign_digest(r, peer);
   if (name.text() == "session-bind@openssh.com") {
     SshView host_key, session_id, signature;
     bool forwarding = false;

@@ -80,6 +80,8 @@ class Agent {
   Bytes lock(SshReader& r);
   Bytes unlock(SshReader& r);
   Bytes extension(SshReader& r, Peer& peer);
+  // sign-digest@tpmkey: a digest signed for a tpmkey provider in a one-shot process (keystore/broker.h).
+  Bytes sign_digest(SshReader& r, const Peer& peer);
 
   struct Constraints {
     uint32_t lifetime = 0;
@@ -91,6 +93,9 @@ class Agent {
   // Whether the keystore file of `name` is still the one `e` was read from.
   bool still_current(const std::string& name, const KeystoreEntry& e) const;
   Identity* find(const Bytes& blob);
+  // The keystore entry served with this blob (and, if given, key file id), opened through the
+  // provider on first use; nullptr if none is served or it does not open.
+  EVP_PKEY* keystore_key(const Bytes& blob, const Bytes* file_id, std::string* label);
   bool confirmed(const Identity& id);
   Result<EvpPkeyPtr> open_tpm_key(const std::string& uri, const SecretBytes* pin);
   Result<Bytes> lock_hash(const SshView& passphrase, const Bytes& salt);

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <list>
 
+#include "keystore/broker.h"
 #include "tools/agent/agent.h"
 #include "tools/agent/log.h"
 
@@ -213,12 +214,8 @@ void FrameReader::clear() {
   buf_.clear();
 }
 
-std::string default_socket() {
-  const char* xdg = std::getenv("XDG_RUNTIME_DIR");
-  struct stat st{};
-  if (xdg && *xdg == '/' && stat(xdg, &st) == 0 && S_ISDIR(st.st_mode)) return std::string(xdg) + "/tpmkey/agent.sock";
-  return "/tmp/tpmkey-" + std::to_string(geteuid()) + "/agent.sock";
-}
+// Where the provider looks for the agent by default, too (keystore/broker.h).
+std::string default_socket() { return default_agent_socket(); }
 
 Result<int> listen_on(const std::string& path, bool create_dir) {
   sockaddr_un addr{};
