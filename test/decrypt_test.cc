@@ -384,11 +384,20 @@ TEST_F(DecryptTest, Pkcs1PaddingBoundaries) {
       {"block type 01", block('\0', '\1', 8, true, msg), false},
       {"no separator", std::string("\0\2", 2) + std::string(254, '\x55'), false},
   };
+  // The ciphertexts first, so that the decryptions follow each other closely: on a simulator
+  // socket, a pause of over a millisecond makes tpmkey prove the key's handle again
+  // (docs/sessions.md), which would add a command.
+  std::vector<std::string> cts;
   for (const Case& c : cases) {
+    ASSERT_EQ(c.em.size(), 256u) << c.name;
+    cts.push_back(encrypt_raw(key.get(), c.em));
+    ASSERT_EQ(cts.back().size(), 256u) << drain_errors();
+  }
+  ASSERT_TRUE(evp_decrypt(key.get(), cts[0]));  // after the pause above: the handle proven again
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    const std::string& ct = cts[i];
     SCOPED_TRACE(c.name);
-    ASSERT_EQ(c.em.size(), 256u);
-    const std::string ct = encrypt_raw(key.get(), c.em);
-    ASSERT_EQ(ct.size(), 256u) << drain_errors();
     const uint64_t before = tpm_commands(l);
     auto out = evp_decrypt(key.get(), ct);
     ASSERT_TRUE(out) << drain_errors();
@@ -560,7 +569,12 @@ TEST_F(EcdhTest, DeriveMatchesOpensslOnEachCurve) {
     z = (*key)->derive(point.data(), point.size());
     ASSERT_TRUE(z) << z.error().text();
     EXPECT_EQ(str(*z), expected);
-    EXPECT_EQ(bus.command_codes(), std::vector<uint32_t>{TPM2_CC_ECDH_ZGen});
+    // One TPM2_ECDH_ZGen. The curve check before it can take over a millisecond, after which
+    // tpmkey proves the key's handle and its session again on a simulator socket
+    // (docs/sessions.md): those audited reads are not counted here.
+    std::vector<uint32_t> codes = bus.command_codes();
+    std::erase_if(codes, [](uint32_t cc) { return cc == TPM2_CC_ReadPublic || cc == TPM2_CC_ReadClock; });
+    EXPECT_EQ(codes, std::vector<uint32_t>{TPM2_CC_ECDH_ZGen});
     EXPECT_FALSE(bus.crossed(expected)) << "the shared secret crossed the bus in clear";
 
     // Not on the curve: the last byte of y changed. Refused, no TPM command.
