@@ -18,6 +18,15 @@ bool put_2b(T& out, const Bytes& b) {
   return true;
 }
 
+// Wipes the response parameters that tss2-sys keeps in its context (there in clear once the
+// session decrypted them) after they were copied out.
+TSS2_RC wipe_response(TSS2_SYS_CONTEXT* sys, TSS2_RC rc) {
+  size_t n = 0;
+  const uint8_t* p = nullptr;
+  if (Tss2_Sys_GetRpBuffer(sys, &n, &p) == TSS2_RC_SUCCESS && p && n) OPENSSL_cleanse(const_cast<uint8_t*>(p), n);
+  return rc;
+}
+
 }  // namespace
 
 Result<SecretBytes> Tpm::rsa_decrypt(ObjectId id, const KeyFile& kf, const SecretBytes& auth,
@@ -36,7 +45,7 @@ Result<SecretBytes> Tpm::rsa_decrypt(ObjectId id, const KeyFile& kf, const Secre
       TSS2_RC rc = run_.run(
           s, TPM2_CC_RSA_Decrypt, {&key.name}, auth, {.encrypt_command = true, .decrypt_response = true},
           [&] { return Tss2_Sys_RSA_Decrypt_Prepare(run_.sys(), key.tpm_handle(), &cipher, &scheme, &label); },
-          [&] { return Tss2_Sys_RSA_Decrypt_Complete(run_.sys(), &message); });
+          [&] { return wipe_response(run_.sys(), Tss2_Sys_RSA_Decrypt_Complete(run_.sys(), &message)); });
       if (rc == TSS2_RC_SUCCESS) out = SecretBytes(message.buffer, message.size);
       OPENSSL_cleanse(&message, sizeof message);
       return rc;
@@ -60,7 +69,7 @@ Result<SecretBytes> Tpm::ecdh_zgen(ObjectId id, const KeyFile& kf, const SecretB
       TSS2_RC rc = run_.run(
           s, TPM2_CC_ECDH_ZGen, {&key.name}, auth, {.decrypt_response = true},
           [&] { return Tss2_Sys_ECDH_ZGen_Prepare(run_.sys(), key.tpm_handle(), &in); },
-          [&] { return Tss2_Sys_ECDH_ZGen_Complete(run_.sys(), &shared); });
+          [&] { return wipe_response(run_.sys(), Tss2_Sys_ECDH_ZGen_Complete(run_.sys(), &shared)); });
       if (rc == TSS2_RC_SUCCESS) out = SecretBytes(shared.point.x.buffer, shared.point.x.size);
       OPENSSL_cleanse(&shared, sizeof shared);
       return rc;
