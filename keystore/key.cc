@@ -159,7 +159,7 @@ namespace {
 // `v` left-padded with zeros to `k` bytes (v no longer than k).
 SecretBytes left_pad(const SecretBytes& v, size_t k) {
   SecretBytes out(k);
-  if (v.size() <= k) std::memcpy(out.data() + (k - v.size()), v.data(), v.size());
+  if (!v.empty() && v.size() <= k) std::memcpy(out.data() + (k - v.size()), v.data(), v.size());
   return out;
 }
 

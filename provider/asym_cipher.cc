@@ -192,7 +192,7 @@ int decrypt(void* vc, unsigned char* out, size_t* outlen, size_t outsize, const 
           .context(what);
     auto m = c->key->decrypt(scheme, in, inlen);
     if (!m) return m.take_error();
-    std::memcpy(out, m->data(), m->size());
+    if (!m->empty()) std::memcpy(out, m->data(), m->size());  // an empty message has no buffer
     *outlen = m->size();
     return Status::Ok();
   });
