@@ -77,6 +77,40 @@ Result<const AlgorithmSpec*> spec_of(const TPMT_PUBLIC& pub) {
   return s;
 }
 
+unsigned usage_of(const TPMT_PUBLIC& pub) {
+  if (pub.objectAttributes & TPMA_OBJECT_RESTRICTED) {
+    // A restricted decrypt key is a storage parent, not a key for data; a restricted signing
+    // key signs what the TPM hashed.
+    return (pub.objectAttributes & TPMA_OBJECT_SIGN_ENCRYPT) ? kUsageSign : 0;
+  }
+  unsigned u = 0;
+  if (pub.objectAttributes & TPMA_OBJECT_SIGN_ENCRYPT) u |= kUsageSign;
+  if (pub.objectAttributes & TPMA_OBJECT_DECRYPT) u |= kUsageDecrypt;
+  return u;
+}
+
+std::string usage_text(unsigned usage) {
+  switch (usage & kUsageSignDecrypt) {
+    case kUsageSign: return "sign";
+    case kUsageDecrypt: return "decrypt";
+    case kUsageSignDecrypt: return "sign,decrypt";
+    default: return "none";
+  }
+}
+
+unsigned parse_usage(std::string_view text) {
+  unsigned u = 0;
+  while (true) {
+    const size_t comma = text.find(',');
+    const std::string_view word = text.substr(0, comma);
+    if (word == "sign") u |= kUsageSign;
+    else if (word == "decrypt") u |= kUsageDecrypt;
+    else return 0;
+    if (comma == std::string_view::npos) return u;
+    text.remove_prefix(comma + 1);
+  }
+}
+
 TPMT_SIG_SCHEME tpm_scheme(const SignScheme& s) {
   TPMT_SIG_SCHEME t{};
   t.scheme = s.alg == SigAlg::kEcdsa ? TPM2_ALG_ECDSA : s.alg == SigAlg::kRsaPkcs1 ? TPM2_ALG_RSASSA : TPM2_ALG_RSAPSS;
@@ -109,7 +143,9 @@ TPM2B_PUBLIC key_template(const KeyOptions& opts) {
   TPMT_PUBLIC& p = t.publicArea;
   p.nameAlg = opts.name_alg;
   p.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
-                       TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_SIGN_ENCRYPT;
+                       TPMA_OBJECT_USERWITHAUTH;
+  if (opts.usage & kUsageSign) p.objectAttributes |= TPMA_OBJECT_SIGN_ENCRYPT;
+  if (opts.usage & kUsageDecrypt) p.objectAttributes |= TPMA_OBJECT_DECRYPT;
   if (!opts.with_auth) p.objectAttributes |= TPMA_OBJECT_NODA;
   if (opts.spec->kind == KeyKind::kEc) {
     p.type = TPM2_ALG_ECC;

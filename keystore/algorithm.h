@@ -5,6 +5,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <tss2/tss2_tpm2_types.h>
 
@@ -31,8 +32,21 @@ const AlgorithmSpec* find_ec_curve(TPM2_ECC_CURVE curve);
 // The spec a TPM public area corresponds to, if tpmkey supports it.
 Result<const AlgorithmSpec*> spec_of(const TPMT_PUBLIC& pub);
 
+// What a key may do, as its public area's object attributes say: sign (TPMA_OBJECT_SIGN_ENCRYPT),
+// decrypt (TPMA_OBJECT_DECRYPT: RSA decryption, or ECDH for an EC key), or both. A bit set.
+inline constexpr unsigned kUsageSign = 1;
+inline constexpr unsigned kUsageDecrypt = 2;
+inline constexpr unsigned kUsageSignDecrypt = kUsageSign | kUsageDecrypt;
+// The usage of an unrestricted key's public area (0 if it allows neither).
+unsigned usage_of(const TPMT_PUBLIC& pub);
+// "sign", "decrypt", "sign,decrypt": the CLI's --usage spelling, and how list and pkey -text show it.
+std::string usage_text(unsigned usage);
+// Parses that spelling ("decrypt,sign" and repeats too); 0 for anything else.
+unsigned parse_usage(std::string_view text);
+
 struct KeyOptions {
   const AlgorithmSpec* spec = nullptr;
+  unsigned usage = kUsageSign;  // kUsage* bits: the sign and decrypt object attributes
   uint32_t rsa_exponent = 0;  // 0 = 65537
   bool with_auth = false;     // the key needs a password
   TPM2_ALG_ID name_alg = TPM2_ALG_SHA256;  // the key's name algorithm (SHA-256/384/512)
@@ -48,14 +62,26 @@ struct SignScheme {
 };
 // The TPM's spelling of it.
 TPMT_SIG_SCHEME tpm_scheme(const SignScheme& s);
+// How an RSA key decrypts, in OpenSSL's terms. kNone: the raw RSA operation (m = c^d mod n);
+// kPkcs1: RSAES-PKCS1-v1_5, with implicit rejection unless turned off (docs/keys.md); kOaep:
+// RSAES-OAEP with `hash` for both the label digest and MGF1 (the TPM's only choice).
+enum class RsaPadding { kNone, kPkcs1, kOaep };
+struct DecryptScheme {
+  RsaPadding padding = RsaPadding::kPkcs1;
+  TPM2_ALG_ID hash = TPM2_ALG_SHA1;  // OAEP only (OpenSSL's default is SHA-1 too)
+  std::vector<uint8_t> label;        // OAEP only: the label as OpenSSL takes it (any bytes, no NUL added)
+  bool implicit_rejection = true;    // PKCS#1 v1.5 only
+};
+
 // The natural scheme for a key of this kind (ECDSA or RSA PKCS#1 v1.5) with `hash`.
 SignScheme default_scheme(KeyKind kind, TPM2_ALG_ID hash = TPM2_ALG_SHA256);
 // The scheme a key is bound to in its public area, if it is bound to one (scheme not NULL):
 // nullopt for an unbound key, an error for a binding tpmkey cannot sign with.
 Result<std::optional<SignScheme>> bound_scheme(const TPMT_PUBLIC& pub);
 
-// Public template for a signing key: fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth, sign;
-// scheme NULL so that each TPM2_Sign picks the scheme and hash.
+// Public template for a key: fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth, and sign
+// and/or decrypt as opts.usage says; scheme NULL so that each TPM2_Sign, TPM2_RSA_Decrypt or
+// TPM2_ECDH_ZGen picks the scheme (and raw RSA decryption is possible, docs/keys.md).
 TPM2B_PUBLIC key_template(const KeyOptions& opts);
 // The public area of a key made outside the TPM and brought in with TPM2_Import (its unique field
 // is left for the caller): sign, userWithAuth, noDA without a password, scheme NULL, and fixedTPM,

@@ -1,7 +1,9 @@
-// Key: one TPM key as the provider and the CLI use it: its key file, its public half, and signing.
+// Key: one TPM key as the provider and the CLI use it: its key file, its public half, signing,
+// RSA decryption and ECDH (docs/keys.md).
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "keystore/algorithm.h"
@@ -35,12 +37,38 @@ class Key {
   }
   // A restricted (attestation) key: the TPM signs only what it hashed itself (sign_message).
   bool restricted() const { return kf_.pub.publicArea.objectAttributes & TPMA_OBJECT_RESTRICTED; }
+  // What the key's public area allows (kUsage* bits): sign, decrypt (RSA decryption, ECDH), both.
+  unsigned usage() const { return usage_of(kf_.pub.publicArea); }
+  bool can_sign() const { return usage() & kUsageSign; }
+  bool can_decrypt() const { return usage() & kUsageDecrypt; }
   // ECDSA: DER ECDSA-Sig-Value; RSA: the signature octets. `digest` is already hashed.
+  // A key without the sign usage is refused before any TPM command.
   Result<Bytes> sign(const SignScheme& scheme, const uint8_t* digest, size_t len);
   // The same for a whole message, hashed by the TPM: how restricted keys sign.
   Result<Bytes> sign_message(const SignScheme& scheme, const Bytes& message);
   // Largest signature sign() returns.
   size_t max_signature_size() const;
+
+  // RSA decryption of `in` (at most the modulus size, and below the modulus) with TPM2_RSA_Decrypt
+  // (tpm.h rsa_decrypt): the same lifecycle, retries, reconnects and errors as sign(). An EC key,
+  // or a key without the decrypt usage, is refused before any TPM command. PKCS#1 v1.5 with
+  // implicit rejection (the default) never fails for bad padding: it returns a synthetic message,
+  // deterministic per ciphertext, after the same TPM commands as for valid padding (docs/keys.md,
+  // "Implicit rejection"). kNone returns the modulus-size raw result.
+  Result<SecretBytes> decrypt(const DecryptScheme& scheme, const uint8_t* in, size_t len);
+  // The modulus size: the longest ciphertext and plaintext (RSA keys).
+  size_t modulus_size() const;
+
+  // ECDH with an EC key that has the decrypt usage (TPM2_ECDH_ZGen): the shared secret, the
+  // x-coordinate of d * peer, as long as the curve's field (what OpenSSL's ECDH derive returns).
+  // `peer_point` is a SEC1 point on the key's curve (04 || x || y, or compressed), as
+  // OSSL_PKEY_PARAM_PUB_KEY holds it; a point that is not on the curve is refused before any TPM
+  // command.
+  Result<SecretBytes> derive(const uint8_t* peer_point, size_t len);
+  // The same with the peer's public key (an EC key on the same curve, from any provider).
+  Result<SecretBytes> derive(const EVP_PKEY* peer);
+  // The shared secret's size: the curve's field size in bytes (EC keys).
+  size_t shared_secret_size() const;
 
  private:
   Key(Context& ctx) : ctx_(ctx) {}
@@ -53,6 +81,11 @@ class Key {
   ObjectId id_ = 0;  // this key's entry in the Tpm object cache
   SecretBytes auth_;
   bool has_auth_ = false;
+  // The implicit-rejection secret: the raw decryption of implicit_rejection_probe
+  // (rsa_padding.h), made once per Key by the TPM.
+  Result<SecretBytes> rejection_secret(Tpm& tpm);
+  std::mutex rejection_mu_;
+  SecretBytes rejection_secret_;
 };
 
 // Reads a password from a pin-source path (first line, without the newline).

@@ -66,8 +66,11 @@ Result<CreatedKey> create_key(Context& ctx, const CreateRequest& req) {
         .context(what);
   const SecretBytes no_password;
   const SecretBytes& auth = req.password ? *req.password : no_password;
+  if (!req.usage || (req.usage & ~unsigned(kUsageSignDecrypt)))
+    return make_error(Reason::kInvalidArgument, "the usage must be sign, decrypt or both").context(what);
   KeyOptions opts;
   opts.spec = spec;
+  opts.usage = req.usage;
   opts.with_auth = !auth.empty();
   auto tpm = ctx.tpm();
   if (!tpm) return tpm.take_error().context(what);
@@ -94,6 +97,7 @@ Result<CreatedKey> create_key(Context& ctx, const CreateRequest& req) {
   CreatedKey out;
   out.path = ctx.keystore().path_of(req.name);
   out.spec = spec;
+  out.usage = req.usage;
   out.password = !auth.empty();
   out.persistent = req.persistent;
   return out;

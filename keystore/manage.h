@@ -28,6 +28,7 @@ namespace tpmkey {
 struct CreateRequest {
   std::string name;
   const AlgorithmSpec* spec = nullptr;   // nullptr: ec-p256
+  unsigned usage = kUsageSign;           // kUsage* bits (algorithm.h): the sign and decrypt attributes
   std::optional<SecretBytes> password;   // nullopt: no password (the key gets noDA); empty is refused
   std::string description;               // stored in the key file
   uint32_t persistent = 0;               // also make it persistent here (0x81000000-0x81ffffff); 0: no
@@ -36,6 +37,7 @@ struct CreateRequest {
 struct CreatedKey {
   std::string path;                      // the keystore entry written
   const AlgorithmSpec* spec = nullptr;
+  unsigned usage = kUsageSign;
   bool password = false;
   uint32_t persistent = 0;               // 0: not persistent
 };

@@ -67,6 +67,7 @@ class SecretBytes {
  public:
   SecretBytes() = default;
   SecretBytes(const uint8_t* p, size_t n) : v_(p, p + n) {}
+  explicit SecretBytes(size_t n) : v_(n, 0) {}  // n zero bytes
   SecretBytes(const SecretBytes&) = default;
   SecretBytes& operator=(const SecretBytes& o) {
     if (this != &o) { wipe(); v_ = o.v_; }

@@ -8,6 +8,7 @@
 #include <cstdarg>
 #include <cstring>
 
+#include "provider/asym_cipher.h"
 #include "provider/provider.h"
 
 namespace tpmkey::provider {
@@ -30,6 +31,9 @@ const OSSL_ALGORITHM kKeymgmtAlgs[] = {
 const OSSL_ALGORITHM kSignatureAlgs[] = {
     {"ECDSA", kProperties, kEcdsaSignature, "ECDSA signed by the TPM"},
     {"RSA:rsaEncryption:1.2.840.113549.1.1.1", kProperties, kRsaSignature, "RSA signed by the TPM"},
+    {nullptr, nullptr, nullptr, nullptr}};
+const OSSL_ALGORITHM kAsymCipherAlgs[] = {
+    {"RSA:rsaEncryption:1.2.840.113549.1.1.1", kProperties, kRsaAsymCipher, "RSA decrypted by the TPM"},
     {nullptr, nullptr, nullptr, nullptr}};
 const OSSL_ALGORITHM kStoreAlgs[] = {
     {"tpm2", kProperties, kStore, "tpm2: URIs (keystore entries and key files)"},
@@ -97,10 +101,11 @@ const OSSL_ALGORITHM* query_operation(void*, int operation_id, int* no_cache) no
   switch (operation_id) {
     case OSSL_OP_KEYMGMT: return kKeymgmtAlgs;
     case OSSL_OP_SIGNATURE: return kSignatureAlgs;
+    case OSSL_OP_ASYM_CIPHER: return kAsymCipherAlgs;
     case OSSL_OP_STORE: return kStoreAlgs;
     case OSSL_OP_ENCODER: return kEncoderAlgs;
     case OSSL_OP_DECODER: return kDecoderAlgs;
-    default: return nullptr;  // no RAND, digests or ciphers: the TPM only signs (docs/architecture.md, "No RAND, digests or ciphers")
+    default: return nullptr;  // no RAND, digests or symmetric ciphers (docs/architecture.md, "No RAND, digests or ciphers")
   }
 }
 

@@ -82,6 +82,7 @@ std::string describe(const Key& key, const std::string& body, bool private_part)
   out += std::string("TPM password: ") + (key.needs_auth() ? "needed" : "not needed") + "\n";
   out += "TPM origin: " + origin_text(key.file().pub.publicArea) + "\n";
   if (!key.file().description.empty()) out += "Description: " + printable(key.file().description) + "\n";
+  out += "TPM usage: " + usage_text(key.usage()) + "\n";
   return out;
 }
 

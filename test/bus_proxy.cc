@@ -30,7 +30,7 @@ struct BusProxy::Impl {
   int target = 0, port = 0;
   int listen_data = -1, listen_ctrl = -1;
   mutable std::mutex mu;
-  std::string sent;
+  std::string sent, received;
   uint32_t corrupt_cc = 0;
   BusProxy::Rewrite rewrite;
   int corrupted = 0;
@@ -70,6 +70,7 @@ struct BusProxy::Impl {
       if (!write_full(server, m.data(), m.size()) || !read_message(server, m)) break;
       {
         std::lock_guard l(mu);
+        received.append(reinterpret_cast<const char*>(m.data()), m.size());
         if (corrupt_cc && cc == corrupt_cc && m.size() > 30) {
           m[25] ^= 0x01;  // inside the response parameters (after header and parameterSize)
           corrupt_cc = 0;
@@ -165,6 +166,11 @@ std::string BusProxy::sent() const {
   return impl_->sent;
 }
 
+std::string BusProxy::received() const {
+  std::lock_guard l(impl_->mu);
+  return impl_->received;
+}
+
 std::vector<uint32_t> BusProxy::command_codes() const {
   const std::string s = sent();
   auto be32 = [&](size_t at) {
@@ -186,6 +192,7 @@ std::vector<uint32_t> BusProxy::command_codes() const {
 void BusProxy::clear() {
   std::lock_guard l(impl_->mu);
   impl_->sent.clear();
+  impl_->received.clear();
 }
 
 void BusProxy::corrupt_next_response(uint32_t command_code) {

@@ -22,6 +22,10 @@ class BusProxy {
   // Every command byte the TPM was sent so far, and whether `needle` is among them.
   std::string sent() const;
   bool saw(const std::string& needle) const { return sent().find(needle) != std::string::npos; }
+  // Every response byte the TPM sent back (as it came, before any corruption), and whether
+  // `needle` is among those or the commands.
+  std::string received() const;
+  bool crossed(const std::string& needle) const { return saw(needle) || received().find(needle) != std::string::npos; }
   // The command codes of those commands, in order.
   std::vector<uint32_t> command_codes() const;
   void clear();

@@ -70,7 +70,7 @@ Keys are used through the OpenSSL provider as tpm2:NAME, for example:
 See docs/uri.md and docs/configuration.md.
 )";
 
-const char* kCreateHelp = R"(Usage: tpmkey create NAME [--algorithm ALG]
+const char* kCreateHelp = R"(Usage: tpmkey create NAME [--algorithm ALG] [--usage USAGE]
                     [--password | --password-file FILE | --no-password]
                     [--description TEXT] [--persistent HANDLE]
 
@@ -82,6 +82,17 @@ overwritten.
 
   NAME                letters, digits, "-", "_" and "." (not first); at most 128
   --algorithm ALG     ec-p256 (default), ec-p384, ec-p521, rsa2048, rsa3072, rsa4096
+  --usage USAGE       what the key may do, fixed in the TPM when it is created:
+                        sign           signatures only (default)
+                        decrypt        RSA decryption (openssl pkeyutl -decrypt, cms
+                                       -decrypt) or, for an EC key, ECDH key agreement;
+                                       no signatures
+                        sign,decrypt   both (what tpm2-openssl makes)
+                      The TPM enforces it: a key refuses what its usage lacks, and
+                      tpmkey says so before sending the TPM anything. One key for
+                      both signing and decryption is discouraged (a signing request
+                      is then also a decryption request); it is needed for a
+                      self-signed certificate of a decryption key.
   --password          protect the key with a password, asked for on the terminal
   --password-file F   protect the key with the password in the first line of F
   --no-password       no password, without asking
@@ -96,8 +107,9 @@ overwritten.
                       TPM2_Load; the key file is kept too, and "tpmkey delete" evicts it.
                       The same key is also usable as tpm2:handle=HANDLE.
 
-Example:
+Examples:
   tpmkey create ssh --algorithm ec-p256
+  tpmkey create mail --algorithm rsa2048 --usage sign,decrypt
 )";
 
 const char* kInitHelp = R"(Usage: tpmkey init [--repin] [--transient]
@@ -130,8 +142,10 @@ const char* kListHelp = R"(Usage: tpmkey list
 
 Lists the keys in the keystore: name, algorithm, size in bits, whether a password is
 needed, and the parent the key was created under, followed by ", persistent HANDLE"
-for keys made persistent and ", imported" for keys that were made outside the TPM
-and brought in ("tpmkey import"; sensitiveDataOrigin clear). Does not use the TPM.
+for keys made persistent, ", imported" for keys that were made outside the TPM
+and brought in ("tpmkey import"; sensitiveDataOrigin clear), and ", usage decrypt"
+or ", usage sign,decrypt" for keys that may decrypt (keys that only sign show no
+usage). Does not use the TPM.
 )";
 
 const char* kPubkeyHelp = R"(Usage: tpmkey pubkey NAME [--format pem|openssh] [--comment TEXT]
@@ -578,9 +592,14 @@ int cmd_create(const Args& a) {
     return fail(make_error(Reason::kUnsupported, "unknown algorithm \"" + alg +
                                                      "\" (ec-p256, ec-p384, ec-p521, rsa2048, rsa3072, rsa4096)"));
   if (std::string conflict = password_option_conflict(a); !conflict.empty()) return usage_error("create", conflict);
+  const std::string usage = a.option("--usage").value_or("sign");
+  const unsigned usage_bits = parse_usage(usage);
+  if (!usage_bits)
+    return usage_error("create", "--usage must be sign, decrypt or sign,decrypt, not \"" + usage + "\"");
   CreateRequest req;
   req.name = name;
   req.spec = spec;
+  req.usage = usage_bits;
   req.description = a.option("--description").value_or("");
   if (auto h = a.option("--persistent")) {
     auto uri = parse_uri("tpm2:handle=" + *h);
@@ -596,8 +615,9 @@ int cmd_create(const Args& a) {
   req.password = std::move(*pw);
   auto made = create_key(ctx, req);
   if (!made) return fail(made.error());
-  std::printf("created tpm2:%s (%s%s) in %s\n", name.c_str(), made->spec->name, made->password ? ", password" : "",
-              made->path.c_str());
+  const std::string usage_note = made->usage == kUsageSign ? "" : ", usage " + usage_text(made->usage);
+  std::printf("created tpm2:%s (%s%s%s) in %s\n", name.c_str(), made->spec->name, usage_note.c_str(),
+              made->password ? ", password" : "", made->path.c_str());
   if (made->persistent)
     std::printf("persistent at 0x%08x (also tpm2:handle=0x%08x)\n", made->persistent, made->persistent);
   return kExitOk;
@@ -649,6 +669,8 @@ int cmd_list(const Args& a) {
     char where[64] = "";
     if (kf->persistent) std::snprintf(where, sizeof where, ", persistent 0x%08x", kf->persistent);
     if (is_imported(kf->pub.publicArea)) std::strncat(where, ", imported", sizeof where - std::strlen(where) - 1);
+    if (unsigned u = usage_of(kf->pub.publicArea); u != kUsageSign)
+      std::strncat(where, (", usage " + usage_text(u)).c_str(), sizeof where - std::strlen(where) - 1);
     std::printf("%-24s %-10s %-6d %-9s %s%s%s\n", n.c_str(), spec ? (*spec)->name : "unknown", spec ? (*spec)->bits : 0,
                 kf->empty_auth ? "no" : "yes", parent, kf->parent == kOwnerParent ? " (owner SRK)" : "", where);
   }
@@ -976,6 +998,7 @@ const Command kCommands[] = {
      cmd_create,
      kCreateHelp,
      {{"--algorithm", true},
+      {"--usage", true},
       {"--password"},
       {"--password-file", true},
       {"--no-password"},

@@ -2,7 +2,8 @@
 // connection (connection.h), a mutex, the authorization session (session.h) and the objects
 // tpmkey loaded (objects.h). docs/sessions.md explains the design; the command families live in
 // their own files: srk.cc (the storage root key and its pin), keys.cc (loading keys, the generic
-// key routine, TPM2_Create, TPM2_ObjectChangeAuth), sign.cc (TPM2_Sign, TPM2_Hash), import.cc (TPM2_Import),
+// key routine, TPM2_Create, TPM2_ObjectChangeAuth), sign.cc (TPM2_Sign, TPM2_Hash), decrypt.cc
+// (TPM2_RSA_Decrypt, TPM2_ECDH_ZGen), import.cc (TPM2_Import),
 // persistent.cc (EvictControl, ReadPublic of persistent handles), capability.cc (limits,
 // TestParms), process.cc (exit, fork).
 //
@@ -58,6 +59,17 @@ inline constexpr std::chrono::microseconds kContinuityWindow{1000};
 struct SignRequest {
   SignScheme scheme;
   Bytes digest;  // already hashed in software
+};
+
+// One TPM2_RSA_Decrypt. `scheme` is TPM_ALG_NULL (the raw RSA operation, for a key whose own
+// scheme is NULL), TPM_ALG_RSAES (PKCS#1 v1.5) or TPM_ALG_OAEP with `hash`. The TPM takes an OAEP
+// label only empty or NUL-terminated, and hashes it with its terminating NUL (TPM 2.0 Part 3
+// RSA_Decrypt, Part 1 Annex B.4); `label` is sent as it is.
+struct RsaDecryptRequest {
+  TPM2_ALG_ID scheme = TPM2_ALG_NULL;
+  TPM2_ALG_ID hash = TPM2_ALG_NULL;
+  Bytes label;
+  Bytes ciphertext;  // exactly the modulus size
 };
 
 struct TpmOptions {
@@ -124,6 +136,15 @@ class Tpm {
   // more than 1024 bytes) to get the ticket a restricted key needs, then signs (TPM2_Sign).
   Result<TPMT_SIGNATURE> sign_message(ObjectId id, const KeyFile& kf, const SecretBytes& auth,
                                       const SignScheme& scheme, const Bytes& message);
+  // Decrypts with an RSA key (TPM2_RSA_Decrypt), loading it (once) if needed, in the salted
+  // session with the ciphertext encrypted going in and the message encrypted coming out, so the
+  // plaintext never crosses the bus in clear (decrypt.cc).
+  Result<SecretBytes> rsa_decrypt(ObjectId id, const KeyFile& kf, const SecretBytes& auth,
+                                  const RsaDecryptRequest& req);
+  // ECDH with an EC key (TPM2_ECDH_ZGen): the x-coordinate of d * (x, y), as long as the curve's
+  // field, the response encrypted in the session. The caller checks that (x, y) is on the curve.
+  Result<SecretBytes> ecdh_zgen(ObjectId id, const KeyFile& kf, const SecretBytes& auth, const Bytes& x,
+                                const Bytes& y);
   // The public area of the object at a persistent handle (TPM2_ReadPublic).
   Result<TPM2B_PUBLIC> public_of(uint32_t handle);
   // Makes a key file's key persistent at `handle` (TPM2_EvictControl, owner authorization).

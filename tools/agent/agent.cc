@@ -200,6 +200,8 @@ void Agent::refresh_keystore() {
     auto kf = keystore_.read(name);
     if (!kf) {
       log_error("tpm2:" + name + ": " + kf.error().text());
+    } else if (!(usage_of(kf->pub.publicArea) & kUsageSign)) {
+      log_info("tpm2:" + name + " is not usable for SSH: its usage is " + usage_text(usage_of(kf->pub.publicArea)));
     } else if (!kf->empty_auth) {
       log_info("tpm2:" + name + " needs a password: not served until added with: ssh-add -s tpm2:" + name);
     } else if (auto pub = public_pkey(kf->pub.publicArea, libctx_.get()); !pub) {
