@@ -67,6 +67,10 @@
   X(kSys, Tss2_Sys_EvictControl_Complete, 1)     \
   X(kSys, Tss2_Sys_Sign_Prepare, 5)              \
   X(kSys, Tss2_Sys_Sign_Complete, 2)             \
+  X(kSys, Tss2_Sys_RSA_Decrypt_Prepare, 5)       \
+  X(kSys, Tss2_Sys_RSA_Decrypt_Complete, 2)      \
+  X(kSys, Tss2_Sys_ECDH_ZGen_Prepare, 3)         \
+  X(kSys, Tss2_Sys_ECDH_ZGen_Complete, 2)        \
   X(kSys, Tss2_Sys_Hash_Prepare, 4)              \
   X(kSys, Tss2_Sys_Hash_Complete, 3)             \
   X(kSys, Tss2_Sys_HashSequenceStart, 6)         \
