@@ -1,7 +1,8 @@
 // RSA decryption by the TPM (OSSL_OP_ASYM_CIPHER): padding pkcs1 (implicit rejection on by
 // default, as OpenSSL 3.2 does), oaep (the label digest and MGF1 with one hash, the TPM's only
 // choice) and none. Encryption needs only the public half: it is done in software, by the default
-// provider, never by the TPM (docs/keys.md, "Decryption").
+// provider, never by the TPM (docs/keys.md, "Decryption"). A software key's decryption and
+// encryption are the default provider's, handed over whole.
 #include <cstring>
 
 #include <openssl/core_names.h>
@@ -9,7 +10,6 @@
 #include <openssl/params.h>
 #include <openssl/rsa.h>
 
-#include "provider/asym_cipher.h"
 #include "provider/provider.h"
 
 // OpenSSL 3.2's name; 3.0 and 3.1 have no implicit rejection of their own.
@@ -29,6 +29,8 @@ struct CipherCtx {
   TPM2_ALG_ID mgf1 = TPM2_ALG_NULL;       // NULL: the OAEP digest
   Bytes label;
   bool implicit_rejection = true;
+  // A software key (provider.h): the default provider's context, given every call as is.
+  EvpPkeyCtxPtr soft;
 };
 
 void* newctx(void* provctx) noexcept {
@@ -38,8 +40,23 @@ void* newctx(void* provctx) noexcept {
 }
 void freectx(void* vc) noexcept { delete static_cast<CipherCtx*>(vc); }
 void* dupctx(void* vc) noexcept {
+  const auto* c = static_cast<CipherCtx*>(vc);
   try {
-    return new CipherCtx(*static_cast<CipherCtx*>(vc));
+    auto* d = new CipherCtx;
+    d->prov = c->prov;
+    d->key = c->key;
+    d->decrypting = c->decrypting;
+    d->padding = c->padding;
+    d->oaep_hash = c->oaep_hash;
+    d->mgf1 = c->mgf1;
+    d->label = c->label;
+    d->implicit_rejection = c->implicit_rejection;
+    if (c->soft) d->soft.reset(EVP_PKEY_CTX_dup(c->soft.get()));
+    if (c->soft && !d->soft) {
+      delete d;
+      return nullptr;
+    }
+    return d;
   } catch (...) {
     return nullptr;
   }
@@ -130,9 +147,11 @@ constexpr auto kGettable = gettable<CipherCtx>({
 
 int set_ctx_params(void* vc, const OSSL_PARAM params[]) noexcept {
   auto* c = static_cast<CipherCtx*>(vc);
+  if (c->soft) return !params || !params->key || EVP_PKEY_CTX_set_params(c->soft.get(), params) == 1;
   return guard(c->prov, "asym_cipher_set_ctx_params", [&] { return apply_params(kSettable, *c, params); });
 }
 int get_ctx_params(void* vc, OSSL_PARAM params[]) noexcept {
+  if (auto* c = static_cast<CipherCtx*>(vc); c->soft) return EVP_PKEY_CTX_get_params(c->soft.get(), params) == 1;
   return answer_params(kGettable, *static_cast<const CipherCtx*>(vc), params);
 }
 const OSSL_PARAM* settable_ctx_params(void*, void*) noexcept { return kSettable.list(); }
@@ -142,8 +161,17 @@ const OSSL_PARAM* gettable_ctx_params(void*, void*) noexcept { return kGettable.
 
 Status init(CipherCtx& c, void* vkd, const OSSL_PARAM params[], bool decrypting) {
   auto* kd = static_cast<KeyData*>(vkd);
-  if (!kd || kd->kind != KeyKind::kRsa) return make_error(Reason::kInvalidArgument, "not a tpmkey RSA key");
-  if (!kd->key) return make_error(Reason::kInvalidArgument, "not a TPM key: tpmkey decrypts only with TPM RSA keys");
+  if (!kd || !kd->pkey() || kd->kind != KeyKind::kRsa) return make_error(Reason::kInvalidArgument, "not an RSA key");
+  c.key.reset();
+  c.soft.reset();
+  if (!kd->key) {  // a software key: the default provider does it all
+    auto lib = software_libctx(c.prov);
+    if (!lib) return lib.take_error();
+    c.soft.reset(EVP_PKEY_CTX_new_from_pkey(*lib, kd->soft.get(), kSoftwareProps));
+    if (!c.soft || (decrypting ? EVP_PKEY_decrypt_init_ex(c.soft.get(), params) : EVP_PKEY_encrypt_init_ex(c.soft.get(), params)) != 1)
+      return make_error(Reason::kInvalidArgument, "the default provider refused the operation for this key");
+    return Status::Ok();
+  }
   // Refused here, before any TPM command, when the key's public area does not allow decryption.
   if (decrypting && !kd->key->can_decrypt())
     return make_error(Reason::kUnsupported, "the key's usage is " + usage_text(kd->key->usage()) +
@@ -166,6 +194,10 @@ int encrypt_init(void* vc, void* vkd, const OSSL_PARAM params[]) noexcept {
 int decrypt(void* vc, unsigned char* out, size_t* outlen, size_t outsize, const unsigned char* in,
             size_t inlen) noexcept {
   auto* c = static_cast<CipherCtx*>(vc);
+  if (c->soft) {
+    if (out) *outlen = outsize;
+    return EVP_PKEY_decrypt(c->soft.get(), out, outlen, in, inlen) == 1;
+  }
   return guard(c->prov, "decrypt", [&]() -> Status {
     if (!c->key || !c->decrypting) return make_error(Reason::kInvalidArgument, "decrypt without decrypt_init");
     const std::string what = "decrypt(" + c->key->label() + ")";
@@ -203,6 +235,10 @@ int decrypt(void* vc, unsigned char* out, size_t* outlen, size_t outsize, const 
 int encrypt(void* vc, unsigned char* out, size_t* outlen, size_t outsize, const unsigned char* in,
             size_t inlen) noexcept {
   auto* c = static_cast<CipherCtx*>(vc);
+  if (c->soft) {
+    if (out) *outlen = outsize;
+    return EVP_PKEY_encrypt(c->soft.get(), out, outlen, in, inlen) == 1;
+  }
   return guard(c->prov, "encrypt", [&]() -> Status {
     if (!c->key || c->decrypting) return make_error(Reason::kInvalidArgument, "encrypt without encrypt_init");
     const std::string what = "encrypt(" + c->key->label() + ")";

@@ -35,22 +35,32 @@ void* ec_new(void* provctx) noexcept { return new_keydata(provctx, KeyKind::kEc)
 void* rsa_new(void* provctx) noexcept { return new_keydata(provctx, KeyKind::kRsa); }
 void key_free(void* kd) noexcept { delete static_cast<KeyData*>(kd); }
 
-// A TPM key is shared (the TPM object stays one); a software key is copied.
+// A TPM key is shared (the TPM object stays one); a software key is copied. A TPM key's domain
+// parameters alone (EVP_PKEY_copy_parameters: CMS makes a peer key this way) are a software key.
 void* dup(const void* vkd, int selection) noexcept {
   const auto* kd = static_cast<const KeyData*>(vkd);
   if (!kd || !kd->pkey()) return nullptr;
-  if (kd->key && !(selection & OSSL_KEYMGMT_SELECT_KEYPAIR)) return nullptr;
   auto* d = new (std::nothrow) KeyData;
   if (!d) return nullptr;
   d->prov = kd->prov;
   d->kind = kd->kind;
-  d->key = kd->key;
-  if (kd->soft) {
+  if (kd->key && (selection & OSSL_KEYMGMT_SELECT_KEYPAIR)) {
+    d->key = kd->key;
+  } else if (kd->key) {
+    OSSL_PARAM* params = nullptr;
+    EVP_PKEY* soft = nullptr;
+    auto lib = software_libctx(kd->prov);
+    EvpPkeyCtxPtr ctx(lib ? EVP_PKEY_CTX_new_from_name(*lib, data_type(kd->kind), kSoftwareProps) : nullptr);
+    if (ctx && EVP_PKEY_todata(kd->pkey(), EVP_PKEY_KEY_PARAMETERS, &params) == 1 && EVP_PKEY_fromdata_init(ctx.get()) == 1)
+      EVP_PKEY_fromdata(ctx.get(), &soft, EVP_PKEY_KEY_PARAMETERS, params);
+    OSSL_PARAM_free(params);
+    d->soft.reset(soft);
+  } else {
     d->soft.reset(EVP_PKEY_dup(kd->soft.get()));
-    if (!d->soft) {
-      delete d;
-      return nullptr;
-    }
+  }
+  if (!d->key && !d->soft) {
+    delete d;
+    return nullptr;
   }
   return d;
 }
@@ -346,6 +356,15 @@ Status set_user_auth(GenCtx& g, const OSSL_PARAM& p) {
   return Status::Ok();
 }
 
+Status set_usage(GenCtx& g, const OSSL_PARAM& p) {
+  const char* v = nullptr;
+  if (!OSSL_PARAM_get_utf8_string_ptr(&p, &v)) return make_error(Reason::kInvalidArgument, "usage must be a string");
+  unsigned u = parse_usage(v);
+  if (!u) return make_error(Reason::kInvalidArgument, std::string("usage \"") + v + "\" (use sign, decrypt or sign,decrypt)");
+  g.opts.usage = u;
+  return Status::Ok();
+}
+
 // The generation parameters of each key type: its settable list, and what set_params applies.
 constexpr auto kEcGenParams = settable<GenCtx>({
     {OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, nullptr, 0), set_group},
@@ -353,6 +372,7 @@ constexpr auto kEcGenParams = settable<GenCtx>({
     {OSSL_PARAM_utf8_string(kParamUserAuth, nullptr, 0), set_user_auth},
     {OSSL_PARAM_utf8_string(kParamNameDigest, nullptr, 0), set_name_digest},
     {OSSL_PARAM_uint32(kParamParent, nullptr), set_parent},
+    {OSSL_PARAM_utf8_string(kParamUsage, nullptr, 0), set_usage},
 });
 constexpr auto kRsaGenParams = settable<GenCtx>({
     {OSSL_PARAM_size_t(OSSL_PKEY_PARAM_RSA_BITS, nullptr), set_rsa_bits},
@@ -361,6 +381,7 @@ constexpr auto kRsaGenParams = settable<GenCtx>({
     {OSSL_PARAM_utf8_string(kParamUserAuth, nullptr, 0), set_user_auth},
     {OSSL_PARAM_utf8_string(kParamNameDigest, nullptr, 0), set_name_digest},
     {OSSL_PARAM_uint32(kParamParent, nullptr), set_parent},
+    {OSSL_PARAM_utf8_string(kParamUsage, nullptr, 0), set_usage},
 });
 
 int gen_set_params(void* vgen, const OSSL_PARAM params[]) noexcept {

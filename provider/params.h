@@ -20,6 +20,10 @@ inline constexpr const char* kParamNameDigest = "digest";
 // ssh-rsa; `tpmkey agent --allow-sha1` sets it.
 inline constexpr const char* kParamAllowSha1 = "tpmkey-allow-sha1";
 
+// Key generation (utf8 string): what the new TPM key may do, "sign" (the default), "decrypt"
+// (RSA decryption, ECDH) or "sign,decrypt", as `tpmkey create --usage` takes it.
+inline constexpr const char* kParamUsage = "usage";
+
 // Provider parameter (uint64): TPM commands this provider instance has sent; 0 before it connects.
 inline constexpr const char* kParamTpmCommands = "tpmkey-tpm-commands";
 

@@ -8,7 +8,6 @@
 #include <cstdarg>
 #include <cstring>
 
-#include "provider/asym_cipher.h"
 #include "provider/provider.h"
 
 namespace tpmkey::provider {
@@ -34,6 +33,9 @@ const OSSL_ALGORITHM kSignatureAlgs[] = {
     {nullptr, nullptr, nullptr, nullptr}};
 const OSSL_ALGORITHM kAsymCipherAlgs[] = {
     {"RSA:rsaEncryption:1.2.840.113549.1.1.1", kProperties, kRsaAsymCipher, "RSA decrypted by the TPM"},
+    {nullptr, nullptr, nullptr, nullptr}};
+const OSSL_ALGORITHM kKeyExchangeAlgs[] = {
+    {"ECDH", kProperties, kEcdhKeyExchange, "ECDH: TPM2_ECDH_ZGen with a TPM key, else the default provider's"},
     {nullptr, nullptr, nullptr, nullptr}};
 const OSSL_ALGORITHM kStoreAlgs[] = {
     {"tpm2", kProperties, kStore, "tpm2: URIs (keystore entries and key files)"},
@@ -102,6 +104,7 @@ const OSSL_ALGORITHM* query_operation(void*, int operation_id, int* no_cache) no
     case OSSL_OP_KEYMGMT: return kKeymgmtAlgs;
     case OSSL_OP_SIGNATURE: return kSignatureAlgs;
     case OSSL_OP_ASYM_CIPHER: return kAsymCipherAlgs;
+    case OSSL_OP_KEYEXCH: return kKeyExchangeAlgs;
     case OSSL_OP_STORE: return kStoreAlgs;
     case OSSL_OP_ENCODER: return kEncoderAlgs;
     case OSSL_OP_DECODER: return kDecoderAlgs;

@@ -87,6 +87,8 @@ extern const OSSL_DISPATCH kEcTpmKeymgmt[];
 extern const OSSL_DISPATCH kRsaTpmKeymgmt[];
 extern const OSSL_DISPATCH kEcdsaSignature[];
 extern const OSSL_DISPATCH kRsaSignature[];
+extern const OSSL_DISPATCH kRsaAsymCipher[];
+extern const OSSL_DISPATCH kEcdhKeyExchange[];
 extern const OSSL_DISPATCH kStore[];
 extern const OSSL_DISPATCH kTss2PemEncoder[];
 extern const OSSL_DISPATCH kTss2DerEncoder[];

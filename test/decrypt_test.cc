@@ -659,3 +659,58 @@ TEST_F(EcdhTest, UsagePasswordsAndTpm2OpensslKeys) {
 
 }  // namespace
 }  // namespace tpmkey::test
+
+namespace tpmkey::test {
+namespace {
+
+// ECDH through the provider with the real openssl, in both provider orders: `pkeyutl -derive`
+// with a TPM key (made by `tpmkey create --usage decrypt` and by `genpkey -pkeyopt usage:decrypt`)
+// equals the peer's own derivation by the default provider alone; `cms -decrypt` of an ECDH key
+// agreement envelope (X9.63 KDF over the TPM's secret) made by plain openssl; a sign-only key is
+// refused before the TPM.
+TEST_F(DecryptTest, EcdhDeriveAndCmsKeyAgreement) {
+  ASSERT_OK(tpmkey({"create", "ecdh", "--usage", "decrypt"}));
+  EXPECT_OK(openssl("genpkey", {"-propquery", "provider=tpmkey", "-algorithm", "EC", "-pkeyopt", "group:P-384", "-pkeyopt",
+                                "usage:decrypt", "-out", keystore_ + "/ecdh384.pem"}));
+  ASSERT_OK(tpmkey({"create", "ecsign", "--usage", "sign"}));
+  for (const char* name : {"ecdh", "ecdh384"}) {
+    const std::string pub = path(std::string(name) + ".pub"), peer = path("peer.key"), peer_pub = path("peer.pub");
+    write_file(pub, tpmkey({"pubkey", name}).out);
+    const char* curve = std::string(name) == "ecdh" ? "P-256" : "P-384";
+    ASSERT_OK(plain({"genpkey", "-algorithm", "EC", "-pkeyopt", std::string("ec_paramgen_curve:") + curve, "-out", peer}));
+    ASSERT_OK(plain({"pkey", "-in", peer, "-pubout", "-out", peer_pub}));
+    ASSERT_OK(plain({"pkeyutl", "-derive", "-inkey", peer, "-peerkey", pub, "-out", path("theirs")}));
+    for (bool first : {true, false}) {
+      SCOPED_TRACE(std::string(name) + (first ? ", tpmkey first" : ", default first"));
+      std::filesystem::remove(path("ours"));
+      EXPECT_OK(openssl("pkeyutl", {"-derive", "-inkey", std::string("tpm2:") + name, "-peerkey", peer_pub, "-out", path("ours")},
+                        first));
+      EXPECT_EQ(read_file(path("ours")), read_file(path("theirs")));
+      EXPECT_FALSE(read_file(path("ours")).empty());
+    }
+  }
+  EXPECT_FAILS_WITH(openssl("pkeyutl", {"-derive", "-inkey", "tpm2:ecsign", "-peerkey", path("peer.pub")}),
+                    "ECDH needs a key made with --usage decrypt");
+
+  // A certificate for the decrypt-only key (it cannot sign its own CSR: a software CA's CSR with
+  // the TPM key's public key forced in), and an envelope to it.
+  const std::string ca = path("ca.key"), ca_crt = path("ca.crt"), crt = path("ecdh.crt");
+  ASSERT_OK(plain({"req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", ca, "-subj",
+                   "/CN=ca", "-days", "1", "-out", ca_crt}));
+  ASSERT_OK(plain({"req", "-new", "-key", ca, "-subj", "/CN=ecdh", "-out", path("ecdh.csr")}));
+  ASSERT_OK(plain({"x509", "-req", "-in", path("ecdh.csr"), "-force_pubkey", path("ecdh.pub"), "-CA", ca_crt, "-CAkey", ca,
+                   "-days", "1", "-out", crt}));
+  ASSERT_OK(plain({"cms", "-encrypt", "-binary", "-aes256", "-recip", crt, "-in", path("msg"), "-out", path("env.pem"),
+                   "-outform", "PEM"}));
+  for (bool first : {true, false}) {
+    SCOPED_TRACE(first ? "cms, tpmkey first" : "cms, default first");
+    std::filesystem::remove(path("out"));
+    EXPECT_OK(openssl("cms", {"-decrypt", "-binary", "-inform", "PEM", "-in", path("env.pem"), "-inkey", "tpm2:ecdh", "-recip",
+                              crt, "-out", path("out")},
+                      first));
+    EXPECT_EQ(read_file(path("out")), read_file(path("msg")));
+  }
+}
+
+}  // namespace
+}  // namespace tpmkey::test
