@@ -312,19 +312,18 @@ std::string summary_markdown(const std::map<std::string, RunResult>& r, const st
   // TLS: the same run's handshakes with each kind of client key (tls_bench.cc).
   o << "\n### Mutual TLS 1.3 handshakes: `tpmkey-tls-example` against `openssl s_server` (handshakes/s; × = "
        "throughput ratio, higher is better)\n\n"
-    << "| Client key | Algorithm | client threads | handshakes/s | TPM cmds/handshake | × software key | × tpm2-openssl |\n"
-    << "| --- | --- | ---: | ---: | ---: | ---: | ---: |\n";
+    << "| Client key | Algorithm | client threads | handshakes/s | TPM cmds/handshake | × software key |\n"
+    << "| --- | --- | ---: | ---: | ---: | ---: |\n";
   for (Alg a : {Alg::kEcdsaP256, Alg::kRsaPkcs1})
     for (int t : {1, 4}) {
       const RunResult* soft = find(r, tls_row(a, "software", t));
-      const RunResult* peer = find(r, tls_row(a, "tpm2-openssl", t));
-      for (const char* kind : {"tpmkey", "tpm2-openssl", "software"}) {
+      for (const char* kind : {"tpmkey", "software"}) {
         const std::string key = tls_row(a, kind, t);
         const RunResult* x = find(r, key);
         o << "| " << kind << " | " << (a == Alg::kEcdsaP256 ? "ECDSA P-256" : "RSA-2048") << " | " << t << " | "
           << rate(x, absent(r, key)) << " | "
           << (std::string(kind) == "tpmkey" && x ? printf_string("%.2f", counter_of(x, "tpm_cmds", 0)) : "n/a") << " | "
-          << ratio(throughput_ratio(x, soft)) << " | " << ratio(throughput_ratio(x, peer)) << " |\n";
+          << ratio(throughput_ratio(x, soft)) << " |\n";
       }
     }
 

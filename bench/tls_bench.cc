@@ -1,8 +1,9 @@
 // Mutual TLS 1.3 handshakes with the libssl example (tpmkey-tls-example, docs/tls.md): the client
-// key is a software key, a tpmkey key or a tpm2-openssl key; the server is `openssl s_server` on
+// key is a software key or a tpmkey key; the server is `openssl s_server` on
 // 127.0.0.1 with a software key and the default provider alone, requiring a client certificate.
-//   tls/ALG/KIND/T (ALG: ecdsa-p256, rsa2048; KIND: software, tpmkey, tpm2-openssl; T: 1 or 4
-//   client threads)
+//   tls/ALG/KIND/T (ALG: ecdsa-p256, rsa2048; KIND: software, tpmkey; T: 1 or 4 client threads)
+// tpm2-openssl 1.1.1 has no row: on swtpm it fails these handshakes in every configuration tried
+// (docs/performance.md, "TLS handshakes"). Its openssl.cnf is kept for trying it again.
 // An iteration is one run of the example with 1 or 4 threads sharing its SSL_CTX; the time is its
 // own handshake loop (key loading and process start excluded), the items its handshakes, and the
 // counter tpm_cmds its TPM commands per handshake (tpmkey's; 0 for the others, not counted). The
@@ -85,7 +86,7 @@ bool certificates() {
                   "-out", work("srv.pem")},
                  Kind::kSoftware, "the server certificate"))
       return false;
-    for (Kind k : {Kind::kSoftware, Kind::kTpmkey, Kind::kTpm2Openssl})
+    for (Kind k : {Kind::kSoftware, Kind::kTpmkey})
       for (Alg a : {Alg::kEcdsaP256, Alg::kRsaPkcs1}) {
         const std::string tag = std::string(kind_name(k)) + "-" + (is_rsa(a) ? "rsa" : "ec");
         if (!openssl({"req", "-new", "-key", key(k, a), "-subj", "/CN=" + tag, "-out", work(tag + ".csr")}, k,
@@ -177,7 +178,7 @@ void handshakes(benchmark::State& state, Alg a, Kind k, int threads) {
 
 void register_tls() {
   for (Alg a : {Alg::kEcdsaP256, Alg::kRsaPkcs1})
-    for (Kind k : {Kind::kSoftware, Kind::kTpmkey, Kind::kTpm2Openssl})
+    for (Kind k : {Kind::kSoftware, Kind::kTpmkey})
       for (int threads : {1, 4}) {
         const std::string name = tls_row(a, kind_name(k), threads);
         benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) { handshakes(s, a, k, threads); })
