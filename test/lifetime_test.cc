@@ -99,16 +99,21 @@ int open_sockets() {
 // exit, some exec. None hangs, every signature verifies, and the children never use the parent's
 // connection, session or handles (each child's counter starts at zero).
 TEST_F(LifetimeTest, ForkWhileAThreadSigns) {
+#ifdef __SANITIZE_ADDRESS__
+  // AddressSanitizer's allocator has no fork handlers: a child forked while another thread holds
+  // one of its size-class locks hangs at its first allocation of that size, however late (seen,
+  // with the stacks below, even with the signing thread paused around each fork). The normal build
+  // and the ThreadSanitizer run (tools/test.sh), whose allocator handles fork, run this test.
+  GTEST_SKIP() << "fork with threads is not reliable under AddressSanitizer's allocator";
+#endif
   make_key("k");
   OSSL_LIB_CTX* l = lib(tcti_);
   PkeyPtr k = warm_key(l);
   ASSERT_TRUE(k);
   std::atomic<bool> stop{false};
   std::atomic<int> parent_bad{0}, parent_good{0};
-  // The sanitizer build's allocator (libsanitizer's, unlike glibc's malloc) has no fork handlers:
-  // a child forked while another thread is inside malloc deadlocks in its first malloc (seen, with
-  // the stacks this test prints). There the signing thread pauses around each fork; the normal
-  // build forks in the middle of its signatures.
+  // Under ThreadSanitizer the signing thread pauses around each fork (its runtime's own locks); the
+  // normal build forks in the middle of its signatures.
   std::mutex fork_gate;
   constexpr bool kGateForks =
 #ifdef TPMKEY_SANITIZED
