@@ -14,6 +14,7 @@ constexpr AlgorithmSpec kAlgorithms[] = {
     {"rsa2048", KeyKind::kRsa, 2048, TPM2_ECC_NONE, nullptr},
     {"rsa3072", KeyKind::kRsa, 3072, TPM2_ECC_NONE, nullptr},
     {"rsa4096", KeyKind::kRsa, 4096, TPM2_ECC_NONE, nullptr},
+    {"rsa1024", KeyKind::kRsa, 1024, TPM2_ECC_NONE, nullptr, true},
 };
 
 struct GroupAlias {

@@ -21,8 +21,15 @@ struct AlgorithmSpec {
   int bits;                // RSA modulus bits or EC field bits
   TPM2_ECC_CURVE curve;    // EC only
   const char* group;       // EC only: OpenSSL group name ("P-256")
+  bool weak = false;       // made only when asked for by name or size, with a warning (kWeakWarning)
 };
 
+// What tpmkey says when it makes a weak key (RSA-1024), on stderr: docs/keys.md, "Algorithms".
+inline constexpr const char* kWeakWarning =
+    "RSA-1024 is weak (about 80-bit security, below what NIST allows for new signatures since 2013): "
+    "use it only where a peer accepts nothing else";
+
+// Every algorithm, the weak ones (rsa1024) last.
 std::span<const AlgorithmSpec> all_algorithms();
 const AlgorithmSpec* find_algorithm(std::string_view name);
 // Accepts "P-256", "prime256v1", "secp384r1", ... (case-insensitive).

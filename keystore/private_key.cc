@@ -326,7 +326,7 @@ Result<ImportForm> import_form(EVP_PKEY* pkey, bool with_auth) {
     if (!n || !e) return make_error(Reason::kMalformedKey, "the RSA key has no modulus or exponent");
     const int bits = BN_num_bits(n.get());
     const AlgorithmSpec* spec = find_rsa_bits(bits);
-    if (!spec) return make_error(Reason::kUnsupported, "a " + std::to_string(bits) + "-bit RSA key: " + kWhatImports);
+    if (!spec || spec->weak) return make_error(Reason::kUnsupported, "a " + std::to_string(bits) + "-bit RSA key: " + kWhatImports);
     SecretBnPtr p = bn_param(pkey, OSSL_PKEY_PARAM_RSA_FACTOR1);
     if (!p) {
       if (bn_param(pkey, OSSL_PKEY_PARAM_RSA_D))

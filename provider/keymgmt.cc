@@ -1,5 +1,6 @@
 // keymgmt for EC and RSA TPM keys: generate inside the TPM, load store/decoder references,
 // answer parameters from the public half, export only public parts (docs/architecture.md, "Export fails for any selection that includes the private key").
+#include <cstdio>
 #include <cstring>
 
 #include <openssl/core_names.h>
@@ -308,7 +309,7 @@ Status set_rsa_bits(GenCtx& g, const OSSL_PARAM& p) {
   size_t bits = 0;
   if (!OSSL_PARAM_get_size_t(&p, &bits)) return make_error(Reason::kInvalidArgument, "bits must be a number");
   const AlgorithmSpec* s = find_rsa_bits(int(bits));
-  if (!s) return make_error(Reason::kUnsupported, "RSA key size " + std::to_string(bits) + " (tpmkey offers 2048, 3072, 4096)");
+  if (!s) return make_error(Reason::kUnsupported, "RSA key size " + std::to_string(bits) + " (tpmkey offers 2048, 3072, 4096, and 1024 when asked for by size)");
   g.opts.spec = s;
   return Status::Ok();
 }
@@ -437,6 +438,7 @@ void* gen(void* vgen, OSSL_CALLBACK*, void*) noexcept {
   }
   guard(g->prov, "keymgmt_gen", [&]() -> Status {
     std::string label = std::string("new ") + g->opts.spec->name + " key";
+    if (g->opts.spec->weak) std::fprintf(stderr, "tpmkey: warning: %s\n", kWeakWarning);
     auto key = Key::generate(*g->prov->core, g->opts, g->auth, label);
     if (!key) return key.take_error();
     out = new KeyData{g->prov, g->kind, std::move(*key), nullptr};

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 
+#include "keystore/algorithm.h"
 #include "keystore/keyfile.h"
 #include "test/fixture.h"
 #include "test/support.h"
@@ -128,6 +129,37 @@ TEST_F(CliTest, CreateListPubkeyDelete) {
 
 // create --persistent and delete from the CLI's side: what is printed, and a handle that was
 // evicted behind tpmkey's back (the keystore entry is still deleted).
+// RSA-1024 is made only when asked for by name or size, each time with the warning, and signs;
+// the defaults stay RSA-2048 and say nothing.
+TEST_F(CliTest, Rsa1024OnlyWhenAskedForAndWithAWarning) {
+  if (!supported("rsa1024")) GTEST_SKIP() << "this TPM has no RSA-1024";
+  const std::string warning = std::string("tpmkey: warning: ") + kWeakWarning;
+  auto created = tpmkey({"create", "legacy", "--algorithm", "rsa1024", "--no-password"});
+  EXPECT_OK(created);
+  EXPECT_NE(created.err.find(warning), std::string::npos) << created.err;
+  EXPECT_NE(tpmkey({"list"}).out.find("rsa1024    1024"), std::string::npos) << tpmkey({"list"}).out;
+  auto pub = tpmkey({"pubkey", "legacy"});
+  ASSERT_OK(pub);
+  write_file(dir_ + "/legacy.pub", pub.out);
+  expect_signs("tpm2:legacy", dir_ + "/legacy.pub", true);
+
+  auto by_size = openssl("genpkey", {"-propquery", "provider=tpmkey", "-algorithm", "RSA", "-pkeyopt",
+                                     "rsa_keygen_bits:1024", "-out", dir_ + "/small.pem"});
+  EXPECT_OK(by_size);
+  EXPECT_NE(by_size.err.find(warning), std::string::npos) << by_size.err;
+  auto shown = openssl("pkey", {"-in", dir_ + "/small.pem", "-noout", "-text"});
+  EXPECT_NE(shown.out.find("(1024 bit, in the TPM)"), std::string::npos) << shown.out << shown.err;
+
+  // Unasked: RSA-2048, no warning, in the CLI and in genpkey.
+  auto plain = openssl("genpkey", {"-propquery", "provider=tpmkey", "-algorithm", "RSA", "-out", dir_ + "/d.pem"});
+  EXPECT_OK(plain);
+  EXPECT_EQ(plain.err.find("warning"), std::string::npos) << plain.err;
+  EXPECT_NE(openssl("pkey", {"-in", dir_ + "/d.pem", "-noout", "-text"}).out.find("(2048 bit, in the TPM)"), std::string::npos);
+  auto rsa = tpmkey({"create", "normal", "--algorithm", "rsa2048", "--no-password"});
+  EXPECT_OK(rsa);
+  EXPECT_EQ(rsa.err.find("warning"), std::string::npos) << rsa.err;
+}
+
 TEST_F(CliTest, PersistentKeyWhoseHandleIsGone) {
   constexpr const char* kHandle = "0x81000030";
   auto made = tpmkey({"create", "pk", "--persistent", kHandle, "--description", "persistent"});

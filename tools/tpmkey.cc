@@ -81,7 +81,9 @@ the owner storage primary key (parent 0x40000001). An existing key is never
 overwritten.
 
   NAME                letters, digits, "-", "_" and "." (not first); at most 128
-  --algorithm ALG     ec-p256 (default), ec-p384, ec-p521, rsa2048, rsa3072, rsa4096
+  --algorithm ALG     ec-p256 (default), ec-p384, ec-p521, rsa2048, rsa3072, rsa4096;
+                      rsa1024 only by name, with a warning that it is weak (for peers
+                      that accept nothing else)
   --usage USAGE       what the key may do, fixed in the TPM when it is created:
                         sign           signatures only (default)
                         decrypt        RSA decryption (openssl pkeyutl -decrypt, cms
@@ -590,8 +592,9 @@ int cmd_create(const Args& a) {
   const AlgorithmSpec* spec = find_algorithm(alg);
   if (!spec)
     return fail(make_error(Reason::kUnsupported, "unknown algorithm \"" + alg +
-                                                     "\" (ec-p256, ec-p384, ec-p521, rsa2048, rsa3072, rsa4096)"));
+                                                     "\" (ec-p256, ec-p384, ec-p521, rsa2048, rsa3072, rsa4096, rsa1024)"));
   if (std::string conflict = password_option_conflict(a); !conflict.empty()) return usage_error("create", conflict);
+  if (spec->weak) std::fprintf(stderr, "tpmkey: warning: %s\n", kWeakWarning);
   const std::string usage = a.option("--usage").value_or("sign");
   const unsigned usage_bits = parse_usage(usage);
   if (!usage_bits)
