@@ -177,17 +177,10 @@ Result<std::string> read_small_file(const std::string& path, size_t max, Symlink
   return buf;
 }
 
-Status check_secret_file(const std::string& path) {
-  struct stat st{};
-  if (stat(path.c_str(), &st) != 0) return io_error("read(" + path + ")", errno);
-  if (Status ok = check_secret_mode(path, st); !ok) return ok.take_error().context("read(" + path + ")");
-  return Status::Ok();
-}
-
 Result<SecretBytes> read_secret_file(const std::string& path) {
   const std::string what = "read(" + path + ")";
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0) return io_error(what, errno);
+  if (fd < 0) return make_error(Reason::kIo, std::strerror(errno)).context(what);  // not a missing key
   struct stat st{};
   if (fstat(fd, &st) != 0) {
     const int err = errno;

@@ -36,10 +36,8 @@ Result<std::string> read_small_file(const std::string& path, size_t max, Symlink
 // OpenSSH checks a private key file: a regular file must be owned by the effective uid or root and
 // have no group or other permission bits at all (mode 0600 or 0400), else
 // Reason::kUnsafePermissions naming the path, what is wrong and the fix. Pipes and terminals
-// (`/dev/stdin`, `<(...)`) are the user's own and are not checked. check_secret_file looks at the
-// path (stat); read_secret_file checks the open file (fstat) and returns its first line (up to
-// 255 bytes, without the `\n` or `\r\n`).
-Status check_secret_file(const std::string& path);
+// (`/dev/stdin`, `<(...)`) are the user's own and are not checked. read_secret_file checks the
+// open file (fstat) and returns its first line (up to 255 bytes, without the `\n` or `\r\n`).
 Result<SecretBytes> read_secret_file(const std::string& path);
 
 // The directory rule for the keystore: `dir` and every directory above it (after symbolic links

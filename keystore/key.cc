@@ -12,6 +12,7 @@
 #include <openssl/obj_mac.h>
 
 #include "keystore/broker.h"
+#include "keystore/files.h"
 #include "keystore/public_key.h"
 #include "keystore/rsa_padding.h"
 
@@ -94,7 +95,9 @@ Result<std::shared_ptr<Key>> Key::open(Context& ctx, const TpmUri& uri) {
   if (uri.pin_value) {
     (*key)->set_auth(*uri.pin_value);
   } else if (uri.pin_source) {
-    auto pin = read_pin_source(*uri.pin_source);
+    // Read and checked as --password-file is (keystore/files.h): another user's file, or one
+    // that others can read, is refused.
+    auto pin = read_secret_file(*uri.pin_source);
     if (!pin) return pin.take_error().context("open(" + label + ")");
     (*key)->set_auth(std::move(*pin));
   }
@@ -372,22 +375,6 @@ Result<Bytes> Key::encode(const TPMT_SIGNATURE& sig, const std::string& what) co
   if (n <= 0 || i2d_ECDSA_SIG(es.get(), &p) != n)
     return make_error(Reason::kInternal, "cannot encode the ECDSA signature").context(what);
   return out;
-}
-
-Result<SecretBytes> read_pin_source(const std::string& path) {
-  const std::string what = "pin-source(" + path + ")";
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return make_error(Reason::kIo, std::strerror(errno)).context(what);
-  uint8_t buf[256];
-  ssize_t n;
-  do n = read(fd, buf, sizeof buf); while (n < 0 && errno == EINTR);
-  close(fd);
-  if (n < 0) return make_error(Reason::kIo, std::strerror(errno)).context(what);
-  size_t len = 0;
-  while (len < size_t(n) && buf[len] != '\n' && buf[len] != '\r') ++len;
-  SecretBytes pin(buf, len);
-  OPENSSL_cleanse(buf, sizeof buf);
-  return pin;
 }
 
 }  // namespace tpmkey

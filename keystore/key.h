@@ -88,7 +88,4 @@ class Key {
   SecretBytes rejection_secret_;
 };
 
-// Reads a password from a pin-source path (first line, without the newline).
-Result<SecretBytes> read_pin_source(const std::string& path);
-
 }  // namespace tpmkey

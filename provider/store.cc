@@ -84,12 +84,6 @@ Status emit_key(StoreCtx& ctx, OSSL_CALLBACK* cb, void* cbarg, OSSL_PASSPHRASE_C
 
   auto key = Key::open(*ctx.prov->core, ctx.uri);
   if (!key) return key.take_error();
-  // Key::open has read the pin-source file (keystore/key.cc); a password file that others can
-  // read, or another user's, is refused as `--password-file` refuses it (keystore/files.h).
-  if (ctx.uri.pin_source && (*key)->needs_auth()) {
-    if (Status ok = check_secret_file(*ctx.uri.pin_source); !ok)
-      return ok.take_error().context("open(" + display_uri(ctx.uri) + ")");
-  }
   int type = OSSL_OBJECT_PKEY;
   const char* dtype = data_type((*key)->spec().kind);
   if (want_private) {

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "keystore/files.h"
 #include "keystore/key.h"
 #include "test/bus_proxy.h"
 #include "test/fixture.h"
@@ -212,7 +213,8 @@ TEST(PinSource, StripsLfAndCrLf) {
   const std::string dir = make_temp_dir("tpmkey-pin-source");
   auto read = [&](const std::string& text) {
     write_file(dir + "/pin", text);
-    auto pin = read_pin_source(dir + "/pin");
+    chmod((dir + "/pin").c_str(), 0600);
+    auto pin = read_secret_file(dir + "/pin");
     EXPECT_TRUE(pin) << pin.error().text();
     return pin ? std::string(reinterpret_cast<const char*>(pin->data()), pin->size()) : std::string("<error>");
   };
