@@ -4,6 +4,8 @@
 //   esys-session/ALG   the same with one reused salted (tpmKey = the primary) HMAC session that
 //                      encrypts the command parameter (AES-128-CFB, SHA-256,
 //                      CONTINUESESSION|DECRYPT): what a naive secure design gets from ESYS.
+//   limit/DEC          TPM2_RSA_Decrypt (RSAES or OAEP SHA-256) or TPM2_ECDH_ZGen with a key of
+//                      the decrypt usage, password auth: the reference for decrypt_bench.cc.
 // The keys are generated once with ESYS under a transient primary (the standard ECC P-256 storage
 // template); each run recreates that primary, loads the key and flushes the primary again.
 #include "bench/benchmarks.h"
