@@ -9,6 +9,12 @@ namespace tpmkey::bench {
 
 // limit/ALG (password auth) or esys-session/ALG (salted, encrypted session): raw ESYS TPM2_Sign.
 void register_raw_esys(bool with_session);
+// limit/DEC: raw ESYS TPM2_RSA_Decrypt or TPM2_ECDH_ZGen (password auth), DEC from dec_name().
+void register_raw_decrypt();
+// tpmkey-warm-decrypt/DEC (EVP_PKEY_decrypt), tpmkey-warm-derive/ecdh-p256 (EVP_PKEY_derive);
+// pkeyutl-decrypt/rsa2048-decrypt-oaep: one `openssl pkeyutl -decrypt` process per kind per
+// iteration, a software key and tpmkey side by side (decrypt_bench.cc).
+void register_decrypt();
 // tpmkey-warm-{digestsign,pkeysign}/ALG, tpm2-openssl-warm-{digestsign,pkeysign}/ALG.
 void register_warm(bool tpmkey, bool digest_sign);
 // tpmkey-cold/ALG, tpm2-openssl-cold/ALG: a new library context, key and signature per iteration.
@@ -20,8 +26,8 @@ void register_processes();
 // agent-sign/ALG with 1 and 4 clients: SIGN_REQUEST round trips to a `tpmkey agent` process;
 // login/ALG (only with an sshd port): `ssh ... true` through tpmkey agent, ssh-agent, a key file.
 void register_agent();
-// tls/ALG/KIND/T: mutual TLS 1.3 handshakes by tpmkey-tls-example with a software, tpmkey or
-// tpm2-openssl client key, T client threads, against openssl s_server (tls_bench.cc).
+// tls/ALG/KIND/T: mutual TLS 1.3 handshakes by tpmkey-tls-example with a software or tpmkey
+// client key, T client threads, against openssl s_server (tls_bench.cc).
 void register_tls();
 inline std::string tls_row(Alg a, const char* kind, int threads) {
   return std::string("tls/") + (a == Alg::kEcdsaP256 ? "ecdsa-p256" : "rsa2048") + "/" + kind + "/" + std::to_string(threads);

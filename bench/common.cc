@@ -26,6 +26,7 @@
 #include <openssl/params.h>
 #include <openssl/pem.h>
 #include <openssl/provider.h>
+#include <openssl/rsa.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
 #include <tss2/tss2_sys.h>
@@ -121,6 +122,83 @@ std::string tpm2_openssl_key_file(Alg a) {
   return options().workdir + (is_rsa(a) ? "/tpm2-openssl-rsa.pem" : "/tpm2-openssl-ec.pem");
 }
 std::string software_key_file(Alg a) { return options().workdir + (is_rsa(a) ? "/soft-rsa.pem" : "/soft-ec.pem"); }
+
+const char* dec_name(Dec d) {
+  switch (d) {
+    case Dec::kRsaPkcs1: return "rsa2048-decrypt-pkcs1";
+    case Dec::kRsaOaep: return "rsa2048-decrypt-oaep";
+    case Dec::kEcdh: return "ecdh-p256";
+  }
+  return "?";
+}
+
+const char* dec_label(Dec d) {
+  switch (d) {
+    case Dec::kRsaPkcs1: return "RSA-2048 decrypt PKCS#1 v1.5";
+    case Dec::kRsaOaep: return "RSA-2048 decrypt OAEP SHA-256";
+    case Dec::kEcdh: return "ECDH P-256";
+  }
+  return "?";
+}
+
+std::string tpmkey_dec_uri(Dec d) { return d == Dec::kEcdh ? "tpm2:bench-ecdh" : "tpm2:bench-rsa-dec"; }
+
+const std::vector<unsigned char>& plaintext() {
+  static const std::vector<unsigned char> p = [] {
+    const char text[] = "tpmkey bench: a 32-byte secret.";
+    return std::vector<unsigned char>(text, text + 32);
+  }();
+  return p;
+}
+
+PkeyPtr public_copy(EVP_PKEY* key) {
+  unsigned char* der = nullptr;
+  int der_len = i2d_PUBKEY(key, &der);
+  if (der_len <= 0) return nullptr;
+  const unsigned char* p = der;
+  PkeyPtr pub(d2i_PUBKEY(nullptr, &p, der_len));
+  OPENSSL_free(der);
+  return pub;
+}
+
+std::vector<unsigned char> encrypt_to(EVP_PKEY* pub, Dec d) {
+  PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, pub, "provider=default"));
+  std::vector<unsigned char> out(512);
+  size_t len = out.size();
+  if (!ctx || EVP_PKEY_encrypt_init(ctx.get()) != 1 ||
+      EVP_PKEY_CTX_set_rsa_padding(ctx.get(), d == Dec::kRsaOaep ? RSA_PKCS1_OAEP_PADDING : RSA_PKCS1_PADDING) != 1 ||
+      (d == Dec::kRsaOaep && (EVP_PKEY_CTX_set_rsa_oaep_md(ctx.get(), EVP_sha256()) != 1 ||
+                              EVP_PKEY_CTX_set_rsa_mgf1_md(ctx.get(), EVP_sha256()) != 1)) ||
+      EVP_PKEY_encrypt(ctx.get(), out.data(), &len, plaintext().data(), plaintext().size()) != 1)
+    return {};
+  out.resize(len);
+  return out;
+}
+
+PkeyPtr ecdh_peer_private() {
+  FILE* f = std::fopen(software_key_file(Alg::kEcdsaP256).c_str(), "r");
+  if (!f) return nullptr;
+  PkeyPtr key(PEM_read_PrivateKey(f, nullptr, nullptr, nullptr));
+  std::fclose(f);
+  return key;
+}
+
+PkeyPtr ecdh_peer_public() {
+  PkeyPtr priv = ecdh_peer_private();
+  return priv ? public_copy(priv.get()) : nullptr;
+}
+
+std::vector<unsigned char> software_ecdh(EVP_PKEY* priv, EVP_PKEY* peer) {
+  PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, priv, "provider=default"));
+  size_t len = 0;
+  if (!ctx || EVP_PKEY_derive_init(ctx.get()) != 1 || EVP_PKEY_derive_set_peer(ctx.get(), peer) != 1 ||
+      EVP_PKEY_derive(ctx.get(), nullptr, &len) != 1)
+    return {};
+  std::vector<unsigned char> out(len);
+  if (EVP_PKEY_derive(ctx.get(), out.data(), &len) != 1) return {};
+  out.resize(len);
+  return out;
+}
 
 std::string counting_tcti() { return options().counting_tcti_module + ":" + options().tcti; }
 

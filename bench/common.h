@@ -56,10 +56,30 @@ const unsigned char* message();
 size_t message_size();
 const unsigned char* message_digest();  // 32 bytes
 
+// Decryption and key agreement (decrypt_bench.cc, raw_esys.cc): RSA-2048 decryption of one
+// ciphertext (PKCS#1 v1.5 or OAEP with SHA-256) and ECDH P-256 with a software peer key.
+enum class Dec { kRsaPkcs1, kRsaOaep, kEcdh };
+constexpr Dec kAllDecs[] = {Dec::kRsaPkcs1, Dec::kRsaOaep, Dec::kEcdh};
+const char* dec_name(Dec d);   // "rsa2048-decrypt-pkcs1", "rsa2048-decrypt-oaep", "ecdh-p256"
+const char* dec_label(Dec d);  // "RSA-2048 decrypt PKCS#1 v1.5", ...
+// The 32-byte message every decryption row decrypts.
+const std::vector<unsigned char>& plaintext();
+// The plaintext encrypted in software (default provider) to `pub` with d's padding; empty on error.
+std::vector<unsigned char> encrypt_to(EVP_PKEY* pub, Dec d);
+// The ECDH peer: the software EC key (soft-ec.pem, private) and its public half alone.
+PkeyPtr ecdh_peer_private();
+PkeyPtr ecdh_peer_public();
+// The shared secret (x coordinate) of `priv` and `peer`, computed in software (default provider).
+std::vector<unsigned char> software_ecdh(EVP_PKEY* priv, EVP_PKEY* peer);
+// A public-only copy of `key` in the default provider of the default libctx (through its DER).
+PkeyPtr public_copy(EVP_PKEY* key);
+
 // Key locations made by run.sh.
 std::string tpmkey_uri(Alg a);             // tpm2:bench-ec / tpm2:bench-rsa
 std::string tpm2_openssl_key_file(Alg a);  // workdir/tpm2-openssl-{ec,rsa}.pem
 std::string software_key_file(Alg a);      // workdir/soft-{ec,rsa}.pem
+// The TPM keys with the decrypt usage: tpm2:bench-rsa-dec (RSA-2048), tpm2:bench-ecdh (EC P-256).
+std::string tpmkey_dec_uri(Dec d);
 
 // "<module>:<tcti>": the swtpm through the counting TCTI module.
 std::string counting_tcti();

@@ -82,6 +82,7 @@ int main(int argc, char** argv) {
 
   register_raw_esys(false);
   register_raw_esys(true);
+  register_raw_decrypt();
   register_warm(true, true);
   register_warm(true, false);
   register_warm(false, true);
@@ -89,6 +90,7 @@ int main(int argc, char** argv) {
   register_cold(true);
   register_cold(false);
   register_threads();
+  register_decrypt();
   register_processes();
   register_agent();
   register_tls();

@@ -46,6 +46,11 @@ for k in ec:ec-p256 rsa:rsa2048; do
   quiet "$build/bin/tpmkey" --tcti "$tcti" --keystore "$keystore" create "bench-${k%%:*}" --algorithm "${k#*:}"
   "$build/bin/tpmkey" --keystore "$keystore" pubkey "bench-${k%%:*}" >"$work/bench-${k%%:*}.pub"
 done
+# Decryption and key agreement (the decrypt usage): bench-rsa-dec (RSA-2048), bench-ecdh (EC P-256).
+for k in rsa-dec:rsa2048 ecdh:ec-p256; do
+  quiet "$build/bin/tpmkey" --tcti "$tcti" --keystore "$keystore" create "bench-${k%%:*}" --algorithm "${k#*:}" --usage decrypt
+  "$build/bin/tpmkey" --keystore "$keystore" pubkey "bench-${k%%:*}" >"$work/bench-${k%%:*}.pub"
+done
 # tpm2-openssl reads its TCTI from TPM2OPENSSL_TCTI (before its openssl.cnf "tcti" key).
 t2o=(-provider tpm2 -provider default -propquery '?provider=tpm2')
 export TPM2OPENSSL_TCTI="$tcti"

@@ -327,6 +327,49 @@ std::string summary_markdown(const std::map<std::string, RunResult>& r, const st
       }
     }
 
+  // Decryption and key agreement (decrypt_bench.cc), each against the same run's raw TPM limit of
+  // the same operation (limit/DEC, raw_esys.cc).
+  auto warm_dec_key = [](Dec d) {
+    return std::string(d == Dec::kEcdh ? "tpmkey-warm-derive/" : "tpmkey-warm-decrypt/") + dec_name(d);
+  };
+  o << "\n### Decryption and key agreement in process (operations/s; × = throughput ratio, higher is better)\n\n"
+    << "| What | Operation | op/s | TPM cmds/op | client CPU µs/op | × limit |\n"
+    << "| --- | --- | ---: | ---: | ---: | ---: |\n";
+  for (Dec d : kAllDecs) {
+    const std::string limit_key = std::string("limit/") + dec_name(d);
+    const RunResult* limit = find(r, limit_key);
+    const std::string rows[2][2] = {
+        {"**limit**: raw ESYS " + std::string(d == Dec::kEcdh ? "TPM2_ECDH_ZGen" : "TPM2_RSA_Decrypt") + ", password auth",
+         limit_key},
+        {std::string("tpmkey warm ") + (d == Dec::kEcdh ? "EVP_PKEY_derive" : "EVP_PKEY_decrypt"), warm_dec_key(d)}};
+    for (const auto& row : rows) {
+      const RunResult* x = find(r, row[1]);
+      o << "| " << row[0] << " | " << dec_label(d) << " | " << rate(x, absent(r, row[1])) << " | " << cmds(x) << " | "
+        << (x && x->cpu_seconds_per_op >= 0 ? printf_string("%.0f", 1e6 * x->cpu_seconds_per_op) : "n/a") << " | "
+        << ratio(throughput_ratio(x, limit)) << " |\n";
+    }
+  }
+  o << "\n### One-shot process: `openssl pkeyutl -decrypt` / `-derive -peerkey` (a process per operation; × = time "
+       "ratio, lower is better)\n\n"
+    << "| Key | Operation | ms/process | TPM cmds/process | time × software key |\n"
+    << "| --- | --- | ---: | ---: | ---: |\n";
+  for (Dec d : kAllDecs) {
+    const std::string key = std::string("pkeyutl-decrypt/") + dec_name(d);
+    const RunResult* x = find(r, key);
+    const double soft = process_ms(x, "software");
+    for (const char* k : {"software", "tpmkey"}) {
+      const double ms = process_ms(x, k);
+      auto cv = x ? x->counter_cvs.find(std::string(k) + "_ms") : std::map<std::string, double>::const_iterator{};
+      const double c = counter_of(x, std::string(k) + "_cmds");
+      o << "| " << k << " | " << dec_label(d) << " | "
+        << (ms > 0 ? printf_string("%.1f", ms) +
+                         (cv != x->counter_cvs.end() ? printf_string(" ±%.0f%%", 100.0 * cv->second) : "")
+                   : absent(r, key))
+        << " | " << (c >= 0 ? printf_string("%.2f", c) : "n/a") << " | " << ratio(ms > 0 && soft > 0 ? ms / soft : 0)
+        << " |\n";
+    }
+  }
+
   auto warm = [&](Alg a) { return find(r, std::string("tpmkey-warm-digestsign/") + alg_name(a)); };
   auto vs_limit = [&](Alg a) { return throughput_ratio(warm(a), find(r, std::string("limit/") + alg_name(a))); };
   auto vs_peer = [&](Alg a) {
@@ -418,7 +461,7 @@ std::string summary_markdown(const std::map<std::string, RunResult>& r, const st
   }
 
   o << "\n### Problems\n\n";
-  if (problems.empty()) o << "None: every signature succeeded and every benchmark left the TPM clean.\n";
+  if (problems.empty()) o << "None: every signature, decryption and key agreement succeeded and every benchmark left the TPM clean.\n";
   for (const auto& p : problems) o << "- " << p << "\n";
   return o.str();
 }

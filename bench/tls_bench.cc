@@ -3,7 +3,7 @@
 // 127.0.0.1 with a software key and the default provider alone, requiring a client certificate.
 //   tls/ALG/KIND/T (ALG: ecdsa-p256, rsa2048; KIND: software, tpmkey; T: 1 or 4 client threads)
 // tpm2-openssl 1.1.1 has no row: on swtpm it fails these handshakes in every configuration tried
-// (docs/performance.md, "TLS handshakes"). Its openssl.cnf is kept for trying it again.
+// (docs/performance.md, "TLS handshakes").
 // An iteration is one run of the example with 1 or 4 threads sharing its SSL_CTX; the time is its
 // own handshake loop (key loading and process start excluded), the items its handshakes, and the
 // counter tpm_cmds its TPM commands per handshake (tpmkey's; 0 for the others, not counted). The
@@ -24,31 +24,22 @@
 namespace tpmkey::bench {
 namespace {
 
-enum class Kind { kSoftware, kTpmkey, kTpm2Openssl };
-const char* kind_name(Kind k) {
-  return k == Kind::kSoftware ? "software" : k == Kind::kTpmkey ? "tpmkey" : "tpm2-openssl";
-}
+enum class Kind { kSoftware, kTpmkey };
+const char* kind_name(Kind k) { return k == Kind::kSoftware ? "software" : "tpmkey"; }
 constexpr int kHandshakesPerThread = 10;
 
 std::string work(const std::string& name) { return options().workdir + "/tls-" + name; }
 std::string example() { return (std::filesystem::path(options().tpmkey_program).parent_path() / "tpmkey-tls-example").string(); }
 
-// openssl.cnf files: tpmkey's with default first (the order does not matter, docs/tls.md), and
-// tpm2-openssl's as its documentation sets it up: tpm2 first and its property query as the
-// default properties (with default first, or without the query, OpenSSL hands its key to the
-// default provider, which fails with "missing private key").
+// openssl.cnf files: the software key's (default alone) and tpmkey's with default first (the
+// order does not matter, docs/tls.md).
 std::string conf(Kind k) {
   const std::string path = work(std::string(kind_name(k)) + ".cnf");
   if (std::filesystem::exists(path)) return path;
-  std::string c = "openssl_conf = init\n[init]\nproviders = provs\n";
-  if (k == Kind::kTpm2Openssl) c += std::string("alg_section = algs\n[algs]\ndefault_properties = ") + kTpm2OpensslPropq + "\n";
-  c += "[provs]\n";
-  if (k == Kind::kTpm2Openssl) c += "tpm2 = tpm2_sect\n";
-  c += "default = default_sect\n";
+  std::string c = "openssl_conf = init\n[init]\nproviders = provs\n[provs]\ndefault = default_sect\n";
   if (k == Kind::kTpmkey)
     c += "tpmkey = tpmkey_sect\n[tpmkey_sect]\nmodule = " + options().provider_dir + "/tpmkey.so\ntcti = " +
          options().tcti + "\nkeystore = " + options().keystore + "\nactivate = 1\n";
-  if (k == Kind::kTpm2Openssl) c += "[tpm2_sect]\nactivate = 1\n";
   c += "[default_sect]\nactivate = 1\n";
   if (FILE* f = std::fopen(path.c_str(), "w")) {
     std::fputs(c.c_str(), f);
@@ -58,12 +49,10 @@ std::string conf(Kind k) {
 }
 
 std::string key(Kind k, Alg a) {
-  return k == Kind::kSoftware ? software_key_file(a) : k == Kind::kTpmkey ? tpmkey_uri(a) : tpm2_openssl_key_file(a);
+  return k == Kind::kSoftware ? software_key_file(a) : tpmkey_uri(a);
 }
 std::vector<std::string> env(Kind k) {
-  std::vector<std::string> e = {"OPENSSL_CONF=" + conf(k), "TPMKEY_TCTI", "TPMKEY_BENCH_COUNT_FILE", "OPENSSL_MODULES"};
-  e.push_back(k == Kind::kTpm2Openssl ? "TPM2OPENSSL_TCTI=" + options().tcti : "TPM2OPENSSL_TCTI");
-  return e;
+  return {"OPENSSL_CONF=" + conf(k), "TPMKEY_TCTI", "TPMKEY_BENCH_COUNT_FILE", "OPENSSL_MODULES", "TPM2OPENSSL_TCTI"};
 }
 
 bool openssl(std::vector<std::string> args, Kind k, const std::string& what) {
