@@ -229,11 +229,12 @@ TEST_F(AgentTest, SoftwareKeysLikeSshAgent) {
     EXPECT_OK(login(sshd, a->socket())) << type << a->log();
     EXPECT_TRUE(accepted(sshd, pub)) << type;
   }
-  // The lifetime constraint (-t): gone after it.
+  // The lifetime constraint (-t): gone after it. Three seconds, so that a loaded machine still
+  // lists the key before it expires.
   const std::string brief = software_key("brief");
-  ASSERT_OK(a->ssh_add({"-t", "1", brief}));
+  ASSERT_OK(a->ssh_add({"-t", "3", brief}));
   EXPECT_NE(a->ssh_add({"-l"}).out.find("brief"), std::string::npos);
-  std::this_thread::sleep_for(std::chrono::milliseconds(2200));
+  std::this_thread::sleep_for(std::chrono::milliseconds(4200));
   EXPECT_EQ(a->ssh_add({"-l"}).out.find("brief"), std::string::npos);
   EXPECT_EQ(a->stop(), 0) << a->log();
 }
