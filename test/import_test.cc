@@ -104,9 +104,9 @@ uint32_t be32(const std::string& b, size_t at) {
 }
 // Where the private section's bytes start (after its length) in an unencrypted key's blob.
 size_t openssh_private_section(const std::string& b) {
-  size_t at = 15 + 4 + 4 + 4 + 4 + 4 + 4;  // magic, "none", "none", "", number of keys, the blob's length
-  at += be32(b, at - 4);                   // the public blob
-  return at + 4;                           // the private section's length
+  size_t at = 15 + 8 + 8 + 4 + 4 + 4;  // magic, "none", "none", "", number of keys, the blob's length
+  at += be32(b, at - 4);               // the public blob
+  return at + 4;                       // the private section's length
 }
 
 class ImportTest : public TpmTest {
