@@ -11,6 +11,7 @@
 
 #include "keystore/files.h"
 #include "keystore/keyfile.h"
+#include "keystore/openssh_key.h"
 
 namespace tpmkey {
 namespace {
@@ -79,14 +80,6 @@ const PemBlock* first_private_block(const std::vector<PemBlock>& blocks) {
   for (const auto& b : blocks)
     if (ends_with(b.label, "PRIVATE KEY")) return &b;
   return nullptr;
-}
-
-Error openssh_refusal(const std::string& path) {
-  return make_error(Reason::kUnsupported,
-                    "this is a key in OpenSSH's own format (BEGIN OPENSSH PRIVATE KEY), which tpmkey import does not "
-                    "read: convert a copy to PKCS#8 and import the copy (cp " + path +
-                        " COPY && ssh-keygen -p -m PKCS8 -f COPY; ssh-keygen -p rewrites the file it is given)")
-      .context("read(" + path + ")");
 }
 
 Error not_private(const std::string& path, const std::string& what) {
@@ -178,9 +171,13 @@ std::string key_type_phrase(EVP_PKEY* pkey) {
   return "a " + name + " key";
 }
 
-constexpr const char* kWhatImports =
+}  // namespace
+
+const char* const kWhatImports =
     "tpmkey imports RSA keys of 2048, 3072 and 4096 bits and EC keys on P-256, P-384 and P-521, as far as the TPM "
     "supports them";
+
+namespace {
 
 SecretBnPtr bn_param(EVP_PKEY* pkey, const char* name) {
   BIGNUM* b = nullptr;
@@ -218,7 +215,7 @@ Result<KeyFileKind> identify_key_file(const std::string& path) {
   if (!blocks.empty()) {
     const PemBlock* b = first_private_block(blocks);
     if (b && b->label == kTss2PemLabel) return KeyFileKind::kTss2;
-    if (b && b->label == "OPENSSH PRIVATE KEY") return KeyFileKind::kOpenSsh;
+    if (b && b->label == kOpenSshPemLabel) return KeyFileKind::kOpenSsh;
     return KeyFileKind::kOther;
   }
   if (looks_like_tss2_der((*data)->bytes(), d.size())) return KeyFileKind::kTss2;
@@ -240,7 +237,14 @@ Result<SoftwareKey> read_private_key(const Crypto& c, const std::string& path, c
       if (l.find("CERTIFICATE") != std::string::npos) return not_private(path, "a certificate (PEM \"" + l + "\")");
       return not_private(path, "no private key (PEM \"" + l + "\")");
     }
-    if (block->label == "OPENSSH PRIVATE KEY") return openssh_refusal(path);
+    if (block->label == kOpenSshPemLabel) {
+      auto pkey = read_openssh_private_key(c, d.substr(block->begin), path);
+      if (!pkey) return pkey.take_error().context(what);
+      SoftwareKey out;
+      out.pkey = std::move(*pkey);
+      out.format = "OpenSSH format";
+      return out;
+    }
     if (block->label == kTss2PemLabel)
       return make_error(Reason::kInvalidArgument, "this is a TPM key file (TSS2 PRIVATE KEY), not a software key")
           .context(what);

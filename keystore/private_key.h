@@ -1,7 +1,8 @@
 // Software private keys for `tpmkey import`: telling what a key file is (a TPM key file, an
 // OpenSSH private key, or something for OpenSSL's decoders), reading a private key with OpenSSL's
 // decoders (PEM or DER: PKCS#1, SEC1, PKCS#8, encrypted PKCS#8, legacy encrypted PEM; the
-// passphrase asked for only when the file is encrypted), and the key's TPM form: the public area of
+// passphrase asked for only when the file is encrypted) or, for OpenSSH's own format, with
+// keystore/openssh_key.h, and the key's TPM form: the public area of
 // an imported key and the private value the TPM keeps (docs/keys.md, "Importing existing keys").
 // No TPM command here.
 #pragma once
@@ -23,6 +24,9 @@ enum class KeyFileKind {
   kOpenSsh,  // OpenSSH's own private key format ("BEGIN OPENSSH PRIVATE KEY")
   kOther,    // anything else: read_private_key reads it or says what it is
 };
+// "tpmkey imports RSA keys of 2048, ...": what refusals of other key types end with.
+extern const char* const kWhatImports;
+
 // Looks at the file's PEM labels, or its first DER bytes. Errors name the path.
 Result<KeyFileKind> identify_key_file(const std::string& path);
 
@@ -36,8 +40,9 @@ struct SoftwareKey {
   bool encrypted = false;
 };
 
-// Decodes the private key in `path` with OpenSSL's decoders (default provider only). A public key,
-// a certificate, OpenSSH's format, a TPM key file, a damaged file and a wrong passphrase are
+// Decodes the private key in `path` with OpenSSL's decoders (default provider only), or an
+// unencrypted OpenSSH key with read_openssh_private_key (format "OpenSSH format"). A public key, a
+// certificate, an encrypted OpenSSH key, a TPM key file, a damaged file and a wrong passphrase are
 // refused, each with its own message. The file is only read.
 Result<SoftwareKey> read_private_key(const Crypto& c, const std::string& path, const PassphraseSource& passphrase);
 

@@ -302,7 +302,8 @@ TEST_F(AgentTest, KeysOfAnotherAgent) {
 }
 
 // A key that lived in a file, imported into the TPM (tpmkey import): the authorized_keys line
-// made from the original file still logs in, now signed by the TPM through the agent.
+// made from the original file (PEM, or ssh-keygen's own format and its .pub) still logs in, now
+// signed by the TPM through the agent.
 TEST_F(AgentTest, ImportedKeyLogsInWithTheOriginalPublicKey) {
   for (const char* type : {"EC", "RSA"}) {
     SCOPED_TRACE(type);
@@ -321,6 +322,16 @@ TEST_F(AgentTest, ImportedKeyLogsInWithTheOriginalPublicKey) {
     EXPECT_TRUE(accepted(sshd, original_pub.out));
     EXPECT_EQ(a->stop(), 0) << a->log();
   }
+  // A key ssh-keygen wrote in OpenSSH's own format: its .pub line logs in.
+  const std::string id = dir_ + "/id_ecdsa";
+  ASSERT_OK(run({"ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-C", "ssh-keygen's", "-f", id}));
+  ASSERT_OK(tpmkey({"import", "imported-openssh", id}));
+  const std::string line = read_file(id + ".pub");
+  auto a = agent();
+  Sshd sshd({.authorized_keys = {line}});
+  EXPECT_OK(login(sshd, a->socket())) << a->log() << sshd.log();
+  EXPECT_TRUE(accepted(sshd, line));
+  EXPECT_EQ(a->stop(), 0) << a->log();
 }
 
 TEST_F(AgentTest, GitCloneAndPushOverSsh) {

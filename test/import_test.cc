@@ -9,9 +9,11 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <map>
 
 #include <openssl/core_names.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
 #include <tss2/tss2_tpm2_types.h>
@@ -48,6 +50,13 @@ CommandResult plain_openssl(std::vector<std::string> args) {
 }
 
 PkeyPtr read_original(const std::string& path) { return read_pem_private_key(path); }
+// A PEM public key (SubjectPublicKeyInfo), read by the default provider alone.
+PkeyPtr read_pem_public_key(const std::string& path) {
+  BIO* bio = BIO_new_file(path.c_str(), "r");
+  EVP_PKEY* k = bio ? PEM_read_bio_PUBKEY_ex(bio, nullptr, nullptr, nullptr, default_only(), nullptr) : nullptr;
+  BIO_free(bio);
+  return PkeyPtr(k, EVP_PKEY_free);
+}
 
 // The private value the TPM keeps, as the bytes that would cross the bus if it were sent in
 // clear: EC d padded to the field, RSA p padded to half the modulus.
@@ -60,6 +69,44 @@ std::string private_value(EVP_PKEY* k) {
   BN_bn2binpad(b, reinterpret_cast<unsigned char*>(out.data()), n);
   BN_clear_free(b);
   return out;
+}
+
+// The binary inside an OpenSSH private key file, and back (70 base64 characters a line, as
+// ssh-keygen writes them).
+std::string openssh_blob(const std::string& file) {
+  const std::string begin = "-----BEGIN OPENSSH PRIVATE KEY-----\n";
+  const size_t end = file.find("-----END ");
+  std::string b64;
+  for (char ch : file.substr(begin.size(), end - begin.size()))
+    if (ch != '\n') b64 += ch;
+  std::string out(b64.size() / 4 * 3 + 3, '\0');
+  EVP_ENCODE_CTX* ctx = EVP_ENCODE_CTX_new();
+  EVP_DecodeInit(ctx);
+  int len = 0, fin = 0;
+  EVP_DecodeUpdate(ctx, reinterpret_cast<unsigned char*>(out.data()), &len,
+                   reinterpret_cast<const unsigned char*>(b64.data()), int(b64.size()));
+  EVP_DecodeFinal(ctx, reinterpret_cast<unsigned char*>(out.data()) + len, &fin);
+  EVP_ENCODE_CTX_free(ctx);
+  out.resize(size_t(len + fin));
+  return out;
+}
+std::string openssh_armor(const std::string& blob) {
+  std::string b64(blob.size() / 3 * 4 + 8, '\0');
+  b64.resize(size_t(EVP_EncodeBlock(reinterpret_cast<unsigned char*>(b64.data()),
+                                    reinterpret_cast<const unsigned char*>(blob.data()), int(blob.size()))));
+  std::string out = "-----BEGIN OPENSSH PRIVATE KEY-----\n";
+  for (size_t i = 0; i < b64.size(); i += 70) out += b64.substr(i, 70) + "\n";
+  return out + "-----END OPENSSH PRIVATE KEY-----\n";
+}
+uint32_t be32(const std::string& b, size_t at) {
+  return uint32_t(uint8_t(b[at])) << 24 | uint32_t(uint8_t(b[at + 1])) << 16 | uint32_t(uint8_t(b[at + 2])) << 8 |
+         uint8_t(b[at + 3]);
+}
+// Where the private section's bytes start (after its length) in an unencrypted key's blob.
+size_t openssh_private_section(const std::string& b) {
+  size_t at = 15 + 8 + 8 + 4 + 4 + 4;  // magic, "none", "none", "", number of keys, the blob's length
+  at += be32(b, at - 4);               // the public blob
+  return at + 4;                       // the private section's length
 }
 
 class ImportTest : public TpmTest {
@@ -226,6 +273,55 @@ TEST_F(ImportTest, EveryKindInEveryFormatSignsAndVerifiesWithTheOriginal) {
   }
 }
 
+// Keys in OpenSSH's own format, as ssh-keygen writes them (unencrypted): imported, the source file
+// untouched, and signing through the provider; the ORIGINAL public key (the .pub file, converted
+// by ssh-keygen -e -m PKCS8) verifies every signature.
+TEST_F(ImportTest, OpenSshFormatKeysFromSshKeygenSignAndVerifyWithTheOriginal) {
+  struct Case {
+    std::string type, bits, name;
+  };
+  OSSL_LIB_CTX* l = lib(tcti_);
+  for (const Case& k : std::vector<Case>{{"ecdsa", "256", "ec-p256"},
+                                         {"ecdsa", "384", "ec-p384"},
+                                         {"ecdsa", "521", "ec-p521"},
+                                         {"rsa", "2048", "rsa2048"},
+                                         {"rsa", "3072", "rsa3072"}}) {
+    SCOPED_TRACE(k.name);
+    const std::string file = dir_ + "/id_" + k.name, name = "ossh-" + k.name;
+    ASSERT_OK(run({"ssh-keygen", "-q", "-t", k.type, "-b", k.bits, "-N", "", "-C", "a comment", "-f", file}));
+    ASSERT_EQ(read_file(file).rfind("-----BEGIN OPENSSH PRIVATE KEY-----\n", 0), 0u);
+    auto pub = run({"ssh-keygen", "-e", "-m", "PKCS8", "-f", file + ".pub"});
+    ASSERT_OK(pub);
+    write_file(file + ".pub.pem", pub.out);
+    const std::string before = read_file(file);
+    auto r = tpmkey({"import", name, file});
+    ASSERT_OK(r);
+    EXPECT_NE(r.out.find("imported tpm2:" + name + " (" + k.name + ", imported) from " + file +
+                         " (OpenSSH format) into " + keystore_ + "/" + name + ".pem"),
+              std::string::npos)
+        << r.out;
+    EXPECT_NE(r.out.find("signature verified with the original key"), std::string::npos) << r.out;
+    EXPECT_EQ(r.err, "");
+    EXPECT_EQ(read_file(file), before) << "the source file was changed";
+    // The TPM key's public key is the .pub file's.
+    EXPECT_EQ(tpmkey({"pubkey", name}).out, pub.out);
+    PkeyPtr original_pub = read_pem_public_key(file + ".pub.pem");
+    ASSERT_TRUE(original_pub);
+    PkeyPtr key = load_key(l, "tpm2:" + name);
+    ASSERT_TRUE(key) << drain_errors();
+    const std::string msg = "signed by an OpenSSH key moved into the TPM";
+    auto sig = digest_sign(l, key.get(), msg, {});
+    EXPECT_TRUE(!sig.empty() && digest_verify(original_pub.get(), msg, sig, {})) << drain_errors();
+    std::vector<std::string> sign = {"openssl", "pkeyutl", "-provider-path", provider_dir(), "-provider", "tpmkey",
+                                     "-provider", "default", "-sign", "-inkey", "tpm2:" + name, "-rawin", "-digest",
+                                     "sha256", "-in", dir_ + "/msg", "-out", dir_ + "/sig"};
+    ASSERT_OK(run(sign, openssl_env()));
+    auto v = plain_openssl({"pkeyutl", "-verify", "-pubin", "-inkey", file + ".pub.pem", "-rawin", "-digest",
+                            "sha256", "-in", dir_ + "/msg", "-sigfile", dir_ + "/sig"});
+    EXPECT_NE(v.out.find("Signature Verified Successfully"), std::string::npos) << v.out << v.err;
+  }
+}
+
 // openssl pkey -text tells an imported key from one generated in the TPM, and the public key is
 // the original's.
 TEST_F(ImportTest, TextShowsTheOriginAndThePublicKeyIsTheOriginal) {
@@ -301,6 +397,7 @@ TEST_F(ImportTest, RefusalsSayWhyAndSendNothingToTheTpm) {
   const std::string enc = convert(ec, "enc-pkcs8.pem"), legacy = convert(rsa, "legacy-enc.pem");
   const std::string enc_der = convert(ec, "enc-pkcs8.der");
   write_file(dir_ + "/wrong", "not the passphrase\n");
+  write_file(dir_ + "/pass", std::string(kPassphrase) + "\n");
   write_file(dir_ + "/long-pw", std::string(33, 'y') + "\n");
   write_file(dir_ + "/empty-pw", "\n");
   const std::string pub = dir_ + "/pub.pem", pub_der = dir_ + "/pub.der", cert = dir_ + "/cert.pem";
@@ -318,6 +415,36 @@ TEST_F(ImportTest, RefusalsSayWhyAndSendNothingToTheTpm) {
   ASSERT_OK(plain_openssl({"genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024", "-out",
                            dir_ + "/rsa1024.pem"}));
   ASSERT_OK(run({"ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-C", "", "-f", dir_ + "/id_ecdsa"}));
+  ASSERT_OK(run({"ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", kPassphrase, "-C", "", "-f",
+                 dir_ + "/id_ecdsa_enc"}));
+  ASSERT_OK(run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", dir_ + "/id_ed25519"}));
+  // Damaged OpenSSH files: cut short, the check numbers differing, a curve not the key type's.
+  const std::string ossh = read_file(dir_ + "/id_ecdsa");
+  write_file(dir_ + "/ossh-truncated", ossh.substr(0, ossh.size() / 2));
+  const auto rewrite = [&](const std::string& out, const std::function<void(std::string&)>& edit) {
+    std::string blob = openssh_blob(ossh);
+    edit(blob);
+    write_file(out, openssh_armor(blob));
+  };
+  // The private section follows the public blob: magic, "none", "none", "", 1, the blob, its length.
+  const size_t priv = openssh_private_section(openssh_blob(ossh));
+  rewrite(dir_ + "/ossh-check", [&](std::string& b) { b[priv + 3] ^= 1; });
+  rewrite(dir_ + "/ossh-curve", [&](std::string& b) {
+    const size_t at = b.find("nistp256", priv + 8 + 4 + 19);  // the private section's curve name
+    b.replace(at, 8, "nistp384");
+  });
+  rewrite(dir_ + "/ossh-padding", [&](std::string& b) {
+    // After the check numbers: type, curve, point, scalar and comment; then padding 1, 2, 3, ...,
+    // here made to end in 0x55.
+    size_t end = priv + 8;
+    for (int i = 0; i < 5; ++i) end += 4 + be32(b, end);
+    const size_t n = (end - priv) % 8 ? 8 - (end - priv) % 8 : 8;
+    b.resize(end);
+    for (size_t i = 1; i < n; ++i) b += char(i);
+    b += '\x55';
+    const uint32_t len = uint32_t(b.size() - priv);
+    for (int i = 0; i < 4; ++i) b[priv - 4 + i] = char(len >> (24 - 8 * i));
+  });
 
   struct Case {
     std::vector<std::string> args;  // after "import NAME"
@@ -342,9 +469,20 @@ TEST_F(ImportTest, RefusalsSayWhyAndSendNothingToTheTpm) {
       {{dir_ + "/X25519.pem"}, "this is an X25519 key: tpmkey imports"},
       {{dir_ + "/k1.pem"}, "an EC key on curve secp256k1: tpmkey imports"},
       {{dir_ + "/rsa1024.pem"}, "a 1024-bit RSA key: tpmkey imports"},
-      {{dir_ + "/id_ecdsa"}, "this is a key in OpenSSH's own format (BEGIN OPENSSH PRIVATE KEY), which tpmkey import "
-                             "does not read: convert a copy to PKCS#8 and import the copy (cp " + dir_ +
-                                 "/id_ecdsa COPY && ssh-keygen -p -m PKCS8 -f COPY"},
+      {{dir_ + "/id_ecdsa_enc"},
+       "read(" + dir_ + "/id_ecdsa_enc): unsupported algorithm or parameter: this OpenSSH ecdsa-sha2-nistp384 key is "
+       "encrypted with a passphrase (cipher aes256-ctr, kdf bcrypt), which tpmkey import does not decrypt: convert a "
+       "copy to PKCS#8"},
+      {{dir_ + "/id_ecdsa_enc", "--passphrase-file", dir_ + "/pass"},
+       "cp " + dir_ + "/id_ecdsa_enc COPY && ssh-keygen -p -m PKCS8 -f COPY && tpmkey import NAME COPY && shred -u "
+       "COPY"},
+      {{dir_ + "/id_ed25519"}, "this is an Ed25519 key (OpenSSH \"ssh-ed25519\"): tpmkey imports RSA keys of 2048, "
+                               "3072 and 4096 bits and EC keys on P-256, P-384 and P-521"},
+      {{dir_ + "/ossh-truncated"}, "the OpenSSH private key is damaged: no END OPENSSH PRIVATE KEY line"},
+      {{dir_ + "/ossh-check"}, "the OpenSSH private key is damaged: its two check numbers differ"},
+      {{dir_ + "/ossh-curve"},
+       "the OpenSSH private key is damaged: its key type is ecdsa-sha2-nistp256 but its curve is \"nistp384\""},
+      {{dir_ + "/ossh-padding"}, "the OpenSSH private key is damaged: its padding is not 1, 2, 3, ..."},
       {{original("ec-p256"), "--password-file", dir_ + "/long-pw"},
        "invalid argument: the password is 33 bytes long; a key's password can be at most 32 bytes"},
       {{original("ec-p256"), "--password-file", dir_ + "/empty-pw"}, "the password file is empty"},

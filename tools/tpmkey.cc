@@ -222,6 +222,12 @@ FILE is read with OpenSSL's decoders, PEM or DER:
   PKCS#8          -----BEGIN PRIVATE KEY-----
   encrypted       -----BEGIN ENCRYPTED PRIVATE KEY----- (PKCS#8), or PKCS#1 and
                   SEC1 with "Proc-Type: 4,ENCRYPTED" (legacy PEM encryption)
+  OpenSSH         -----BEGIN OPENSSH PRIVATE KEY----- (what ssh-keygen writes),
+                  unencrypted: read by tpmkey itself. An encrypted one (a
+                  passphrase, kdf bcrypt) is refused: convert a copy with
+                  "cp KEY COPY && ssh-keygen -p -m PKCS8 -f COPY" (a new
+                  passphrase is fine: tpmkey asks for it), import the copy,
+                  then remove it with "shred -u COPY"
 and holds an RSA key of 2048, 3072 or 4096 bits or an EC key on P-256, P-384 or
 P-521, as far as the TPM supports it ("tpmkey algorithms").
 
@@ -269,15 +275,14 @@ the password the key was wrapped with.
 Refused with the reason, before anything is written or sent to the TPM: a public
 key or certificate instead of a private key, a damaged file, a wrong passphrase,
 Ed25519, X25519 and other key types, curves and RSA sizes tpmkey does not import,
-a NAME that is taken, a password longer than 32 bytes. An algorithm the TPM lacks
-is refused after TPM2_TestParms alone. OpenSSH's own format (BEGIN OPENSSH PRIVATE
-KEY) is not read yet: convert a copy first with
-"cp KEY COPY && ssh-keygen -p -m PKCS8 -f COPY".
+a NAME that is taken, a password longer than 32 bytes, an encrypted OpenSSH key.
+An algorithm the TPM lacks is refused after TPM2_TestParms alone.
 
 Examples:
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out web.key
   tpmkey import web web.key --description "web server"
   tpmkey import signer signer-enc.pem --passphrase-file pass.txt --password
+  tpmkey import ssh ~/.ssh/id_ecdsa         # ssh-keygen's own format, unencrypted
   shred -u web.key
 )";
 

@@ -1,6 +1,7 @@
 // Fuzz target: the software private keys of `tpmkey import` (keystore/private_key.h):
 // identify_key_file and read_private_key (OpenSSL's decoders, default provider only, with a fixed
-// passphrase for encrypted files), then import_form of what decodes. Both read a path, so each
+// passphrase for encrypted files; OpenSSH's own format by keystore/openssh_key.cc), then
+// import_form of what decodes. Both read a path, so each
 // input is written to a file in a private directory. No TPM command is involved.
 #include <cstddef>
 #include <cstdint>
@@ -36,7 +37,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
   TPMKEY_FUZZ_CHECK(key->pkey && !key->format.empty());
-  TPMKEY_FUZZ_CHECK(*kind == KeyFileKind::kOther);  // TPM key files and OpenSSH's are refused
+  // TPM key files are refused; OpenSSH's own format is read in memory (keystore/openssh_key.h).
+  TPMKEY_FUZZ_CHECK(*kind == KeyFileKind::kOther || *kind == KeyFileKind::kOpenSsh);
   for (bool with_auth : {false, true}) {
     auto form = import_form(key->pkey.get(), with_auth);
     if (form) TPMKEY_FUZZ_CHECK(form->spec != nullptr && form->secret.size() > 0);
