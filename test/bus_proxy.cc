@@ -189,6 +189,14 @@ std::vector<uint32_t> BusProxy::command_codes() const {
   return codes;
 }
 
+std::vector<uint32_t> BusProxy::take_commands_without_proofs() {
+  constexpr uint32_t kReadPublic = 0x173, kReadClock = 0x181;
+  std::vector<uint32_t> codes = command_codes();
+  clear();
+  std::erase_if(codes, [](uint32_t cc) { return cc == kReadPublic || cc == kReadClock; });
+  return codes;
+}
+
 void BusProxy::clear() {
   std::lock_guard l(impl_->mu);
   impl_->sent.clear();

@@ -28,6 +28,11 @@ class BusProxy {
   bool crossed(const std::string& needle) const { return saw(needle) || received().find(needle) != std::string::npos; }
   // The command codes of those commands, in order.
   std::vector<uint32_t> command_codes() const;
+  // The command codes since the last call (which clears the record), without the audited reads
+  // that prove a handle or the session again after a pause of over a millisecond on a simulator
+  // socket (TPM2_ReadPublic, TPM2_ReadClock; docs/sessions.md): how many of those there are
+  // depends on the machine's load, never on what tpmkey was asked to do.
+  std::vector<uint32_t> take_commands_without_proofs();
   void clear();
   // Flips one byte in the parameters of the next response to a command with this code.
   void corrupt_next_response(uint32_t command_code);

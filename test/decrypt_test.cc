@@ -124,17 +124,6 @@ std::string encrypt_pkcs1(EVP_PKEY* tpm_key, const std::string& msg) {
   return out;
 }
 
-// The TPM commands the bus saw since the last call (which clears it), without the audited reads
-// that prove a handle or the session again after a pause of over a millisecond on a simulator
-// socket (docs/sessions.md): those depend on timing (a sanitizer build is slow), never on the
-// ciphertext.
-std::vector<uint32_t> commands_without_proofs(BusProxy& bus) {
-  std::vector<uint32_t> codes = bus.command_codes();
-  bus.clear();
-  std::erase_if(codes, [](uint32_t cc) { return cc == TPM2_CC_ReadPublic || cc == TPM2_CC_ReadClock; });
-  return codes;
-}
-
 // `openssl pkeyutl -decrypt` with the TPM key of what plain openssl encrypted to its public key:
 // PKCS#1 v1.5, OAEP with SHA-1, SHA-256 and SHA-512, with and without a label (a label the TPM
 // takes, NUL-terminated, and one it does not), and raw RSA; in both provider orders.
@@ -282,11 +271,11 @@ TEST_F(DecryptTest, TamperedPkcs1GetsASyntheticMessageAfterTheSameTpmCommands) {
       // whichever ciphertext comes first, the commands are the same. Then one TPM2_RSA_Decrypt each.
       bus.clear();
       auto a = evp_decrypt(key.get(), tampered_first ? tampered : valid);
-      const std::vector<uint32_t> c1 = commands_without_proofs(bus);
+      const std::vector<uint32_t> c1 = bus.take_commands_without_proofs();
       auto b = evp_decrypt(key.get(), tampered_first ? valid : tampered);
-      const std::vector<uint32_t> c2 = commands_without_proofs(bus);
+      const std::vector<uint32_t> c2 = bus.take_commands_without_proofs();
       auto again = evp_decrypt(key.get(), tampered);
-      const std::vector<uint32_t> c3 = commands_without_proofs(bus);
+      const std::vector<uint32_t> c3 = bus.take_commands_without_proofs();
       ASSERT_TRUE(a && b && again) << drain_errors();
       const std::string& got_valid = tampered_first ? *b : *a;
       const std::string& got_tampered = tampered_first ? *a : *b;
@@ -333,7 +322,7 @@ TEST_F(DecryptTest, TamperedPkcs1GetsASyntheticMessageAfterTheSameTpmCommands) {
     EXPECT_OK(openssl("pkeyutl", {"-decrypt", "-inkey", "tpm2:dec", "-in", path(in), "-out", path("pt")}, true, env));
     outs.push_back(read_file(path("pt")));
     EXPECT_FALSE(bus.crossed(outs.back())) << in << ": the plaintext crossed the bus in clear";
-    codes.push_back(commands_without_proofs(bus));
+    codes.push_back(bus.take_commands_without_proofs());
   }
   EXPECT_EQ(outs[0], msg);
   EXPECT_EQ(outs[1], synthetic);
@@ -414,7 +403,7 @@ TEST_F(DecryptTest, Pkcs1PaddingBoundaries) {
     bus.clear();
     auto out = evp_decrypt(key.get(), ct);
     ASSERT_TRUE(out) << drain_errors();
-    EXPECT_EQ(commands_without_proofs(bus), std::vector<uint32_t>{TPM2_CC_RSA_Decrypt});
+    EXPECT_EQ(bus.take_commands_without_proofs(), std::vector<uint32_t>{TPM2_CC_RSA_Decrypt});
     if (c.valid) {
       const size_t sep = c.em.find('\0', 2);
       EXPECT_EQ(*out, c.em.substr(sep + 1));
