@@ -24,7 +24,8 @@
 namespace tpmkey {
 namespace {
 
-constexpr uint8_t kExtension = 27, kExtensionResponse = 29;
+// SSH_AGENT_SUCCESS, SSH_AGENTC_EXTENSION, SSH_AGENT_EXTENSION_RESPONSE
+constexpr uint8_t kSuccess = 6, kExtension = 27, kExtensionResponse = 29;
 // A signature is at most 512 bytes (RSA 4096); the answer is refused above this.
 constexpr uint32_t kMaxAnswer = 16 * 1024;
 
@@ -240,28 +241,64 @@ Bytes sign_digest_request(const Bytes& key_blob, const Bytes& file_id, const Sig
   return w.take();
 }
 
-std::optional<Bytes> broker_sign(Context& ctx, const KeyFile& kf, EVP_PKEY* pub, const SignScheme& scheme,
-                                 const uint8_t* digest, size_t len) {
+namespace {
+
+// The agent to ask and what names the key to it, once the socket and its directory are safe;
+// nullopt (with the reason under TPMKEY_DEBUG) when there is none to ask.
+struct AgentRequest {
+  std::string path;
+  OSSL_LIB_CTX* libctx = nullptr;
+  Bytes blob, file_id;
+};
+
+std::optional<AgentRequest> agent_for(Context& ctx, const KeyFile& kf) {
   const Settings& s = ctx.settings();
   if (!ctx.settings_valid() || s.agent == "off") return std::nullopt;
-  const std::string path = s.agent == "auto" ? default_agent_socket() : s.agent;
-  if (auto problem = socket_problem(path)) {
-    debug(path, *problem + "; signing with the TPM directly");
+  AgentRequest a;
+  a.path = s.agent == "auto" ? default_agent_socket() : s.agent;
+  if (auto problem = socket_problem(a.path)) {
+    debug(a.path, *problem + "; signing with the TPM directly");
     return std::nullopt;
   }
-  const std::string dir = path.substr(0, path.rfind('/'));
+  const std::string dir = a.path.substr(0, a.path.rfind('/'));
   if (Status safe = check_private_dir(dir.empty() ? "/" : dir, "the agent's socket directory"); !safe) {
-    debug(path, safe.error().text() + "; signing with the TPM directly");
+    debug(a.path, safe.error().text() + "; signing with the TPM directly");
     return std::nullopt;
   }
   auto crypto = ctx.crypto();
   if (!crypto) return std::nullopt;
-  OSSL_LIB_CTX* libctx = (*crypto)->libctx();
+  a.libctx = (*crypto)->libctx();
   auto blob = openssh_blob(kf.pub.publicArea);
-  const Bytes id = key_file_id(kf, libctx);
-  if (!blob || id.empty() || hash_wire_name(scheme.hash).empty()) return std::nullopt;
+  a.file_id = key_file_id(kf, a.libctx);
+  if (!blob || a.file_id.empty()) return std::nullopt;
+  a.blob = std::move(*blob);
+  return a;
+}
 
-  auto answer = exchange(path, sign_digest_request(*blob, id, scheme, digest, len), s.timeouts.command);
+}  // namespace
+
+bool broker_holds(Context& ctx, const KeyFile& kf) {
+  auto a = agent_for(ctx, kf);
+  if (!a) return false;
+  SshWriter w;
+  w.u8(kExtension);
+  w.string(kHoldsKeyExtension);
+  w.string(a->blob);
+  w.string(a->file_id);
+  auto answer = exchange(a->path, w.take(), ctx.settings().timeouts.command);
+  const bool held = answer && answer->size() == 1 && (*answer)[0] == kSuccess;
+  debug(a->path, held ? "the agent holds this key: no password asked" : "the agent does not hold this key");
+  return held;
+}
+
+std::optional<Bytes> broker_sign(Context& ctx, const KeyFile& kf, EVP_PKEY* pub, const SignScheme& scheme,
+                                 const uint8_t* digest, size_t len) {
+  auto a = agent_for(ctx, kf);
+  if (!a || hash_wire_name(scheme.hash).empty()) return std::nullopt;
+  const std::string& path = a->path;
+  OSSL_LIB_CTX* libctx = a->libctx;
+  auto answer = exchange(path, sign_digest_request(a->blob, a->file_id, scheme, digest, len),
+                         ctx.settings().timeouts.command);
   if (!answer) {
     debug(path, answer.error().text() + "; signing with the TPM directly");
     return std::nullopt;

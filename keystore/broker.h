@@ -18,6 +18,8 @@ namespace tpmkey {
 class Context;
 
 inline constexpr std::string_view kSignDigestExtension = "sign-digest@tpmkey";
+// Asks whether the agent would sign with a key now (docs/ssh.md#the-sign-digest-extension).
+inline constexpr std::string_view kHoldsKeyExtension = "holds-key@tpmkey";
 
 // The socket `tpmkey agent` listens on by default: $XDG_RUNTIME_DIR/tpmkey/agent.sock (when that
 // is a directory), else /tmp/tpmkey-UID/agent.sock.
@@ -46,5 +48,10 @@ Bytes sign_digest_request(const Bytes& key_blob, const Bytes& file_id, const Sig
 // written to stderr.
 std::optional<Bytes> broker_sign(Context& ctx, const KeyFile& kf, EVP_PKEY* pub, const SignScheme& scheme,
                                  const uint8_t* digest, size_t len);
+
+// Whether that agent would sign with the key of `kf` now (it holds it, unlocked, with its
+// password if it has one): a provider loading a password key asks this before it prompts for the
+// password. False for every reason broker_sign would not ask the agent.
+bool broker_holds(Context& ctx, const KeyFile& kf);
 
 }  // namespace tpmkey

@@ -124,6 +124,10 @@ Error no_usage(const std::string& have, const std::string& want) {
 
 }  // namespace
 
+bool Key::agent_signs_for_it() {
+  return needs_auth() && !has_auth_ && !restricted() && usage() == kUsageSign && broker_holds(ctx_, kf_);
+}
+
 Result<Bytes> Key::sign(const SignScheme& scheme, const uint8_t* digest, size_t len) {
   const std::string what = "sign(" + label_ + ")";
   if (!can_sign()) return no_usage(usage_text(usage()), "sign").context(what);

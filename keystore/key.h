@@ -41,6 +41,10 @@ class Key {
   unsigned usage() const { return usage_of(kf_.pub.publicArea); }
   bool can_sign() const { return usage() & kUsageSign; }
   bool can_decrypt() const { return usage() & kUsageDecrypt; }
+  // Whether a running tpmkey agent holds this password key, unlocked, and signs with it for this
+  // process (keystore/broker.h): then loading it asks for no password. Only for keys that can do
+  // nothing but sign, since the agent does nothing else for other processes.
+  bool agent_signs_for_it();
   // ECDSA: DER ECDSA-Sig-Value; RSA: the signature octets. `digest` is already hashed.
   // A key without the sign usage is refused before any TPM command.
   Result<Bytes> sign(const SignScheme& scheme, const uint8_t* digest, size_t len);

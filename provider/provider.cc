@@ -175,6 +175,7 @@ Result<OSSL_LIB_CTX*> software_libctx(const ProviderCtx* prov) {
 
 Status ask_password(Key& key, OSSL_PASSPHRASE_CALLBACK* pw_cb, void* pw_arg) {
   if (!key.needs_auth() || key.has_auth() || !pw_cb) return Status::Ok();
+  if (key.agent_signs_for_it()) return Status::Ok();  // the password is the agent's (ssh-add -s)
   char buf[256];
   size_t len = 0;
   std::string info = key.label();

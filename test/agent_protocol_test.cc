@@ -851,7 +851,8 @@ TEST_F(AgentProtocolTest, Extensions) {
                     .str("query")
                     .str("query")
                     .str("session-bind@openssh.com")
-                    .str("sign-digest@tpmkey")));
+                    .str("sign-digest@tpmkey")
+                    .str("holds-key@tpmkey")));
 
   SoftKey host = ed25519_key();
   const Buf bind = session_bind(host, random_bytes(32), false);
@@ -891,11 +892,13 @@ TEST_F(AgentProtocolTest, UnknownMessageTypes) {
 // in a one-shot process asks: a keystore key named by its public key blob and key file id (the
 // id computed here from the specification) signs a SHA-256 digest, which the default provider
 // verifies; another key file id or blob is FAILURE (not held), a malformed request
-// EXTENSION_FAILURE, every prefix fails; locked: FAILURE, then served again once unlocked.
+// EXTENSION_FAILURE, every prefix fails; locked: FAILURE, then served again once unlocked. The
+// same for holds-key@tpmkey, which answers SUCCESS where sign-digest would sign.
 TEST_F(AgentProtocolTest, SignDigestExtension) {
   TpmKey k = create("k");
   ASSERT_TRUE(k.pub);
-  auto agent = start();
+  BusProxy bus(shared_swtpm().port());
+  auto agent = start({}, {}, bus.tcti());
   AgentConnection c(agent->socket());
   const std::string pem = read_file(keystore_ + "/k.pem");
   auto kf = parse_keyfile(reinterpret_cast<const uint8_t*>(pem.data()), pem.size());
@@ -954,10 +957,29 @@ TEST_F(AgentProtocolTest, SignDigestExtension) {
   EXPECT_TRUE(still_serves(c));
   EXPECT_TRUE(signs(c.request(good)));
 
+  // holds-key@tpmkey: SUCCESS for exactly the key sign-digest signs with, FAILURE otherwise, a
+  // malformed request EXTENSION_FAILURE; no TPM command.
+  auto holds = [](const Buf& blob, const Buf& file_id) {
+    return Buf(Wire().u8(kExtension).str("holds-key@tpmkey").str(blob).str(file_id));
+  };
+  const Buf held = holds(k.blob, id);
+  bus.clear();
+  EXPECT_EQ(c.request(held), kSuccessAnswer) << agent->log();
+  EXPECT_EQ(c.request(holds(k.blob, other_id)), kFailureAnswer);
+  EXPECT_EQ(c.request(holds(ec.blob, id)), kFailureAnswer);
+  EXPECT_EQ(c.request(Buf(Wire().raw(held).u8(0))), kExtensionFailureAnswer);
+  for (size_t n = 1; n < held.size(); ++n) {
+    auto a = c.request(Buf(held.begin(), held.begin() + long(n)));
+    EXPECT_TRUE(a == kFailureAnswer || a == kExtensionFailureAnswer) << "cut to " << n << ": " << describe(a);
+  }
+  EXPECT_EQ(bus.take_commands_without_proofs(), std::vector<uint32_t>{});
+
   EXPECT_EQ(c.request(lock("locked")), kSuccessAnswer);
   EXPECT_EQ(c.request(good), kFailureAnswer);
+  EXPECT_EQ(c.request(held), kFailureAnswer);
   EXPECT_EQ(c.request(unlock("locked")), kSuccessAnswer);
   EXPECT_TRUE(signs(c.request(good)));
+  EXPECT_EQ(c.request(held), kSuccessAnswer);
   EXPECT_EQ(agent->stop(), 0) << agent->log();
 }
 

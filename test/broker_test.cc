@@ -393,9 +393,10 @@ TEST_F(BrokerTest, KeyNotHeldSignsDirectly) {
 }
 
 // A password key added with ssh-add -s: one-shot processes sign with it through the agent without
-// a password. Given a password, a process signs directly (the password never goes to the agent).
-// Locked, the agent does not sign: the direct path needs the password; unlocked, it signs again;
-// removed with ssh-add -e, it is not held.
+// a password, and loading it by name asks for none. Given a password in the URI, a process signs
+// directly (the password never goes to the agent). Locked, the agent does not sign: the direct
+// path needs the password, and loading by name asks for it; unlocked, it signs again; removed
+// with ssh-add -e, it is not held.
 TEST_F(BrokerTest, PasswordKeyAddedWithSshAdd) {
   make_key(lib(tcti_), "pk", "correct horse");
   BusProxy agent_bus(shared_swtpm().port()), client_bus(shared_swtpm().port());
@@ -406,6 +407,14 @@ TEST_F(BrokerTest, PasswordKeyAddedWithSshAdd) {
                                     "DISPLAY=:0"};
   };
   ASSERT_OK(agent->ssh_add({"-s", "tpm2:pk"}, askpass("pin", "correct horse")));
+  // `openssl pkeyutl -sign -inkey tpm2:pk`: the store, which asks OpenSSL's passphrase UI for a
+  // password the key needs (here it reads `input`: the process has no terminal).
+  auto by_name = [&](const std::string& input) {
+    return run({"openssl", "pkeyutl", "-sign", "-inkey", "tpm2:pk", "-rawin", "-digest", "sha256", "-in",
+                dir_ + "/msg", "-out", dir_ + "/sig"},
+               {"OPENSSL_CONF=" + cnf(client_bus.tcti(), agent_line(sock)), "TSS2_LOG=all+none", "TPMKEY_DEBUG=1"},
+               input, 60);
+  };
   auto via_agent = [&] {
     agent_bus.clear();
     client_bus.clear();
@@ -415,11 +424,24 @@ TEST_F(BrokerTest, PasswordKeyAddedWithSshAdd) {
     EXPECT_TRUE(verifies("pk"));
     EXPECT_EQ(client_bus.command_codes().size(), 0u);
     EXPECT_EQ(signs(agent_bus), 1u);
+    // By name from the store: no password is asked for (a prompt would read this stdin, and the
+    // wrong password would fail in the TPM), and the probe costs the agent no TPM command.
+    agent_bus.clear();
+    r = by_name("not the password\n");
+    EXPECT_OK(r);
+    EXPECT_NE(r.err.find("the agent holds this key: no password asked"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("signed by the agent"), std::string::npos) << r.err;
+    EXPECT_TRUE(verifies("pk"));
+    EXPECT_EQ(client_bus.command_codes().size(), 0u);
+    EXPECT_EQ(agent_bus.take_commands_without_proofs(), std::vector<uint32_t>{kTpmCcSign});
   };
+  // The password in the URI (pin-source=): the process signs directly.
+  write_file(dir_ + "/pin", "correct horse\n");
+  chmod((dir_ + "/pin").c_str(), 0600);
   auto with_password = [&] {
     agent_bus.clear();
     client_bus.clear();
-    auto r = one_shot(key, client_bus.tcti(), agent_line(sock), "", {}, {"-passin", "pass:correct horse"});
+    auto r = one_shot("tpm2:pk?pin-source=" + dir_ + "/pin", client_bus.tcti(), agent_line(sock));
     EXPECT_OK(r);
     EXPECT_TRUE(verifies("pk"));
     EXPECT_EQ(signs(agent_bus), 0u);
@@ -430,6 +452,16 @@ TEST_F(BrokerTest, PasswordKeyAddedWithSshAdd) {
     SCOPED_TRACE("added");
     via_agent();
     with_password();
+    // -passin is OpenSSL's passphrase callback, asked only when the agent does not hold the key:
+    // here the agent signs, and the password goes nowhere.
+    agent_bus.clear();
+    client_bus.clear();
+    auto r = one_shot(key, client_bus.tcti(), agent_line(sock), "", {}, {"-passin", "pass:correct horse"});
+    EXPECT_OK(r);
+    EXPECT_TRUE(verifies("pk"));
+    EXPECT_EQ(signs(agent_bus), 1u);
+    EXPECT_EQ(client_bus.command_codes().size(), 0u);
+    EXPECT_EQ(agent_bus.sent().find("correct horse"), std::string::npos);
   }
   {
     SCOPED_TRACE("locked");
@@ -438,6 +470,14 @@ TEST_F(BrokerTest, PasswordKeyAddedWithSshAdd) {
     client_bus.clear();
     auto r = one_shot(key, client_bus.tcti(), agent_line(sock));
     EXPECT_FAILS_WITH(r, "the key needs a password and none was given");
+    EXPECT_EQ(signs(agent_bus), 0u);
+    // By name, the password is asked for again, and the process signs with it itself.
+    client_bus.clear();
+    r = by_name("correct horse\n");
+    EXPECT_OK(r);
+    EXPECT_NE(r.err.find("the agent does not hold this key"), std::string::npos) << r.err;
+    EXPECT_TRUE(verifies("pk"));
+    EXPECT_EQ(signs(client_bus), 1u);
     EXPECT_EQ(signs(agent_bus), 0u);
     with_password();
     ASSERT_OK(agent->ssh_add({"-X"}, askpass("unlock", "hunter2")));

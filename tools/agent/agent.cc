@@ -424,6 +424,33 @@ Bytes Agent::sign(SshReader& r, const uint8_t* message, size_t size, const Peer&
   return w.take();
 }
 
+EVP_PKEY* Agent::held_tpm_key(const Bytes& blob, const Bytes& file_id, std::string* label, const Identity** added) {
+  expire();
+  // Only TPM keys: the added ones whose key file is this one, then the keystore's.
+  for (auto& id : added_) {
+    if (!id->tpm() || id->blob != blob || id->file_id != file_id) continue;
+    *label = printable(id->comment);
+    *added = id.get();
+    return id->pkey.get();
+  }
+  return keystore_key(blob, &file_id, label);
+}
+
+Bytes Agent::holds_key(SshReader& r, const Peer& peer) {
+  // string key blob, string key file id (docs/ssh.md#the-sign-digest-extension).
+  SshView blob, file_id;
+  if (!r.string(&blob) || !r.string(&file_id) || !r.done()) {
+    log_error("malformed holds-key request from pid " + std::to_string(peer.pid));
+    return Bytes{msg::kExtensionFailure};
+  }
+  std::string label;
+  const Identity* added = nullptr;
+  const bool held = held_tpm_key(blob.bytes(), file_id.bytes(), &label, &added) != nullptr;
+  log_debug(std::string(held ? "holds " : "does not hold ") + (held ? label : describe(blob.bytes())) +
+            " (asked by pid " + std::to_string(peer.pid) + ")");
+  return status(held);
+}
+
 Bytes Agent::sign_digest(SshReader& r, const Peer& peer) {
   // string key blob, string key file id, string scheme, string hash, string digest
   // (docs/ssh.md#the-sign-digest-extension).
@@ -440,22 +467,14 @@ Bytes Agent::sign_digest(SshReader& r, const Peer& peer) {
     return Bytes{msg::kExtensionFailure};
   }
   const Bytes blob = blob_view.bytes(), file_id = file_id_view.bytes();
-  expire();
-  // Only TPM keys: the added ones whose key file is this one, then the keystore's.
-  EVP_PKEY* pkey = nullptr;
   std::string label;
-  for (auto& id : added_) {
-    if (!id->tpm() || id->blob != blob || id->file_id != file_id) continue;
-    if (id->confirm && !confirmed(*id)) return failure();
-    pkey = id->pkey.get();
-    label = printable(id->comment);
-    break;
-  }
-  if (!pkey) pkey = keystore_key(blob, &file_id, &label);
+  const Identity* added = nullptr;
+  EVP_PKEY* pkey = held_tpm_key(blob, file_id, &label, &added);
   if (!pkey) {
     log_debug("sign-digest request for a key not held: " + describe(blob));
     return failure();
   }
+  if (added && added->confirm && !confirmed(*added)) return failure();
   const bool rsa = EVP_PKEY_is_a(pkey, "RSA");
   if (rsa != (scheme->alg != SigAlg::kEcdsa)) {
     log_error("sign-digest request from pid " + std::to_string(peer.pid) + ": scheme " +
@@ -699,9 +718,11 @@ Bytes Agent::extension(SshReader& r, Peer& peer) {
     w.string("query");
     w.string("session-bind@openssh.com");
     w.string(kSignDigestExtension);
+    w.string(kHoldsKeyExtension);
     return w.take();
   }
   if (name.text() == kSignDigestExtension) return sign_digest(r, peer);
+  if (name.text() == kHoldsKeyExtension) return holds_key(r, peer);
   if (name.text() == "session-bind@openssh.com") {
     SshView host_key, session_id, signature;
     bool forwarding = false;

@@ -82,6 +82,12 @@ class Agent {
   Bytes extension(SshReader& r, Peer& peer);
   // sign-digest@tpmkey: a digest signed for a tpmkey provider in a one-shot process (keystore/broker.h).
   Bytes sign_digest(SshReader& r, const Peer& peer);
+  // holds-key@tpmkey: whether sign-digest would sign with this key now (asked by a provider
+  // loading a password key, so that it does not prompt for a password the agent holds).
+  Bytes holds_key(SshReader& r, const Peer& peer);
+  // The TPM key sign-digest signs with for this blob and key file id: an added one (`*added` is
+  // set) or the keystore's; nullptr if none is held.
+  EVP_PKEY* held_tpm_key(const Bytes& blob, const Bytes& file_id, std::string* label, const Identity** added);
 
   struct Constraints {
     uint32_t lifetime = 0;
