@@ -54,12 +54,6 @@ constexpr int kCountedSignatures = 48;
 // Logins in the counted run of a login row (after its warm-up).
 constexpr int kCountedLogins = 3;
 
-using Clock = std::chrono::steady_clock;
-
-double ms_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
-
 // One persistent connection to an agent; every read and write bounded by 10 s.
 class AgentClient {
  public:
@@ -370,9 +364,8 @@ double count_login_commands(Alg a) {
 void login(benchmark::State& state, Alg a) {
   const std::string name = login_row(a);
   constexpr int kN = 3;
-  double total_ms[kN] = {};
-  std::vector<double> tpm_ssh, tpm_file, ssh_file;
-  int64_t failures = 0, n = 0;
+  std::vector<double> mean_ms(kN, 0.0), tpm_ssh, tpm_file, ssh_file;
+  int64_t failures = 0;
   {
     std::optional<AgentProcess> agent;
     Command cmds[kN];
@@ -386,39 +379,34 @@ void login(benchmark::State& state, Alg a) {
       check_tpm_clean(name);
       return;
     }
-    auto fail = [&](int i, int status) {
-      ++failures;
-      const std::string msg = name + " (" + login_name(kLogins[i]) + "): ssh exit status " + std::to_string(status) +
-                              ": " + read_all(login_log(kLogins[i], a));
-      record_problem(msg);
-      state.SkipWithError(msg.c_str());
+    auto why = [&](int i, int status) {
+      return name + " (" + login_name(kLogins[i]) + "): ssh exit status " + std::to_string(status) + ": " +
+             read_all(login_log(kLogins[i], a));
     };
     // Warm-up, untimed: the agent opens the key and starts its session; ssh, sshd and the key
     // files are in the page cache.
     for (int i = 0; i < kN && !failures; ++i)
-      if (int status = run(cmds[i], login_log(kLogins[i], a)); status != 0) fail(i, status);
-    for (auto _ : state) {
-      if (failures) break;
-      double ms[kN] = {}, iteration_ms = 0;
-      for (int j = 0; j < kN && !failures; ++j) {
-        const int i = int((n + j) % kN);
-        const auto t0 = Clock::now();
-        const int status = run(cmds[i], login_log(kLogins[i], a));
-        ms[i] = ms_since(t0);
-        if (status != 0) fail(i, status);
-        total_ms[i] += ms[i];
-        iteration_ms += ms[i];
+      if (int status = run(cmds[i], login_log(kLogins[i], a)); status != 0) {
+        ++failures;
+        record_problem(why(i, status));
+        state.SkipWithError(why(i, status).c_str());
       }
-      if (failures) break;
-      ++n;
-      tpm_ssh.push_back(ms[0] - ms[1]);
-      tpm_file.push_back(ms[0] - ms[2]);
-      ssh_file.push_back(ms[1] - ms[2]);
-      state.SetIterationTime(iteration_ms / 1000.0);
-    }
+    const Interleaved r = interleave(
+        state, kN,
+        [&](int i) -> std::string {
+          const int status = run(cmds[i], login_log(kLogins[i], a));
+          return status == 0 ? "" : why(i, status);
+        },
+        [&](const std::vector<double>& ms) {
+          tpm_ssh.push_back(ms[0] - ms[1]);
+          tpm_file.push_back(ms[0] - ms[2]);
+          ssh_file.push_back(ms[1] - ms[2]);
+        });
+    if (r.failed) ++failures;
+    mean_ms = r.mean_ms;
   }  // stops the agent
   state.SetItemsProcessed(state.iterations());
-  for (int i = 0; i < kN; ++i) state.counters[std::string(login_name(kLogins[i])) + "_ms"] = n ? total_ms[i] / double(n) : 0;
+  for (int i = 0; i < kN; ++i) state.counters[std::string(login_name(kLogins[i])) + "_ms"] = mean_ms[size_t(i)];
   state.counters["tpmkey-agent-minus-ssh-agent_ms"] = median(tpm_ssh);
   state.counters["tpmkey-agent-minus-key-file_ms"] = median(tpm_file);
   state.counters["ssh-agent-minus-key-file_ms"] = median(ssh_file);

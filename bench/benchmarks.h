@@ -1,11 +1,29 @@
 // Registration of the benchmark families, in the order they run (bench/main.cc).
 #pragma once
 
+#include <functional>
 #include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
 
 #include "bench/common.h"
 
 namespace tpmkey::bench {
+
+// The process rows' loop: each iteration runs `kinds` processes back to back, one of each kind,
+// in an order that rotates, so that all kinds see the same machine (on a shared machine the speed
+// of everything drifts by 10-30% within minutes; only times taken side by side give steady
+// ratios). `one(i)` runs kind i once and returns "" or what went wrong, which ends the row
+// (record_problem, SkipWithError). The iteration time is the sum of the iteration's times;
+// `each`, if given, sees them (by kind) after every complete iteration.
+struct Interleaved {
+  int64_t iterations = 0;        // complete ones
+  std::vector<double> mean_ms;   // by kind, over the complete iterations
+  bool failed = false;
+};
+Interleaved interleave(benchmark::State& state, int kinds, const std::function<std::string(int)>& one,
+                       const std::function<void(const std::vector<double>&)>& each = {});
 
 // limit/ALG (password auth) or esys-session/ALG (salted, encrypted session): raw ESYS TPM2_Sign.
 void register_raw_esys(bool with_session);

@@ -1,5 +1,7 @@
 #include "bench/common.h"
 
+#include "bench/benchmarks.h"
+
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -534,6 +536,36 @@ void AgentProcess::stop() {
 void AgentProcess::unmap() {
   if (counter_) munmap(counter_, sizeof(uint64_t));
   counter_ = nullptr;
+}
+
+Interleaved interleave(benchmark::State& state, int kinds, const std::function<std::string(int)>& one,
+                       const std::function<void(const std::vector<double>&)>& each) {
+  Interleaved r;
+  std::vector<double> total(size_t(kinds), 0.0), ms(size_t(kinds), 0.0);
+  for (auto _ : state) {
+    double iteration_ms = 0;
+    for (int j = 0; j < kinds; ++j) {
+      const int i = int((r.iterations + j) % kinds);
+      const auto t0 = std::chrono::steady_clock::now();
+      const std::string why = one(i);
+      ms[size_t(i)] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      if (!why.empty()) {
+        record_problem(why);
+        state.SkipWithError(why.c_str());
+        r.failed = true;
+        break;
+      }
+      iteration_ms += ms[size_t(i)];
+    }
+    if (r.failed) break;
+    for (int i = 0; i < kinds; ++i) total[size_t(i)] += ms[size_t(i)];
+    ++r.iterations;
+    if (each) each(ms);
+    state.SetIterationTime(iteration_ms / 1000.0);
+  }
+  r.mean_ms.resize(size_t(kinds), 0.0);
+  for (int i = 0; i < kinds; ++i) r.mean_ms[size_t(i)] = r.iterations ? total[size_t(i)] / double(r.iterations) : 0;
+  return r;
 }
 
 }  // namespace tpmkey::bench

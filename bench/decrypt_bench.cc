@@ -217,30 +217,13 @@ void process(benchmark::State& state, Dec d) {
     state.SkipWithError(e.what());
     return;
   }
-  double total_ms[2] = {};
-  int64_t n = 0, failures = 0;
-  for (auto _ : state) {
-    double iteration_ms = 0;
-    for (int j = 0; j < 2 && !failures; ++j) {
-      const int i = int((n + j) % 2);
-      const auto t0 = std::chrono::steady_clock::now();
-      const std::string why = run_case(*timed[i]);
-      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-      if (!why.empty()) {
-        ++failures;
-        const std::string msg = name + " (" + kind_name(kKinds[i]) + "): " + why;
-        record_problem(msg);
-        state.SkipWithError(msg.c_str());
-      }
-      total_ms[i] += ms;
-      iteration_ms += ms;
-    }
-    if (failures) break;
-    ++n;
-    state.SetIterationTime(iteration_ms / 1000.0);
-  }
+  const Interleaved r = interleave(state, 2, [&](int i) -> std::string {
+    const std::string why = run_case(*timed[i]);
+    return why.empty() ? "" : name + " (" + kind_name(kKinds[i]) + "): " + why;
+  });
+  int64_t failures = r.failed ? 1 : 0;
   state.SetItemsProcessed(state.iterations());
-  for (int i = 0; i < 2; ++i) state.counters[std::string(kind_name(kKinds[i])) + "_ms"] = n ? total_ms[i] / double(n) : 0;
+  for (int i = 0; i < 2; ++i) state.counters[std::string(kind_name(kKinds[i])) + "_ms"] = r.mean_ms[size_t(i)];
   // One more tpmkey process through the counting TCTI: its TPM commands (written at exit).
   if (!failures) {
     try {

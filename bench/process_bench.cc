@@ -138,42 +138,26 @@ void process_sign(benchmark::State& state, Alg a) {
   }
   Command timed[kN];
   std::string logs[kN];
-  double total_ms[kN] = {};
   for (int i = 0; i < kN; ++i) {
     timed[i] = pkeyutl(kKinds[i], a, options().tcti, "/dev/null", agent->socket());
     logs[i] = options().workdir + "/pkeyutl-" + kind_name(kKinds[i]) + "-" + alg_name(a) + ".log";
   }
-  int64_t failures = 0, n = 0;
+  int64_t failures = 0;
   if (int status = run(timed[2], logs[2]); status != 0) {
     std::string msg = std::string("pkeyutl-tpmkey-agent/") + alg_name(a) + ": warm-up: " + read_all(logs[2]);
     record_problem(msg);
     state.SkipWithError(msg.c_str());
     ++failures;
   }
-  for (auto _ : state) {
-    if (failures) break;
-    double iteration_ms = 0;
-    for (int j = 0; j < kN && !failures; ++j) {
-      const int i = int((n + j) % kN);
-      const auto t0 = std::chrono::steady_clock::now();
-      const int status = run(timed[i], logs[i]);
-      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-      if (status != 0) {
-        ++failures;
-        std::string msg = std::string("pkeyutl-") + kind_name(kKinds[i]) + "/" + alg_name(a) + ": exit status " +
-                          std::to_string(status) + ": " + read_all(logs[i]);
-        record_problem(msg);
-        state.SkipWithError(msg.c_str());
-      }
-      total_ms[i] += ms;
-      iteration_ms += ms;
-    }
-    if (failures) break;
-    ++n;
-    state.SetIterationTime(iteration_ms / 1000.0);
-  }
+  const Interleaved r = interleave(state, kN, [&](int i) -> std::string {
+    if (const int status = run(timed[i], logs[i]); status != 0)
+      return std::string("pkeyutl-") + kind_name(kKinds[i]) + "/" + alg_name(a) + ": exit status " +
+             std::to_string(status) + ": " + read_all(logs[i]);
+    return "";
+  });
+  if (r.failed) ++failures;
   state.SetItemsProcessed(state.iterations());
-  for (int i = 0; i < kN; ++i) state.counters[std::string(kind_name(kKinds[i])) + "_ms"] = n ? total_ms[i] / double(n) : 0;
+  for (int i = 0; i < kN; ++i) state.counters[std::string(kind_name(kKinds[i])) + "_ms"] = r.mean_ms[size_t(i)];
   if (!failures) {
     for (Kind k : kKinds) {
       const double cmds = counted_run(k, a, agent->socket());
@@ -258,32 +242,18 @@ void idle_provider(benchmark::State& state) {
     state.SkipWithError(msg.c_str());
     return;
   }
-  double total_ms[2] = {};
   std::vector<double> differences;
-  int64_t n = 0, failures = 0;
-  for (auto _ : state) {
-    double ms[2] = {};
-    for (int j = 0; j < 2 && !failures; ++j) {
-      const int i = int((n + j) % 2);
-      const auto t0 = std::chrono::steady_clock::now();
-      const int status = run(timed[i], log);
-      ms[i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-      if (status != 0) {
-        ++failures;
-        std::string msg = "idle-provider/" + kinds[i] + ": exit status " + std::to_string(status) + ": " + read_all(log);
-        record_problem(msg);
-        state.SkipWithError(msg.c_str());
-      }
-    }
-    if (failures) break;
-    total_ms[0] += ms[0];
-    total_ms[1] += ms[1];
-    differences.push_back(ms[1] - ms[0]);
-    ++n;
-    state.SetIterationTime((ms[0] + ms[1]) / 1000.0);
-  }
+  const Interleaved r = interleave(
+      state, 2,
+      [&](int i) -> std::string {
+        const int status = run(timed[i], log);
+        return status == 0 ? "" : "idle-provider/" + kinds[i] + ": exit status " + std::to_string(status) + ": " +
+                                      read_all(log);
+      },
+      [&](const std::vector<double>& ms) { differences.push_back(ms[1] - ms[0]); });
+  const int64_t failures = r.failed ? 1 : 0;
   state.SetItemsProcessed(state.iterations());
-  for (int i = 0; i < 2; ++i) state.counters[kinds[i] + "_ms"] = n ? total_ms[i] / double(n) : 0;
+  for (int i = 0; i < 2; ++i) state.counters[kinds[i] + "_ms"] = r.mean_ms[size_t(i)];
   state.counters["tpmkey-minus-default_ms"] = median(std::move(differences));
   state.counters["failures"] = double(failures);
 }
