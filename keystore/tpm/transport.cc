@@ -7,6 +7,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <new>
 
 #include <tss2/tss2_tctildr.h>
@@ -171,9 +173,32 @@ void Link::explain_timeout(std::chrono::milliseconds timeout) {
   error_ = std::string("timed out after ") + buf + ": the TPM did not answer" + (error_.empty() ? "" : " (" + error_ + ")");
 }
 
+namespace {
+
+std::mutex g_inprocess_mu;
+std::map<std::string, std::function<std::unique_ptr<Link>()>>& inprocess_links() {
+  static std::map<std::string, std::function<std::unique_ptr<Link>()>> links;
+  return links;
+}
+
+}  // namespace
+
+void register_inprocess_link(const std::string& name, std::function<std::unique_ptr<Link>()> make) {
+  std::lock_guard lock(g_inprocess_mu);
+  inprocess_links()[name] = std::move(make);
+}
+
 Result<std::unique_ptr<Link>> open_link(const std::string& spec) {
   const std::string name = spec.substr(0, spec.find(':'));
   if (name == "swtpm") return open_swtpm_link(spec.size() > name.size() + 1 ? spec.substr(name.size() + 1) : "");
+  if (name == "inprocess") {
+    const std::string which = spec.size() > name.size() + 1 ? spec.substr(name.size() + 1) : "";
+    std::lock_guard lock(g_inprocess_mu);
+    auto it = inprocess_links().find(which);
+    if (it == inprocess_links().end())
+      return make_error(Reason::kTpmUnreachable, "no in-process TPM named \"" + which + "\"");
+    return it->second();
+  }
   auto link = std::make_unique<ModuleLink>();
   TPMKEY_TRY(link->open(spec));
   return std::unique_ptr<Link>(std::move(link));
