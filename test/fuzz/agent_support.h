@@ -30,6 +30,8 @@ inline void agent_environment() {
     // Port 1 on loopback: nothing listens, so a connection is refused at once.
     setenv("TPMKEY_TCTI", "swtpm:host=127.0.0.1,port=1", 1);
     setenv("TPMKEY_TIMEOUT", "0.2", 1);
+    // Never the agent of the user running the fuzzer.
+    setenv("TPMKEY_AGENT", "off", 1);
     // A confirmation (ssh-add -c keys) is always denied, without a window or a wait.
     setenv("SSH_ASKPASS", "/bin/false", 1);
     agent::set_log(agent::LogSink{false, agent::LogLevel::kError});
