@@ -483,6 +483,20 @@ TEST_F(CliTest, GenpkeyStoreutlAndCertificates) {
                     false));
   EXPECT_EQ(read_file(keystore_ + "/genrsa.pem").rfind("-----BEGIN TSS2 PRIVATE KEY-----", 0), 0u);
 
+  // `openssl ecparam -genkey -name CURVE` asks tpmkey's key management for the parameters and
+  // then for the key from them: a TPM key. `genpkey -paramfile` cannot: OpenSSL 3.0 decodes the
+  // file with the default provider and generates with the parameters' own key management,
+  // whatever -propquery says (docs/keys.md, "Parameter files"), so the key is a software key.
+  const std::string ec_key = dir_ + "/ecparam.pem";
+  EXPECT_OK(openssl("ecparam", {"-genkey", "-noout", "-name", "prime256v1", "-propquery", "provider=tpmkey", "-out",
+                                ec_key}));
+  EXPECT_EQ(read_file(ec_key).rfind("-----BEGIN TSS2 PRIVATE KEY-----", 0), 0u) << read_file(ec_key);
+  EXPECT_OK(openssl("pkey", {"-in", ec_key, "-noout"}));
+  const std::string params = dir_ + "/p256.params";
+  EXPECT_OK(plain_openssl({"ecparam", "-name", "prime256v1", "-out", params}));
+  EXPECT_OK(openssl("genpkey", {"-paramfile", params, "-propquery", "provider=tpmkey", "-out", ec_key}));
+  EXPECT_EQ(read_file(ec_key).rfind("-----BEGIN PRIVATE KEY-----", 0), 0u) << read_file(ec_key);
+
   auto list = openssl("storeutl", {"tpm2:"});
   EXPECT_OK(list);
   EXPECT_NE(list.out.find("0: Name: tpm2:gen\nec-p384"), std::string::npos) << list.out;

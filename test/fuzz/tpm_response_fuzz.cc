@@ -70,6 +70,7 @@ struct Input {
   size_t left;
   bool take(void* out, size_t n) {
     if (left < n) return false;
+    if (n == 0) return true;
     std::memcpy(out, p, n);
     p += n;
     left -= n;
