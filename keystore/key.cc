@@ -37,20 +37,42 @@ Result<std::shared_ptr<Key>> Key::from_file(Context& ctx, KeyFile kf, std::strin
   k->label_ = std::move(label);
   k->pub_ = std::move(*pub);
   k->id_ = new_object_id();
+  k->needs_parent_auth_ = k->kf_.parent != kOwnerParent && ctx.keystore().parent_needs_auth(k->kf_.parent);
   return k;
 }
 
+Result<Tpm*> Key::tpm() {
+  auto tpm = ctx_.tpm();
+  if (!tpm || parent_auth_given_to_ == *tpm || kf_.parent == kOwnerParent) return tpm;
+  if (has_parent_auth_) (*tpm)->set_parent_auth(kf_.parent, parent_auth_);
+  else if (needs_parent_auth_) (*tpm)->require_parent_auth(kf_.parent);
+  parent_auth_given_to_ = *tpm;
+  return tpm;
+}
+
 Result<std::shared_ptr<Key>> Key::generate(Context& ctx, const KeyOptions& opts, SecretBytes auth,
-                                           std::string label) {
+                                           std::string label, SecretBytes parent_auth) {
   const std::string what = std::string("generate(") + opts.spec->name + ")";
+  const bool with_parent_auth = !parent_auth.empty();
+  if (with_parent_auth && opts.parent == kOwnerParent)
+    return make_error(Reason::kInvalidArgument,
+                      "parent-auth is the password of a persistent parent (parent:0x81...); the owner SRK has none")
+        .context(what);
   auto tpm = ctx.tpm();
   if (!tpm) return tpm.take_error().context(what);
+  if (with_parent_auth) (*tpm)->set_parent_auth(opts.parent, parent_auth);
+  else if (opts.parent != kOwnerParent && ctx.keystore().parent_needs_auth(opts.parent))
+    (*tpm)->require_parent_auth(opts.parent);
   KeyOptions with_auth = opts;
   with_auth.with_auth = !auth.empty();
   auto kf = (*tpm)->create_key(with_auth, auth, opts.parent);
   if (!kf) return kf.take_error().context(what);
+  // The parent took the password: record that it has one, so that loading any key under it
+  // asks for it (docs/keys.md#parents-with-a-password).
+  if (with_parent_auth) TPMKEY_TRY(ctx.keystore().record_parent_needs_auth(opts.parent));
   auto key = from_file(ctx, std::move(*kf), std::move(label));
   if (key && !auth.empty()) (*key)->set_auth(std::move(auth));
+  if (key && with_parent_auth) (*key)->set_parent_auth(std::move(parent_auth));
   return key;
 }
 
@@ -125,7 +147,8 @@ Error no_usage(const std::string& have, const std::string& want) {
 }  // namespace
 
 bool Key::agent_signs_for_it() {
-  return needs_auth() && !has_auth_ && !restricted() && usage() == kUsageSign && broker_holds(ctx_, kf_);
+  const bool missing = (needs_auth() && !has_auth_) || (needs_parent_auth_ && !has_parent_auth_);
+  return missing && !restricted() && usage() == kUsageSign && broker_holds(ctx_, kf_);
 }
 
 Result<Bytes> Key::sign(const SignScheme& scheme, const uint8_t* digest, size_t len) {
@@ -139,7 +162,7 @@ Result<Bytes> Key::sign(const SignScheme& scheme, const uint8_t* digest, size_t 
   }
   if (needs_auth() && !has_auth_)
     return make_error(Reason::kAuthFailed, "the key needs a password and none was given").context(what);
-  auto tpm = ctx_.tpm();
+  auto tpm = this->tpm();
   if (!tpm) return tpm.take_error().context(what);
   SignRequest req;
   req.scheme = scheme;
@@ -159,7 +182,7 @@ Result<Bytes> Key::sign_message(const SignScheme& scheme, const Bytes& message) 
   if (!can_sign()) return no_usage(usage_text(usage()), "sign").context(what);
   if (needs_auth() && !has_auth_)
     return make_error(Reason::kAuthFailed, "the key needs a password and none was given").context(what);
-  auto tpm = ctx_.tpm();
+  auto tpm = this->tpm();
   if (!tpm) return tpm.take_error().context(what);
   auto sig = (*tpm)->sign_message(id_, kf_, auth_, scheme, message);
   if (!sig) return sig.take_error().context(what);
@@ -224,7 +247,7 @@ Result<SecretBytes> Key::decrypt(const DecryptScheme& scheme, const uint8_t* in,
   };
   auto crypto = ctx_.crypto();
   if (!crypto) return crypto.take_error().context(what);
-  auto tpm = ctx_.tpm();
+  auto tpm = this->tpm();
   if (!tpm) return tpm.take_error().context(what);
 
   RsaDecryptRequest req;
@@ -329,7 +352,7 @@ Result<SecretBytes> Key::derive(const uint8_t* peer_point, size_t len) {
   Bytes xb(w), yb(w);
   if (BN_bn2binpad(x.get(), xb.data(), int(w)) != int(w) || BN_bn2binpad(y.get(), yb.data(), int(w)) != int(w))
     return make_error(Reason::kInternal, "cannot encode the peer point").context(what);
-  auto tpm = ctx_.tpm();
+  auto tpm = this->tpm();
   if (!tpm) return tpm.take_error().context(what);
   auto z = (*tpm)->ecdh_zgen(id_, kf_, auth_, xb, yb);
   if (!z) return z.take_error().context(what);

@@ -18,9 +18,11 @@ class Key {
  public:
   // `label` names the key in messages ("tpm2:ssh").
   static Result<std::shared_ptr<Key>> from_file(Context& ctx, KeyFile kf, std::string label);
-  // Generates a key inside the TPM under the owner storage primary.
+  // Generates a key inside the TPM under opts.parent (the owner SRK or a persistent parent).
+  // `parent_auth`: the password of opts.parent, a persistent parent with one; it is recorded in
+  // the keystore that the parent has one.
   static Result<std::shared_ptr<Key>> generate(Context& ctx, const KeyOptions& opts, SecretBytes auth,
-                                               std::string label);
+                                               std::string label, SecretBytes parent_auth = {});
   // Opens what a tpm2: URI names (a keystore entry or a key file), with the URI's pin, if any.
   static Result<std::shared_ptr<Key>> open(Context& ctx, const TpmUri& uri);
   ~Key();
@@ -35,14 +37,23 @@ class Key {
     auth_ = std::move(auth);
     has_auth_ = true;
   }
+  // The key's persistent parent has a password of its own, recorded in the keystore
+  // (Keystore::parent_needs_auth): loading the key asks for it (docs/keys.md#parents-with-a-password).
+  bool needs_parent_auth() const { return needs_parent_auth_; }
+  bool has_parent_auth() const { return has_parent_auth_; }
+  void set_parent_auth(SecretBytes auth) {
+    parent_auth_ = std::move(auth);
+    has_parent_auth_ = true;
+  }
   // A restricted (attestation) key: the TPM signs only what it hashed itself (sign_message).
   bool restricted() const { return kf_.pub.publicArea.objectAttributes & TPMA_OBJECT_RESTRICTED; }
   // What the key's public area allows (kUsage* bits): sign, decrypt (RSA decryption, ECDH), both.
   unsigned usage() const { return usage_of(kf_.pub.publicArea); }
   bool can_sign() const { return usage() & kUsageSign; }
   bool can_decrypt() const { return usage() & kUsageDecrypt; }
-  // Whether a running tpmkey agent holds this password key, unlocked, and signs with it for this
-  // process (keystore/broker.h): then loading it asks for no password. Only for keys that can do
+  // Whether a running tpmkey agent holds this key, unlocked, and signs with it for this process
+  // (keystore/broker.h), while this process lacks a password the key or its parent needs: then
+  // loading it asks for none. Only for keys that can do
   // nothing but sign, since the agent does nothing else for other processes.
   bool agent_signs_for_it();
   // ECDSA: DER ECDSA-Sig-Value; RSA: the signature octets. `digest` is already hashed.
@@ -85,6 +96,12 @@ class Key {
   ObjectId id_ = 0;  // this key's entry in the Tpm object cache
   SecretBytes auth_;
   bool has_auth_ = false;
+  SecretBytes parent_auth_;
+  bool has_parent_auth_ = false;
+  bool needs_parent_auth_ = false;
+  const Tpm* parent_auth_given_to_ = nullptr;  // once per Tpm: a password it refused is not sent again
+  // The TPM connection, told the parent's password (or that it needs one) first.
+  Result<Tpm*> tpm();
   // The implicit-rejection secret: the raw decryption of implicit_rejection_probe
   // (rsa_padding.h), made once per Key by the TPM.
   Result<SecretBytes> rejection_secret(Tpm& tpm);

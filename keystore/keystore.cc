@@ -251,4 +251,27 @@ Status Keystore::write_pin(const SrkPin& pin, bool replace) const {
   return fsync_dir(dir_);
 }
 
+std::string Keystore::parent_auth_path(uint32_t handle) const {
+  char name[40];
+  std::snprintf(name, sizeof name, "/parent-0x%08x.auth", handle);
+  return dir_ + name;
+}
+
+bool Keystore::parent_needs_auth(uint32_t handle) const {
+  if (!check_dir()) return false;
+  return read_small_file(parent_auth_path(handle), 4096, Symlinks::kRefuse, Writers::kUserOrRoot).ok();
+}
+
+Status Keystore::record_parent_needs_auth(uint32_t handle) const {
+  if (parent_needs_auth(handle)) return Status::Ok();
+  TPMKEY_TRY(make_dirs(dir_));
+  if (Status safe = check_dir(); !safe) return safe.take_error().context("record the parent's password");
+  char text[160];
+  std::snprintf(text, sizeof text,
+                "# tpmkey: the persistent parent 0x%08x has a password; keys under it ask for it.\n", handle);
+  Status st = write_file_exclusive(parent_auth_path(handle), text);
+  if (!st && parent_needs_auth(handle)) return Status::Ok();  // another process wrote it meanwhile
+  return st;
+}
+
 }  // namespace tpmkey

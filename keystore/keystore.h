@@ -51,6 +51,15 @@ class Keystore {
   // Writes the pin atomically (0600); replaces an existing pin only if `replace`.
   Status write_pin(const SrkPin& pin, bool replace) const;
 
+  // Persistent parents that have a password of their own (docs/keys.md#parents-with-a-password):
+  // a key made under one with `-pkeyopt parent-auth:` records it, as the file
+  // parent-0xHANDLE.auth, so that a key under it asks for that password when it loads rather than
+  // trying none, which would cost a dictionary-attack failure. Only a record the keystore's rules
+  // accept (the user's or root's, not writable by others) counts.
+  std::string parent_auth_path(uint32_t handle) const;
+  bool parent_needs_auth(uint32_t handle) const;
+  Status record_parent_needs_auth(uint32_t handle) const;
+
  private:
   // check_private_dir for this keystore. Writers call it after creating the directory.
   Status check_dir() const;

@@ -19,6 +19,7 @@ struct GenCtx {
   // TPM generation: what the key will be.
   KeyOptions opts;
   SecretBytes auth;
+  SecretBytes parent_auth;
   // Software generation: the default provider's generation context.
   EvpPkeyCtxPtr soft;
   int selection = 0;
@@ -357,6 +358,15 @@ Status set_user_auth(GenCtx& g, const OSSL_PARAM& p) {
   return Status::Ok();
 }
 
+Status set_parent_auth(GenCtx& g, const OSSL_PARAM& p) {
+  const char* pw = nullptr;
+  if (!OSSL_PARAM_get_utf8_string_ptr(&p, &pw)) return make_error(Reason::kInvalidArgument, "parent-auth must be a string");
+  if (std::strlen(pw) > sizeof(TPM2B_AUTH::buffer))
+    return make_error(Reason::kInvalidArgument, "parent-auth is longer than 64 bytes");
+  g.parent_auth = SecretBytes(reinterpret_cast<const uint8_t*>(pw), std::strlen(pw));
+  return Status::Ok();
+}
+
 Status set_usage(GenCtx& g, const OSSL_PARAM& p) {
   const char* v = nullptr;
   if (!OSSL_PARAM_get_utf8_string_ptr(&p, &v)) return make_error(Reason::kInvalidArgument, "usage must be a string");
@@ -373,6 +383,7 @@ constexpr auto kEcGenParams = settable<GenCtx>({
     {OSSL_PARAM_utf8_string(kParamUserAuth, nullptr, 0), set_user_auth},
     {OSSL_PARAM_utf8_string(kParamNameDigest, nullptr, 0), set_name_digest},
     {OSSL_PARAM_uint32(kParamParent, nullptr), set_parent},
+    {OSSL_PARAM_utf8_string(kParamParentAuth, nullptr, 0), set_parent_auth},
     {OSSL_PARAM_utf8_string(kParamUsage, nullptr, 0), set_usage},
 });
 constexpr auto kRsaGenParams = settable<GenCtx>({
@@ -382,6 +393,7 @@ constexpr auto kRsaGenParams = settable<GenCtx>({
     {OSSL_PARAM_utf8_string(kParamUserAuth, nullptr, 0), set_user_auth},
     {OSSL_PARAM_utf8_string(kParamNameDigest, nullptr, 0), set_name_digest},
     {OSSL_PARAM_uint32(kParamParent, nullptr), set_parent},
+    {OSSL_PARAM_utf8_string(kParamParentAuth, nullptr, 0), set_parent_auth},
     {OSSL_PARAM_utf8_string(kParamUsage, nullptr, 0), set_usage},
 });
 
@@ -439,7 +451,7 @@ void* gen(void* vgen, OSSL_CALLBACK*, void*) noexcept {
   guard(g->prov, "keymgmt_gen", [&]() -> Status {
     std::string label = std::string("new ") + g->opts.spec->name + " key";
     if (g->opts.spec->weak) std::fprintf(stderr, "tpmkey: warning: %s\n", kWeakWarning);
-    auto key = Key::generate(*g->prov->core, g->opts, g->auth, label);
+    auto key = Key::generate(*g->prov->core, g->opts, g->auth, label, g->parent_auth);
     if (!key) return key.take_error();
     out = new KeyData{g->prov, g->kind, std::move(*key), nullptr};
     return Status::Ok();

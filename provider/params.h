@@ -11,6 +11,8 @@ inline constexpr const char* kParamUserAuth = "user-auth";
 // uint32: the parent, 0x40000001 (the SRK under the owner hierarchy, the default) or a
 // persistent storage key 0x81xxxxxx.
 inline constexpr const char* kParamParent = "parent";
+// The password of a persistent parent that has one (docs/keys.md#parents-with-a-password).
+inline constexpr const char* kParamParentAuth = "parent-auth";
 // utf8 string: the key's name algorithm (sha256, the default, sha384 or sha512), as tpm2-openssl
 // calls it. Not a signature digest: that is OpenSSL's OSSL_SIGNATURE_PARAM_DIGEST.
 inline constexpr const char* kParamNameDigest = "digest";

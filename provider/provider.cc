@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <cstdarg>
+#include <cstdio>
 #include <cstring>
+#include <optional>
 
 #include "provider/provider.h"
 
@@ -173,18 +175,45 @@ Result<OSSL_LIB_CTX*> software_libctx(const ProviderCtx* prov) {
   return (*crypto)->libctx();
 }
 
-Status ask_password(Key& key, OSSL_PASSPHRASE_CALLBACK* pw_cb, void* pw_arg) {
-  if (!key.needs_auth() || key.has_auth() || !pw_cb) return Status::Ok();
-  if (key.agent_signs_for_it()) return Status::Ok();  // the password is the agent's (ssh-add -s)
+namespace {
+
+// One answer from OpenSSL's passphrase callback, prompting with `info`; nullopt if none was given.
+std::optional<SecretBytes> ask(const std::string& info, OSSL_PASSPHRASE_CALLBACK* pw_cb, void* pw_arg) {
   char buf[256];
   size_t len = 0;
-  std::string info = key.label();
-  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_PASSPHRASE_PARAM_INFO, info.data(), 0),
+  std::string text = info;
+  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_PASSPHRASE_PARAM_INFO, text.data(), 0),
                          OSSL_PARAM_construct_end()};
-  int ok = pw_cb(buf, sizeof buf, &len, params, pw_arg);
-  if (ok) key.set_auth(SecretBytes(reinterpret_cast<uint8_t*>(buf), std::min(len, sizeof buf)));
+  std::optional<SecretBytes> answer;
+  if (pw_cb(buf, sizeof buf, &len, params, pw_arg))
+    answer = SecretBytes(reinterpret_cast<uint8_t*>(buf), std::min(len, sizeof buf));
   OPENSSL_cleanse(buf, sizeof buf);
-  if (!ok) return make_error(Reason::kAuthFailed, "no password given").context("open(" + key.label() + ")");
+  return answer;
+}
+
+}  // namespace
+
+Status ask_password(Key& key, OSSL_PASSPHRASE_CALLBACK* pw_cb, void* pw_arg) {
+  if (!pw_cb) return Status::Ok();
+  const bool parent_missing = key.needs_parent_auth() && !key.has_parent_auth();
+  const bool key_missing = key.needs_auth() && !key.has_auth();
+  if (!parent_missing && !key_missing) return Status::Ok();
+  if (key.agent_signs_for_it()) return Status::Ok();  // the passwords are the agent's (ssh-add -s)
+  // The parent's first: it is what loading the key needs (docs/keys.md#parents-with-a-password).
+  if (parent_missing) {
+    char parent[32];
+    std::snprintf(parent, sizeof parent, "the parent 0x%08x", key.file().parent);
+    auto pw = ask(std::string(parent) + " of " + key.label(), pw_cb, pw_arg);
+    if (!pw)
+      return make_error(Reason::kAuthFailed, std::string("no password given for ") + parent +
+                                                 ", which has one (docs/keys.md#parents-with-a-password)")
+          .context("open(" + key.label() + ")");
+    key.set_parent_auth(std::move(*pw));
+  }
+  if (!key_missing) return Status::Ok();
+  auto pw = ask(key.label(), pw_cb, pw_arg);
+  if (!pw) return make_error(Reason::kAuthFailed, "no password given").context("open(" + key.label() + ")");
+  key.set_auth(std::move(*pw));
   return Status::Ok();
 }
 

@@ -8,6 +8,7 @@
 
 #include "test/fixture.h"
 #include "test/support.h"
+#include "test/swtpm.h"
 
 namespace tpmkey::test {
 namespace {
@@ -162,6 +163,86 @@ TEST_F(PersistentTest, GenerateUnderAPersistentParentWithADigest) {
   r = openssl({"openssl", "genpkey", "-propquery", "provider=tpmkey", "-algorithm", "EC", "-pkeyopt", "digest:md5", "-out", key});
   EXPECT_FAILS_WITH(r, "digest md5 (use sha256, sha384 or sha512)");
   evict("0x81000001");
+}
+
+// A persistent parent with a password of its own (tpm2_createprimary -p): a key made under it with
+// -pkeyopt parent-auth: records that the parent has one, and loading any key under it then asks
+// for that password through OpenSSL's passphrase UI (here -passin). No password: refused before
+// TPM2_Load, no dictionary-attack failure. A wrong one: exactly one failure, and a clear message.
+// Without the record, the TPM's refusal says what is missing.
+TEST_F(PersistentTest, ParentWithItsOwnPassword) {
+  constexpr const char* kParent = "0x81000040";
+  const std::string ctx = dir_ + "/parent.ctx";
+  ASSERT_OK(tools({"tpm2_createprimary", "-C", "o", "-G", "ecc256", "-p", "parent secret", "-c", ctx}));
+  ASSERT_OK(tools({"tpm2_evictcontrol", "-C", "o", "-c", ctx, kParent}));
+  tools({"tpm2_flushcontext", "-t"});
+  set_dictionary_attack(tcti_, 1000, 1000);  // no recovery during the test: every failure stays counted
+  std::filesystem::create_directories(keystore_);
+  const std::string msg = dir_ + "/msg", sig = dir_ + "/sig", pub = dir_ + "/pk.pub", key = keystore_ + "/pk.pem";
+  write_file(msg, "under a parent with a password");
+  std::vector<std::string> prov = {"-provider-path", provider_dir(), "-provider", "tpmkey", "-provider", "default"};
+  auto openssl = [&](std::vector<std::string> a) {
+    a.insert(a.begin() + 2, prov.begin(), prov.end());
+    return run(a, {"TPMKEY_TCTI=" + tcti_, "TPMKEY_KEYSTORE=" + keystore_, "TSS2_LOG=all+none", "OPENSSL_CONF=/dev/null",
+                   "TPMKEY_AGENT=off"});
+  };
+  auto sign = [&](const std::string& in, std::vector<std::string> more) {
+    std::vector<std::string> a = {"openssl", "pkeyutl", "-sign", "-inkey", in, "-rawin", "-digest", "sha256", "-in", msg,
+                                  "-out", sig};
+    a.insert(a.end(), more.begin(), more.end());
+    return openssl(a);
+  };
+
+  // Made with the parent's password: the record is written (0600), the key signs at once.
+  uint32_t strikes = lockout_counter(tcti_);
+  ASSERT_OK(openssl({"openssl", "genpkey", "-propquery", "provider=tpmkey", "-algorithm", "EC", "-pkeyopt",
+                     std::string("parent:") + kParent, "-pkeyopt", "parent-auth:parent secret", "-out", key}));
+  const std::string record = keystore_ + "/parent-0x81000040.auth";
+  ASSERT_TRUE(std::filesystem::exists(record));
+  EXPECT_EQ(std::filesystem::status(record).permissions() & std::filesystem::perms::all, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  ASSERT_OK(openssl({"openssl", "pkey", "-in", key, "-pubout", "-out", pub}));
+  for (const std::string& in : {std::string("tpm2:pk"), key}) {
+    SCOPED_TRACE(in);
+    ASSERT_OK(sign(in, {"-passin", "pass:parent secret"}));
+    EXPECT_OK(run({"openssl", "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-rawin", "-digest", "sha256", "-in", msg,
+                   "-sigfile", sig},
+                  {"OPENSSL_CONF=/dev/null"}));
+  }
+  EXPECT_EQ(lockout_counter(tcti_), strikes);
+
+  // No password: refused before anything is sent under the parent, by the store when it asks
+  // and, for a key file by path, when the key is used.
+  auto r = sign("tpm2:pk", {});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("no password given for the parent 0x81000040, which has one"), std::string::npos) << r.err;
+  r = sign(key, {});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("the parent 0x81000040 has a password and none was given"), std::string::npos) << r.err;
+  EXPECT_EQ(lockout_counter(tcti_), strikes);
+  // A wrong one: one dictionary-attack failure.
+  r = sign("tpm2:pk", {"-passin", "pass:not the parent's"});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("the password given for the parent 0x81000040 is not its password (the TPM counted one "
+                       "dictionary-attack failure)"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(lockout_counter(tcti_), strikes + 1);
+  // Without the record, tpmkey cannot know before the TPM says so (one failure), and the message
+  // says what is missing.
+  std::filesystem::remove(record);
+  r = sign("tpm2:pk", {});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("the parent 0x81000040 has a password and none was given (the TPM counted one"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(lockout_counter(tcti_), strikes + 2);
+  // parent-auth is refused for the owner SRK, which has none.
+  r = openssl({"openssl", "genpkey", "-propquery", "provider=tpmkey", "-algorithm", "EC", "-pkeyopt",
+               "parent-auth:x", "-out", dir_ + "/x.pem"});
+  EXPECT_NE(r.err.find("parent-auth is the password of a persistent parent"), std::string::npos) << r.err;
+
+  set_dictionary_attack(tcti_, 1000, 1);
+  evict(kParent);
 }
 
 }  // namespace

@@ -564,7 +564,7 @@ TEST_P(ProviderTest, SettableAndGettableLists) {
                      kUint = OSSL_PARAM_UNSIGNED_INTEGER, kOctets = OSSL_PARAM_OCTET_STRING;
   // tpmkey's own names are spelled out: they are what -pkeyopt and programs use.
   const std::vector<ParamDef> common_gen = {
-      {"user-auth", kUtf8, 0}, {"digest", kUtf8, 0}, {"parent", kUint, 4}, {"usage", kUtf8, 0}};
+      {"user-auth", kUtf8, 0}, {"digest", kUtf8, 0}, {"parent", kUint, 4}, {"parent-auth", kUtf8, 0}, {"usage", kUtf8, 0}};
   std::vector<ParamDef> ec_gen = {{OSSL_PKEY_PARAM_GROUP_NAME, kUtf8, 0}, {OSSL_PKEY_PARAM_EC_ENCODING, kUtf8, 0}};
   ec_gen.insert(ec_gen.end(), common_gen.begin(), common_gen.end());
   std::vector<ParamDef> rsa_gen = {{OSSL_PKEY_PARAM_RSA_BITS, kUint, sizeof(size_t)},

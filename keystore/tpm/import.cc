@@ -14,6 +14,8 @@ Result<TPM2B_PRIVATE> Tpm::import_blob(const TPM2B_PUBLIC& pub, uint32_t parent_
   if (pub.publicArea.objectAttributes & (TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT))
     return make_error(Reason::kInvalidArgument, "an imported key cannot be fixedTPM or fixedParent").context(what);
   return operation<Result<TPM2B_PRIVATE>>([&]() -> Result<TPM2B_PRIVATE> {
+    auto parent_pw = parent_auth(parent_handle);
+    if (!parent_pw) return parent_pw.take_error().context(what);
     auto p = parent(parent_handle);
     if (!p) return p.take_error().context(what);
     Object* parent_obj = *p;
@@ -30,13 +32,14 @@ Result<TPM2B_PRIVATE> Tpm::import_blob(const TPM2B_PUBLIC& pub, uint32_t parent_
     TPMT_SYM_DEF_OBJECT no_inner_wrap{};
     no_inner_wrap.algorithm = TPM2_ALG_NULL;
     TPM2B_PRIVATE out{};
-    // The parent's (empty) authorization goes through the session's HMAC, as for TPM2_Load.
+    // The parent's authorization (empty, or its own password) goes through the session's HMAC,
+    // as for TPM2_Load.
     // Parameter 1 (encryptionKey) is empty, so there is nothing for the session to encrypt: the
     // duplicate is already encrypted to the parent, and the answer is a blob only the TPM opens.
     // A persistent parent takes an object slot while the TPM uses it.
     TSS2_RC rc = with_room(parent_obj->transient() ? 0 : 1, parent_obj, parent_obj, [&] {
       return run_.run(
-          *s, TPM2_CC_Import, {&parent_obj->name}, no_auth(), {},
+          *s, TPM2_CC_Import, {&parent_obj->name}, *parent_pw, {},
           [&] {
             return Tss2_Sys_Import_Prepare(run_.sys(), parent_obj->tpm_handle(), &no_inner_key, &pub,
                                            &blob->duplicate, &blob->sym_seed, &no_inner_wrap);
@@ -46,6 +49,7 @@ Result<TPM2B_PRIVATE> Tpm::import_blob(const TPM2B_PUBLIC& pub, uint32_t parent_
     OPENSSL_cleanse(&blob->duplicate, sizeof blob->duplicate);
     if (rc != TSS2_RC_SUCCESS) {
       Error e = error(what, rc);
+      check_parent_auth(parent_handle, rc, e);
       const uint32_t base = tpm_base_code(rc);
       if (base == TPM2_RC_ATTRIBUTES || base == TPM2_RC_KEY || base == TPM2_RC_BINDING || base == TPM2_RC_ECC_POINT ||
           base == TPM2_RC_KEY_SIZE || base == TPM2_RC_VALUE || base == TPM2_RC_SCHEME || base == TPM2_RC_CURVE) {

@@ -71,6 +71,8 @@ Result<Object*> Tpm::load(ObjectId id, const KeyFile& kf) {
       return pub.take_error();
     }
   }
+  auto parent_pw = parent_auth(kf.parent);
+  if (!parent_pw) return parent_pw.take_error().context("load");
   auto p = parent(kf.parent);
   if (!p) return p.take_error();
   Object* parent_obj = *p;
@@ -82,12 +84,13 @@ Result<Object*> Tpm::load(ObjectId id, const KeyFile& kf) {
   const size_t needed = parent_obj->transient() ? 1 : 2;
   TSS2_RC rc = with_room(needed, &e, parent_obj, [&] {
     return run_.run(
-        *s, TPM2_CC_Load, {&parent_obj->name}, no_auth(), {.encrypt_command = true},
+        *s, TPM2_CC_Load, {&parent_obj->name}, *parent_pw, {.encrypt_command = true},
         [&] { return Tss2_Sys_Load_Prepare(run_.sys(), parent_obj->tpm_handle(), &kf.priv, &kf.pub); },
         [&] { return Tss2_Sys_Load_Complete(run_.sys(), &handle, &name); });
   });
   if (rc != TSS2_RC_SUCCESS) {
     Error err = error("load", rc);
+    check_parent_auth(kf.parent, rc, err);
     if (tpm_base_code(rc) == TPM2_RC_INTEGRITY || classify_rc(rc) == Reason::kMalformedKey)
       err.detail = "the key was not made by this TPM under parent " + hex_handle(kf.parent) + ": " + err.detail;
     return err;
@@ -107,6 +110,8 @@ Result<KeyFile> Tpm::create_key(const KeyOptions& opts, const SecretBytes& auth,
   if (auth.size() > sizeof(TPM2B_AUTH::buffer))
     return make_error(Reason::kInvalidArgument, "password is longer than 64 bytes");
   return operation<Result<KeyFile>>([&]() -> Result<KeyFile> {
+    auto parent_pw = parent_auth(parent_handle);
+    if (!parent_pw) return parent_pw.take_error().context(what);
     auto p = parent(parent_handle);
     if (!p) return p.take_error().context(what);
     Object* parent_obj = *p;
@@ -126,13 +131,14 @@ Result<KeyFile> Tpm::create_key(const KeyOptions& opts, const SecretBytes& auth,
     // encrypted. The TPM needs a free object slot to create a key in (two under a persistent parent).
     TSS2_RC rc = with_room(parent_obj->transient() ? 1 : 2, parent_obj, parent_obj, [&] {
       return run_.run(
-          *s, TPM2_CC_Create, {&parent_obj->name}, no_auth(), {.encrypt_command = true, .decrypt_response = true},
+          *s, TPM2_CC_Create, {&parent_obj->name}, *parent_pw, {.encrypt_command = true, .decrypt_response = true},
           [&] { return Tss2_Sys_Create_Prepare(run_.sys(), parent_obj->tpm_handle(), &sensitive, &tmpl, &outside, &pcrs); },
           [&] { return Tss2_Sys_Create_Complete(run_.sys(), &out_priv, &out_pub, &cdata, &chash, &ticket); });
     });
     OPENSSL_cleanse(&sensitive, sizeof sensitive);
     if (rc != TSS2_RC_SUCCESS) {
       Error e = error(what, rc);
+      check_parent_auth(parent_handle, rc, e);
       const uint32_t base = tpm_base_code(rc);
       const bool algorithm_problem = (rc & TSS2_RC_LAYER_MASK) == TSS2_TPM_RC_LAYER && !is_slot_shortage(rc) &&
                                      !is_stale(rc) && base != TPM2_RC_AUTH_FAIL && base != TPM2_RC_BAD_AUTH;

@@ -154,6 +154,37 @@ Result<Object*> Tpm::srk() {
   return &e;
 }
 
+void Tpm::set_parent_auth(uint32_t parent, SecretBytes auth) {
+  std::lock_guard lock(mu_);
+  parent_needs_auth_.insert(parent);
+  parent_auth_[parent] = std::move(auth);
+}
+
+void Tpm::require_parent_auth(uint32_t parent) {
+  std::lock_guard lock(mu_);
+  parent_needs_auth_.insert(parent);
+}
+
+Result<SecretBytes> Tpm::parent_auth(uint32_t parent) const {
+  if (auto it = parent_auth_.find(parent); it != parent_auth_.end()) return it->second;
+  if (parent_needs_auth_.count(parent))
+    return make_error(Reason::kAuthFailed, "the parent " + hex_handle(parent) +
+                                               " has a password and none was given (docs/keys.md#parents-with-a-password)");
+  return SecretBytes();
+}
+
+void Tpm::check_parent_auth(uint32_t parent, TSS2_RC rc, Error& e) {
+  const uint32_t base = tpm_base_code(rc);
+  if (parent == kOwnerParent || !names_session(rc) || (base != TPM2_RC_AUTH_FAIL && base != TPM2_RC_BAD_AUTH)) return;
+  const bool had = parent_auth_.erase(parent) > 0;
+  parent_needs_auth_.insert(parent);
+  e.reason = Reason::kAuthFailed;
+  e.detail = (had ? "the password given for the parent " + hex_handle(parent) + " is not its password"
+                  : "the parent " + hex_handle(parent) + " has a password and none was given") +
+             std::string(base == TPM2_RC_AUTH_FAIL ? " (the TPM counted one dictionary-attack failure)" : "") +
+             "; see docs/keys.md#parents-with-a-password: " + e.detail;
+}
+
 Result<Object*> Tpm::parent(uint32_t handle) {
   if (handle == kOwnerParent) return srk();
   if (!is_persistent_handle(handle))

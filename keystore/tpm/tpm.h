@@ -26,9 +26,11 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 
 #include <tss2/tss2_sys.h>
@@ -101,6 +103,13 @@ class Tpm {
 
   // Flushes the key's loaded handle, if any, and forgets it.
   void forget(ObjectId id);
+
+  // A persistent parent's own password (docs/keys.md#parents-with-a-password), for TPM2_Load,
+  // TPM2_Create and TPM2_Import under it, in the salted session. require_parent_auth says that a
+  // parent has one without giving it: commands under it then fail before they reach the TPM. A
+  // password the TPM refuses is forgotten (one dictionary-attack failure, never a second).
+  void set_parent_auth(uint32_t parent, SecretBytes auth);
+  void require_parent_auth(uint32_t parent);
 
   // Generates a key under the key file parent `parent` (0x40000001 or a persistent handle).
   Result<KeyFile> create_key(const KeyOptions& opts, const SecretBytes& auth, uint32_t parent);
@@ -240,6 +249,12 @@ class Tpm {
 
   // ---- the SRK, parents and the session (srk.cc) ----
   Result<Object*> parent(uint32_t handle);
+  // The password to authorize `parent` with (empty for the SRK and parents without one); an
+  // error when the parent needs one and none was given.
+  Result<SecretBytes> parent_auth(uint32_t parent) const;
+  // After a command under `parent` failed with `rc`: when the TPM refused the parent's
+  // authorization, forgets the password and says so in `e`.
+  void check_parent_auth(uint32_t parent, TSS2_RC rc, Error& e);
   Result<Object*> srk();
   Result<Object*> create_srk(Object& e);
   Status check_pin(const Bytes& name, uint32_t handle, bool created);
@@ -280,6 +295,8 @@ class Tpm {
   uint32_t transient_limit_ = 3;         // TPM2_PT_HR_TRANSIENT_MIN
   uint32_t session_limit_ = 3;           // TPM2_PT_HR_LOADED_MIN (tpmkey keeps one session loaded)
   bool limits_read_ = false;
+  std::map<uint32_t, SecretBytes> parent_auth_;  // by persistent parent handle
+  std::set<uint32_t> parent_needs_auth_;
 };
 
 }  // namespace tpmkey
