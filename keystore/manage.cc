@@ -312,6 +312,10 @@ Result<ChangedPassword> change_password(Context& ctx, const PasswordTarget& targ
   const SecretBytes& new_auth = change.new_password ? *change.new_password : none;
   auto tpm = ctx.tpm();
   if (!tpm) return tpm.take_error().context(what);
+  // A parent with a password of its own is not asked for here: refused before the TPM, without a
+  // dictionary-attack failure (docs/keys.md#parents-with-a-password).
+  if (target.file.parent != kOwnerParent && ctx.keystore().parent_needs_auth(target.file.parent))
+    (*tpm)->require_parent_auth(target.file.parent);
   auto priv = (*tpm)->change_auth(target.file, old_auth, new_auth);
   if (!priv) return priv.take_error().context(what);  // nothing written
   KeyFile kf = target.file;

@@ -227,6 +227,14 @@ TEST_F(PersistentTest, ParentWithItsOwnPassword) {
             std::string::npos)
       << r.err;
   EXPECT_EQ(lockout_counter(tcti_), strikes + 1);
+  // tpmkey passwd does not ask for the parent's: refused, nothing sent under it, nothing written.
+  write_file(dir_ + "/new", "a new password\n");
+  chmod((dir_ + "/new").c_str(), 0600);
+  const std::string before = read_file(key);
+  EXPECT_FAILS_WITH(tpmkey({"passwd", "pk", "--password-file", dir_ + "/new"}),
+                    "the parent 0x81000040 has a password and none was given");
+  EXPECT_EQ(read_file(key), before);
+  EXPECT_EQ(lockout_counter(tcti_), strikes + 1);
   // Without the record, tpmkey cannot know before the TPM says so (one failure), and the message
   // says what is missing.
   std::filesystem::remove(record);

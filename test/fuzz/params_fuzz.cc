@@ -91,8 +91,14 @@ class Params {
     while (params_.size() < 8 && at + 3 <= size) {
       const std::string& key = names[data[at] % names.size()];
       const uint8_t type = data[at + 1] % 7;
-      const size_t n = std::min<size_t>(data[at + 2], size - at - 3);
+      size_t n = std::min<size_t>(data[at + 2], size - at - 3);
       at += 3;
+      // A number has at least one byte: OpenSSL 3.0's own getters read before a zero-size one
+      // (crypto/params.c, copy_integer), whichever provider takes it.
+      if (type < 3 && n == 0) {
+        if (at >= size) break;
+        n = 1;
+      }
       keys_.push_back(std::make_unique<std::string>(key));
       // Exactly n bytes (plus a NUL after a string's n), so nothing can read past them unseen.
       auto buf = std::make_unique<std::vector<uint8_t>>(data + at, data + at + n);
