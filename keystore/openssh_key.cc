@@ -264,14 +264,13 @@ Result<OpenSshHeader> read_openssh_header(std::string_view text) {
   out.cipher = std::string(p.cipher.text());
   out.kdf = std::string(p.kdf.text());
   out.encrypted = p.encrypted();
+  out.public_blob = p.pub.bytes();
   return out;
 }
 
-Status check_openssh_public_key(std::string_view text, EVP_PKEY* pkey) {
-  Parsed p;
-  TPMKEY_TRY(parse(text, &p));
+Status check_openssh_public_key(const OpenSshHeader& header, EVP_PKEY* pkey) {
   const Bytes blob = ssh_public_blob(pkey);
-  if (blob.empty() || blob != p.pub.bytes())
+  if (blob.empty() || blob != header.public_blob)
     return make_error(Reason::kMalformedKey, "the private key and the OpenSSH file's public key differ");
   return {};
 }

@@ -28,6 +28,7 @@ struct OpenSshHeader {
   std::string cipher;  // "none", or "aes256-ctr", ...
   std::string kdf;     // "none", or "bcrypt"
   bool encrypted = false;
+  Bytes public_blob;   // the SSH public key blob (in clear in an encrypted file too)
 };
 // The header and the public key, checked: damaged files, files with more than one key, key types
 // tpmkey does not import and kdfs other than bcrypt are refused, before any passphrase is asked.
@@ -36,8 +37,7 @@ Result<OpenSshHeader> read_openssh_header(std::string_view text);
 // An unencrypted key. The key is made in the Crypto's library context (default provider).
 Result<EvpPkeyPtr> read_openssh_private_key(const Crypto& c, std::string_view text);
 
-// Whether `pkey`'s public key is the one in the file's header (an encrypted file's public key is
-// in clear).
-Status check_openssh_public_key(std::string_view text, EVP_PKEY* pkey);
+// Whether `pkey`'s public key is the header's (an encrypted file's public key is in clear).
+Status check_openssh_public_key(const OpenSshHeader& header, EVP_PKEY* pkey);
 
 }  // namespace tpmkey

@@ -175,8 +175,8 @@ std::string key_type_phrase(EVP_PKEY* pkey) {
 // A passphrase-protected OpenSSH key: ssh-keygen turns a copy into encrypted PKCS#8 under a random
 // passphrase (keystore/openssh_decrypt.h), which OpenSSL's decoders open here, in memory; the key
 // must be the one whose public half the file shows.
-Result<EvpPkeyPtr> read_encrypted_openssh(const Crypto& c, std::string_view text, const std::string& path,
-                                          const PassphraseSource& passphrase) {
+Result<EvpPkeyPtr> read_encrypted_openssh(const Crypto& c, std::string_view text, const OpenSshHeader& header,
+                                          const std::string& path, const PassphraseSource& passphrase) {
   if (!passphrase) return make_error(Reason::kAuthFailed, "the file is encrypted and no passphrase was given");
   auto pass = passphrase();
   if (!pass) return pass.take_error();
@@ -189,7 +189,7 @@ Result<EvpPkeyPtr> read_encrypted_openssh(const Crypto& c, std::string_view text
   EvpPkeyPtr pkey = decode(c, "PEM", EVP_PKEY_KEYPAIR, pem, &st);
   ERR_clear_error();
   if (!pkey) return make_error(Reason::kInternal, "the PKCS#8 key that ssh-keygen wrote does not decode");
-  TPMKEY_TRY(check_openssh_public_key(text, pkey.get()));
+  TPMKEY_TRY(check_openssh_public_key(header, pkey.get()));
   return pkey;
 }
 
@@ -265,7 +265,7 @@ Result<SoftwareKey> read_private_key(const Crypto& c, const std::string& path, c
       if (!header) return header.take_error().context(what);
       SoftwareKey out;
       if (header->encrypted) {
-        auto key = read_encrypted_openssh(c, text, path, passphrase);
+        auto key = read_encrypted_openssh(c, text, *header, path, passphrase);
         if (!key) return key.take_error().context(what);
         out.pkey = std::move(*key);
         out.format = "encrypted OpenSSH format, " + header->cipher + " with bcrypt, decrypted by ssh-keygen";

@@ -372,6 +372,28 @@ TEST_F(ImportTest, PassphraseProtectedOpenSshKeysAreDecryptedBySshKeygen) {
     auto sig = digest_sign(l, key.get(), msg, {});
     EXPECT_TRUE(!sig.empty() && digest_verify(original_pub.get(), msg, sig, {})) << drain_errors();
   }
+  // What ssh-keygen leaves in the private directory is encrypted PKCS#8: a wrapper around the real
+  // one keeps a copy of it (and of the file it was given, the original bytes).
+  auto real = run({"sh", "-c", "command -v ssh-keygen"});
+  ASSERT_OK(real);
+  const std::string wrapper = dir_ + "/wrapper-bin", kept = dir_ + "/kept";
+  std::filesystem::create_directories(wrapper);
+  std::filesystem::create_directories(kept);
+  write_file(wrapper + "/ssh-keygen", "#!/bin/sh\ncp \"$5\" " + kept + "/in\n" + real.out.substr(0, real.out.find('\n')) +
+                                          " \"$@\" || exit $?\ncp \"$5\" " + kept + "/out\n");
+  std::filesystem::permissions(wrapper + "/ssh-keygen", std::filesystem::perms::owner_all);
+  const char* path_env = std::getenv("PATH");
+  auto w = run({tpmkey_bin(), "--tcti", tcti_, "--keystore", keystore_, "import", "ossh-enc-kept",
+                dir_ + "/id_enc_ec-p256", "--passphrase-file", keys_ + "/pass"},
+               {"TSS2_LOG=all+none", "PATH=" + wrapper + ":" + (path_env ? path_env : "/usr/bin:/bin")});
+  ASSERT_OK(w);
+  EXPECT_EQ(read_file(kept + "/in"), read_file(dir_ + "/id_enc_ec-p256"));
+  const std::string out = read_file(kept + "/out");
+  EXPECT_EQ(out.rfind("-----BEGIN ENCRYPTED PRIVATE KEY-----\n", 0), 0u) << out;
+  EXPECT_EQ(out.find("-----BEGIN PRIVATE KEY-----"), std::string::npos);
+  // Under the random passphrase, not the user's.
+  EXPECT_NE(plain_openssl({"pkey", "-in", kept + "/out", "-passin", std::string("pass:") + kPassphrase}).exit_code, 0);
+
   // One signature through the openssl program, verified with the .pub file alone.
   std::vector<std::string> sign = {"openssl", "pkeyutl", "-provider-path", provider_dir(), "-provider", "tpmkey",
                                    "-provider", "default", "-sign", "-inkey", "tpm2:ossh-enc-rsa2048", "-rawin",

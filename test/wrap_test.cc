@@ -172,7 +172,8 @@ TEST_F(WrapTest, WrappedKeysImportOnTheTargetAndSignAsTheOriginal) {
   EXPECT_NE(list.out.find("imported"), std::string::npos) << list.out;
 }
 
-// An encrypted source key: its passphrase from a file.
+// An encrypted source key (encrypted PKCS#8, and OpenSSH's format with a passphrase): its passphrase
+// from a file.
 TEST_F(WrapTest, EncryptedSourceKey) {
   const std::string srk = export_srk();
   write_file(dir_ + "/pass", "wrap pass\n");
@@ -181,6 +182,19 @@ TEST_F(WrapTest, EncryptedSourceKey) {
   wrap(srk, keys_ + "/ec-enc.pem", dir_ + "/enc.wrapped.pem", {"--passphrase-file", dir_ + "/pass"});
   ASSERT_OK(tpmkey({"import", "enc", dir_ + "/enc.wrapped.pem"}));
   EXPECT_TRUE(signs("tpm2:enc", keys_ + "/ec.pem"));
+
+  // A passphrase-protected OpenSSH key, decrypted by ssh-keygen as import does; verified with a
+  // PEM copy that ssh-keygen writes.
+  const std::string id = dir_ + "/id_ecdsa";
+  ASSERT_OK(run({"ssh-keygen", "-q", "-t", "ecdsa", "-N", "wrap pass", "-C", "", "-f", id}));
+  const std::string out = wrap(srk, id, dir_ + "/ossh.wrapped.pem", {"--passphrase-file", dir_ + "/pass"});
+  EXPECT_NE(out.find("(ec-p256, encrypted OpenSSH format, aes256-ctr with bcrypt, decrypted by ssh-keygen)"),
+            std::string::npos)
+      << out;
+  ASSERT_OK(tpmkey({"import", "ossh", dir_ + "/ossh.wrapped.pem"}));
+  ASSERT_OK(run({"cp", id, id + ".pem"}));
+  ASSERT_OK(run({"ssh-keygen", "-q", "-p", "-m", "PEM", "-P", "wrap pass", "-N", "", "-f", id + ".pem"}));
+  EXPECT_TRUE(signs("tpm2:ossh", id + ".pem"));
 }
 
 // The other TPM refuses the file with both SRK names; its keystore and TPM are as they were.
