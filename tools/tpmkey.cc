@@ -227,9 +227,10 @@ FILE is read with OpenSSL's decoders, PEM or DER:
                   bcrypt): decrypted by ssh-keygen (package openssh-client),
                   which rewrites a copy in a private 0700 directory under
                   $TMPDIR (or /tmp) as PKCS#8 encrypted under a random
-                  passphrase, given on its standard input, never in argv or
-                  the environment; tpmkey decrypts that in memory and removes
-                  the copy and the directory. The key is never on disk in clear
+                  passphrase (the passphrases go to its standard input, never
+                  to argv or the environment); tpmkey decrypts that in memory
+                  and removes the copy and the directory. The key is never on
+                  disk in clear
 and holds an RSA key of 2048, 3072 or 4096 bits or an EC key on P-256, P-384 or
 P-521, as far as the TPM supports it ("tpmkey algorithms").
 
@@ -286,7 +287,7 @@ Examples:
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out web.key
   tpmkey import web web.key --description "web server"
   tpmkey import signer signer-enc.pem --passphrase-file pass.txt --password
-  tpmkey import ssh ~/.ssh/id_ecdsa         # ssh-keygen's own format, with or without a passphrase
+  tpmkey import ssh ~/.ssh/id_ecdsa         # ssh-keygen's format, passphrase or not
   shred -u web.key
 )";
 
