@@ -7,7 +7,16 @@
 // what crosses the bus, a TPM key file given to import, a persistent SRK, the help and usage errors.
 #include <gtest/gtest.h>
 
+#include <poll.h>
+#include <pty.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -107,6 +116,52 @@ size_t openssh_private_section(const std::string& b) {
   size_t at = 15 + 8 + 8 + 4 + 4 + 4;  // magic, "none", "none", "", number of keys, the blob's length
   at += be32(b, at - 4);               // the public blob
   return at + 4;                       // the private section's length
+}
+
+// Runs `argv` with a new pseudo-terminal as its controlling terminal and `env` added, typing
+// `answer` (then Enter) once `prompt` has appeared and the terminal's echo is off (the program
+// reads a secret then; typed earlier, its TCSAFLUSH would discard it). What the terminal showed
+// goes to `screen`. The exit code, or -1 on a timeout.
+int run_on_pty(const std::vector<std::string>& argv, const std::vector<std::string>& env, const std::string& prompt,
+               const std::string& answer, std::string* screen, int timeout_s = 120) {
+  int master = -1;
+  const pid_t pid = forkpty(&master, nullptr, nullptr, nullptr);
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    for (const auto& e : env) putenv(strdup(e.c_str()));
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  bool typed = false, timed_out = false;
+  for (;;) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      timed_out = true;
+      break;
+    }
+    if (!typed && screen->find(prompt) != std::string::npos) {
+      termios t{};
+      if (tcgetattr(master, &t) == 0 && !(t.c_lflag & ECHO)) {
+        const std::string line = answer + "\r";
+        if (write(master, line.data(), line.size()) != ssize_t(line.size())) break;
+        typed = true;
+      }
+    }
+    pollfd p{master, POLLIN, 0};
+    if (poll(&p, 1, 20) <= 0) continue;
+    char buf[512];
+    const ssize_t n = read(master, buf, sizeof buf);
+    if (n <= 0) break;  // EIO: the program and everything on the terminal are gone
+    screen->append(buf, size_t(n));
+  }
+  if (timed_out) kill(pid, SIGKILL);
+  close(master);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return timed_out ? -1 : (WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
 }
 
 class ImportTest : public TpmTest {
@@ -402,6 +457,29 @@ TEST_F(ImportTest, PassphraseProtectedOpenSshKeysAreDecryptedBySshKeygen) {
   auto v = plain_openssl({"pkeyutl", "-verify", "-pubin", "-inkey", dir_ + "/id_enc_rsa2048.pub.pem", "-rawin",
                           "-digest", "sha256", "-in", dir_ + "/msg", "-sigfile", dir_ + "/sig"});
   EXPECT_NE(v.out.find("Signature Verified Successfully"), std::string::npos) << v.out << v.err;
+}
+
+// The passphrase of a passphrase-protected OpenSSH key typed on the terminal (tpmkey's own prompt,
+// as for encrypted PKCS#8): ssh-keygen, in a session of its own, never asks on it.
+TEST_F(ImportTest, PassphraseProtectedOpenSshKeyWithThePassphraseTypedOnTheTerminal) {
+  const std::string file = dir_ + "/id_tty", tmp = dir_ + "/tmp";
+  ASSERT_OK(run({"ssh-keygen", "-q", "-t", "ecdsa", "-b", "256", "-N", kPassphrase, "-C", "", "-f", file}));
+  auto pub = run({"ssh-keygen", "-e", "-m", "PKCS8", "-f", file + ".pub"});
+  ASSERT_OK(pub);
+  std::filesystem::create_directories(tmp);
+  std::string screen;
+  const int rc = run_on_pty({tpmkey_bin(), "--tcti", tcti_, "--keystore", keystore_, "import", "tty", file,
+                             "--no-password"},
+                            {"TSS2_LOG=all+none", "TMPDIR=" + tmp}, "Passphrase of " + file + ": ", kPassphrase,
+                            &screen);
+  EXPECT_EQ(rc, 0) << screen;
+  EXPECT_NE(screen.find("imported tpm2:tty (ec-p256, imported) from " + file + " (encrypted OpenSSH format"),
+            std::string::npos)
+      << screen;
+  EXPECT_EQ(screen.find("Enter old passphrase"), std::string::npos) << screen;
+  EXPECT_EQ(screen.find(kPassphrase), std::string::npos) << "the passphrase was echoed: " << screen;
+  EXPECT_TRUE(std::filesystem::is_empty(tmp));
+  EXPECT_EQ(tpmkey({"pubkey", "tty"}).out, pub.out);
 }
 
 // A passphrase-protected OpenSSH key refused: a wrong passphrase, none at all (no terminal),
