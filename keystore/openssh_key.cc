@@ -2,7 +2,9 @@
 
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
+#include <openssl/ec.h>
 #include <openssl/evp.h>
+#include <openssl/objects.h>
 #include <openssl/param_build.h>
 
 #include "keystore/private_key.h"
@@ -168,46 +170,120 @@ Result<EvpPkeyPtr> read_rsa(const Crypto& c, SshReader& r, const Bytes& pub_blob
   return from_params(c, "RSA", bld.get());
 }
 
-}  // namespace
+// The file's armor decoded and its header split: the views point into `blob`.
+struct Parsed {
+  SecretBytes blob;
+  SshView cipher, kdf, kdfopts, pub, priv, pub_type;
+  bool encrypted() const { return !eq(kdf, "none"); }
+};
 
-Result<EvpPkeyPtr> read_openssh_private_key(const Crypto& c, std::string_view text, const std::string& path) {
+// Everything before the private section: the magic, cipher, kdf, one key, and its public key of
+// a type tpmkey imports (said first: converting or decrypting the file would not help).
+Status parse(std::string_view text, Parsed* out) {
   auto blob = decode_armor(text);
   if (!blob) return blob.take_error();
-  SshReader r(blob->data(), blob->size());
-  if (blob->size() < kMagic.size() ||
-      std::string_view(reinterpret_cast<const char*>(blob->data()), kMagic.size()) != kMagic)
+  out->blob = std::move(*blob);
+  const SecretBytes& b = out->blob;
+  if (b.size() < kMagic.size() || std::string_view(reinterpret_cast<const char*>(b.data()), kMagic.size()) != kMagic)
     return damaged("it does not start with \"openssh-key-v1\"");
-  r = SshReader(blob->data() + kMagic.size(), blob->size() - kMagic.size());
-  SshView cipher, kdf, kdfopts, pub, priv;
+  SshReader r(b.data() + kMagic.size(), b.size() - kMagic.size());
   uint32_t nkeys = 0;
-  if (!r.string(&cipher) || !r.string(&kdf) || !r.string(&kdfopts) || !r.u32(&nkeys))
+  if (!r.string(&out->cipher) || !r.string(&out->kdf) || !r.string(&out->kdfopts) || !r.u32(&nkeys))
     return damaged("its header is cut short");
   if (nkeys != 1)
     return make_error(Reason::kUnsupported, "the OpenSSH file holds " + std::to_string(nkeys) +
                                                 " keys; tpmkey imports a file with exactly one");
-  if (!r.string(&pub) || !r.string(&priv)) return damaged("it is cut short");
+  if (!r.string(&out->pub) || !r.string(&out->priv)) return damaged("it is cut short");
   if (!r.done()) return damaged("there are bytes after its private section");
-  SshReader pr(pub);
-  SshView pub_type;
-  if (!pr.string(&pub_type)) return damaged("its public key has no type");
-  // A key type tpmkey does not import is said first: converting the file would not help.
-  if (std::string u = unsupported_type(pub_type.text()); !u.empty())
+  SshReader pr(out->pub);
+  if (!pr.string(&out->pub_type)) return damaged("its public key has no type");
+  if (std::string u = unsupported_type(out->pub_type.text()); !u.empty())
     return make_error(Reason::kUnsupported, "this is " + u + ": " + kWhatImports);
-  if (!eq(cipher, "none") || !eq(kdf, "none")) {
-    if (eq(kdf, "bcrypt") && !eq(cipher, "none"))
-      return make_error(
-          Reason::kUnsupported,
-          "this OpenSSH " + std::string(pub_type.text()) + " key is encrypted with a passphrase (cipher " +
-              std::string(cipher.text()) + ", kdf bcrypt), which tpmkey import does not decrypt: convert a copy to "
-              "PKCS#8 (ssh-keygen asks for the passphrase, and for a new one that tpmkey import asks for in turn), "
-              "import the copy, then remove it: cp " + path + " COPY && ssh-keygen -p -m PKCS8 -f COPY && tpmkey "
-              "import NAME COPY && shred -u COPY (ssh-keygen -p rewrites the file it is given)");
-    if (eq(cipher, "none") || eq(kdf, "none"))
-      return damaged("its cipher is \"" + std::string(cipher.text()) + "\" but its kdf is \"" +
-                     std::string(kdf.text()) + "\"");
+  const SshView& cipher = out->cipher;
+  const SshView& kdf = out->kdf;
+  if (eq(cipher, "none") && eq(kdf, "none")) return {};
+  if (eq(cipher, "none") || eq(kdf, "none"))
+    return damaged("its cipher is \"" + std::string(cipher.text()) + "\" but its kdf is \"" + std::string(kdf.text()) +
+                   "\"");
+  if (!eq(kdf, "bcrypt"))
     return make_error(Reason::kUnsupported, "this OpenSSH key is encrypted with kdf \"" + std::string(kdf.text()) +
                                                 "\", which tpmkey import does not know");
+  return {};
+}
+
+// The SSH public key blob of `pkey` (an RSA key, or an EC key on a curve of kCurves); empty for
+// anything else.
+Bytes ssh_public_blob(EVP_PKEY* pkey) {
+  SshWriter w;
+  if (EVP_PKEY_is_a(pkey, "RSA")) {
+    BIGNUM *n = nullptr, *e = nullptr;
+    const bool ok = EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_N, &n) == 1 &&
+                    EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_E, &e) == 1;
+    SecretBnPtr N(n), E(e);
+    if (!ok) {
+      ERR_clear_error();
+      return {};
+    }
+    Bytes nb(size_t(BN_num_bytes(N.get()))), eb(size_t(BN_num_bytes(E.get())));
+    BN_bn2bin(N.get(), nb.data());
+    BN_bn2bin(E.get(), eb.data());
+    w.string("ssh-rsa");
+    w.mpint(eb.data(), eb.size());
+    w.mpint(nb.data(), nb.size());
+    return w.bytes();
   }
+  char group[80] = "";
+  size_t glen = 0;
+  uint8_t point[1 + 2 * 66];
+  size_t plen = 0;
+  if (!EVP_PKEY_is_a(pkey, "EC") ||
+      EVP_PKEY_get_utf8_string_param(pkey, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof group, &glen) != 1 ||
+      EVP_PKEY_get_octet_string_param(pkey, OSSL_PKEY_PARAM_PUB_KEY, point, sizeof point, &plen) != 1) {
+    ERR_clear_error();
+    return {};
+  }
+  // OpenSSL names the curves "prime256v1", "secp384r1", ...
+  const int nid = OBJ_sn2nid(group) != NID_undef ? OBJ_sn2nid(group) : EC_curve_nist2nid(group);
+  for (const Curve& curve : kCurves)
+    if (nid != NID_undef && nid == EC_curve_nist2nid(curve.group)) {
+      w.string(curve.type);
+      w.string(curve.ssh_name);
+      w.string(point, plen);
+      return w.bytes();
+    }
+  return {};
+}
+
+}  // namespace
+
+Result<OpenSshHeader> read_openssh_header(std::string_view text) {
+  Parsed p;
+  TPMKEY_TRY(parse(text, &p));
+  OpenSshHeader out;
+  out.type = std::string(p.pub_type.text());
+  out.cipher = std::string(p.cipher.text());
+  out.kdf = std::string(p.kdf.text());
+  out.encrypted = p.encrypted();
+  out.public_blob = p.pub.bytes();
+  return out;
+}
+
+Status check_openssh_public_key(const OpenSshHeader& header, EVP_PKEY* pkey) {
+  const Bytes blob = ssh_public_blob(pkey);
+  if (blob.empty() || blob != header.public_blob)
+    return make_error(Reason::kMalformedKey, "the private key and the OpenSSH file's public key differ");
+  return {};
+}
+
+Result<EvpPkeyPtr> read_openssh_private_key(const Crypto& c, std::string_view text) {
+  Parsed p;
+  TPMKEY_TRY(parse(text, &p));
+  if (p.encrypted())
+    return make_error(Reason::kInternal, "this OpenSSH key is encrypted: decrypt_with_ssh_keygen reads it");
+  const SshView& kdfopts = p.kdfopts;
+  const SshView& priv = p.priv;
+  const SshView& pub = p.pub;
+  const SshView& pub_type = p.pub_type;
   if (kdfopts.size != 0) return damaged("its kdf is \"none\" but it has kdf options");
   if (priv.size < kBlockSize || priv.size % kBlockSize != 0)
     return damaged("its private section is not a whole number of 8-byte blocks");

@@ -11,6 +11,7 @@
 
 #include "keystore/files.h"
 #include "keystore/keyfile.h"
+#include "keystore/openssh_decrypt.h"
 #include "keystore/openssh_key.h"
 
 namespace tpmkey {
@@ -171,6 +172,27 @@ std::string key_type_phrase(EVP_PKEY* pkey) {
   return "a " + name + " key";
 }
 
+// A passphrase-protected OpenSSH key: ssh-keygen turns a copy into encrypted PKCS#8 under a random
+// passphrase (keystore/openssh_decrypt.h), which OpenSSL's decoders open here, in memory; the key
+// must be the one whose public half the file shows.
+Result<EvpPkeyPtr> read_encrypted_openssh(const Crypto& c, std::string_view text, const OpenSshHeader& header,
+                                          const std::string& path, const PassphraseSource& passphrase) {
+  if (!passphrase) return make_error(Reason::kAuthFailed, "the file is encrypted and no passphrase was given");
+  auto pass = passphrase();
+  if (!pass) return pass.take_error();
+  auto pkcs8 = decrypt_with_ssh_keygen(c, text, *pass, path);
+  if (!pkcs8) return pkcs8.take_error();
+  PassState st;
+  st.asked = true;
+  st.pass = std::move(pkcs8->passphrase);
+  const std::string_view pem(reinterpret_cast<const char*>(pkcs8->pem.data()), pkcs8->pem.size());
+  EvpPkeyPtr pkey = decode(c, "PEM", EVP_PKEY_KEYPAIR, pem, &st);
+  ERR_clear_error();
+  if (!pkey) return make_error(Reason::kInternal, "the PKCS#8 key that ssh-keygen wrote does not decode");
+  TPMKEY_TRY(check_openssh_public_key(header, pkey.get()));
+  return pkey;
+}
+
 }  // namespace
 
 const char* const kWhatImports =
@@ -238,9 +260,20 @@ Result<SoftwareKey> read_private_key(const Crypto& c, const std::string& path, c
       return not_private(path, "no private key (PEM \"" + l + "\")");
     }
     if (block->label == kOpenSshPemLabel) {
-      auto pkey = read_openssh_private_key(c, d.substr(block->begin), path);
-      if (!pkey) return pkey.take_error().context(what);
+      const std::string_view text = d.substr(block->begin);
+      auto header = read_openssh_header(text);
+      if (!header) return header.take_error().context(what);
       SoftwareKey out;
+      if (header->encrypted) {
+        auto key = read_encrypted_openssh(c, text, *header, path, passphrase);
+        if (!key) return key.take_error().context(what);
+        out.pkey = std::move(*key);
+        out.format = "encrypted OpenSSH format, " + header->cipher + " with bcrypt, decrypted by ssh-keygen";
+        out.encrypted = true;
+        return out;
+      }
+      auto pkey = read_openssh_private_key(c, text);
+      if (!pkey) return pkey.take_error().context(what);
       out.pkey = std::move(*pkey);
       out.format = "OpenSSH format";
       return out;

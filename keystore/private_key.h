@@ -2,7 +2,7 @@
 // OpenSSH private key, or something for OpenSSL's decoders), reading a private key with OpenSSL's
 // decoders (PEM or DER: PKCS#1, SEC1, PKCS#8, encrypted PKCS#8, legacy encrypted PEM; the
 // passphrase asked for only when the file is encrypted) or, for OpenSSH's own format, with
-// keystore/openssh_key.h, and the key's TPM form: the public area of
+// keystore/openssh_key.h (and ssh-keygen for passphrase-protected ones), and the key's TPM form: the public area of
 // an imported key and the private value the TPM keeps (docs/keys.md, "Importing existing keys").
 // No TPM command here.
 #pragma once
@@ -41,9 +41,11 @@ struct SoftwareKey {
 };
 
 // Decodes the private key in `path` with OpenSSL's decoders (default provider only), or an
-// unencrypted OpenSSH key with read_openssh_private_key (format "OpenSSH format"). A public key, a
-// certificate, an encrypted OpenSSH key, a TPM key file, a damaged file and a wrong passphrase are
-// refused, each with its own message. The file is only read.
+// unencrypted OpenSSH key with read_openssh_private_key (format "OpenSSH format"), or a
+// passphrase-protected one with ssh-keygen's help (keystore/openssh_decrypt.h; format "encrypted
+// OpenSSH format, CIPHER with bcrypt, decrypted by ssh-keygen"). A public key, a certificate, a TPM
+// key file, a damaged file and a wrong passphrase are refused, each with its own message. The file
+// is only read.
 Result<SoftwareKey> read_private_key(const Crypto& c, const std::string& path, const PassphraseSource& passphrase);
 
 // The key as TPM2_Import takes it.

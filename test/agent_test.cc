@@ -302,8 +302,8 @@ TEST_F(AgentTest, KeysOfAnotherAgent) {
 }
 
 // A key that lived in a file, imported into the TPM (tpmkey import): the authorized_keys line
-// made from the original file (PEM, or ssh-keygen's own format and its .pub) still logs in, now
-// signed by the TPM through the agent.
+// made from the original file (PEM, or ssh-keygen's own format and its .pub, with and without a
+// passphrase) still logs in, now signed by the TPM through the agent.
 TEST_F(AgentTest, ImportedKeyLogsInWithTheOriginalPublicKey) {
   for (const char* type : {"EC", "RSA"}) {
     SCOPED_TRACE(type);
@@ -326,12 +326,19 @@ TEST_F(AgentTest, ImportedKeyLogsInWithTheOriginalPublicKey) {
   const std::string id = dir_ + "/id_ecdsa";
   ASSERT_OK(run({"ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-C", "ssh-keygen's", "-f", id}));
   ASSERT_OK(tpmkey({"import", "imported-openssh", id}));
-  const std::string line = read_file(id + ".pub");
-  auto a = agent();
-  Sshd sshd({.authorized_keys = {line}});
-  EXPECT_OK(login(sshd, a->socket())) << a->log() << sshd.log();
-  EXPECT_TRUE(accepted(sshd, line));
-  EXPECT_EQ(a->stop(), 0) << a->log();
+  // And one protected by a passphrase (decrypted by ssh-keygen during the import).
+  const std::string enc = dir_ + "/id_ecdsa_enc";
+  ASSERT_OK(run({"ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "an ssh passphrase", "-C", "", "-f", enc}));
+  write_file(dir_ + "/ssh-pass", "an ssh passphrase\n");
+  ASSERT_OK(tpmkey({"import", "imported-openssh-enc", enc, "--passphrase-file", dir_ + "/ssh-pass"}));
+  for (const std::string& line : {read_file(id + ".pub"), read_file(enc + ".pub")}) {
+    SCOPED_TRACE(line);
+    auto a = agent();
+    Sshd sshd({.authorized_keys = {line}});
+    EXPECT_OK(login(sshd, a->socket())) << a->log() << sshd.log();
+    EXPECT_TRUE(accepted(sshd, line));
+    EXPECT_EQ(a->stop(), 0) << a->log();
+  }
 }
 
 TEST_F(AgentTest, GitCloneAndPushOverSsh) {

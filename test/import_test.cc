@@ -7,7 +7,16 @@
 // what crosses the bus, a TPM key file given to import, a persistent SRK, the help and usage errors.
 #include <gtest/gtest.h>
 
+#include <poll.h>
+#include <pty.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -107,6 +116,52 @@ size_t openssh_private_section(const std::string& b) {
   size_t at = 15 + 8 + 8 + 4 + 4 + 4;  // magic, "none", "none", "", number of keys, the blob's length
   at += be32(b, at - 4);               // the public blob
   return at + 4;                       // the private section's length
+}
+
+// Runs `argv` with a new pseudo-terminal as its controlling terminal and `env` added, typing
+// `answer` (then Enter) once `prompt` has appeared and the terminal's echo is off (the program
+// reads a secret then; typed earlier, its TCSAFLUSH would discard it). What the terminal showed
+// goes to `screen`. The exit code, or -1 on a timeout.
+int run_on_pty(const std::vector<std::string>& argv, const std::vector<std::string>& env, const std::string& prompt,
+               const std::string& answer, std::string* screen, int timeout_s = 120) {
+  int master = -1;
+  const pid_t pid = forkpty(&master, nullptr, nullptr, nullptr);
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    for (const auto& e : env) putenv(strdup(e.c_str()));
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  bool typed = false, timed_out = false;
+  for (;;) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      timed_out = true;
+      break;
+    }
+    if (!typed && screen->find(prompt) != std::string::npos) {
+      termios t{};
+      if (tcgetattr(master, &t) == 0 && !(t.c_lflag & ECHO)) {
+        const std::string line = answer + "\r";
+        if (write(master, line.data(), line.size()) != ssize_t(line.size())) break;
+        typed = true;
+      }
+    }
+    pollfd p{master, POLLIN, 0};
+    if (poll(&p, 1, 20) <= 0) continue;
+    char buf[512];
+    const ssize_t n = read(master, buf, sizeof buf);
+    if (n <= 0) break;  // EIO: the program and everything on the terminal are gone
+    screen->append(buf, size_t(n));
+  }
+  if (timed_out) kill(pid, SIGKILL);
+  close(master);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return timed_out ? -1 : (WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
 }
 
 class ImportTest : public TpmTest {
@@ -322,6 +377,198 @@ TEST_F(ImportTest, OpenSshFormatKeysFromSshKeygenSignAndVerifyWithTheOriginal) {
   }
 }
 
+// Passphrase-protected keys in OpenSSH's format (kdf bcrypt, cipher aes256-ctr), as ssh-keygen
+// -N writes them: decrypted by ssh-keygen in a private directory under $TMPDIR (here a fresh one
+// per import, which must be empty again afterwards), imported, signing; the ORIGINAL public key
+// (the .pub file) verifies the signatures and is what tpmkey pubkey shows; the source file is left
+// byte for byte. The passphrase comes from a file, and once from a pipe (--passphrase-file
+// /dev/stdin).
+TEST_F(ImportTest, PassphraseProtectedOpenSshKeysAreDecryptedBySshKeygen) {
+  struct Case {
+    std::string type, bits, name;
+  };
+  OSSL_LIB_CTX* l = lib(tcti_);
+  for (const Case& k : std::vector<Case>{{"ecdsa", "256", "ec-p256"},
+                                         {"ecdsa", "384", "ec-p384"},
+                                         {"ecdsa", "521", "ec-p521"},
+                                         {"rsa", "2048", "rsa2048"},
+                                         {"rsa", "3072", "rsa3072"}}) {
+    SCOPED_TRACE(k.name);
+    const std::string file = dir_ + "/id_enc_" + k.name, name = "ossh-enc-" + k.name, tmp = dir_ + "/tmp-" + k.name;
+    ASSERT_OK(run({"ssh-keygen", "-q", "-t", k.type, "-b", k.bits, "-N", kPassphrase, "-C", "a comment", "-f", file}));
+    const std::string before = read_file(file);
+    // Really encrypted: ssh-keygen's own check of the header.
+    ASSERT_NE(openssh_blob(before).find("aes256-ctr"), std::string::npos);
+    ASSERT_NE(openssh_blob(before).find("bcrypt"), std::string::npos);
+    auto pub = run({"ssh-keygen", "-e", "-m", "PKCS8", "-f", file + ".pub"});
+    ASSERT_OK(pub);
+    write_file(file + ".pub.pem", pub.out);
+    std::filesystem::create_directories(tmp);
+    const bool from_pipe = k.name == "ec-p384";
+    std::vector<std::string> args = {tpmkey_bin(), "--tcti", tcti_, "--keystore", keystore_, "import", name, file,
+                                     "--passphrase-file", from_pipe ? "/dev/stdin" : keys_ + "/pass"};
+    auto r = run(args, {"TSS2_LOG=all+none", "TMPDIR=" + tmp}, from_pipe ? std::string(kPassphrase) + "\n" : "");
+    ASSERT_OK(r);
+    EXPECT_NE(r.out.find("imported tpm2:" + name + " (" + k.name + ", imported) from " + file +
+                         " (encrypted OpenSSH format, aes256-ctr with bcrypt, decrypted by ssh-keygen) into " +
+                         keystore_ + "/" + name + ".pem"),
+              std::string::npos)
+        << r.out;
+    EXPECT_NE(r.out.find("signature verified with the original key"), std::string::npos) << r.out;
+    EXPECT_EQ(r.err, "");
+    EXPECT_EQ(read_file(file), before) << "the source file was changed";
+    EXPECT_TRUE(std::filesystem::is_empty(tmp)) << "ssh-keygen's private directory was left in " << tmp;
+    EXPECT_EQ(tpmkey({"pubkey", name}).out, pub.out);
+    PkeyPtr original_pub = read_pem_public_key(file + ".pub.pem");
+    ASSERT_TRUE(original_pub);
+    PkeyPtr key = load_key(l, "tpm2:" + name);
+    ASSERT_TRUE(key) << drain_errors();
+    const std::string msg = "signed by a passphrase-protected OpenSSH key moved into the TPM";
+    auto sig = digest_sign(l, key.get(), msg, {});
+    EXPECT_TRUE(!sig.empty() && digest_verify(original_pub.get(), msg, sig, {})) << drain_errors();
+  }
+  // What ssh-keygen leaves in the private directory is encrypted PKCS#8: a wrapper around the real
+  // one keeps a copy of it (and of the file it was given, the original bytes).
+  auto real = run({"sh", "-c", "command -v ssh-keygen"});
+  ASSERT_OK(real);
+  const std::string wrapper = dir_ + "/wrapper-bin", kept = dir_ + "/kept";
+  std::filesystem::create_directories(wrapper);
+  std::filesystem::create_directories(kept);
+  write_file(wrapper + "/ssh-keygen", "#!/bin/sh\ncp \"$5\" " + kept + "/in\n" + real.out.substr(0, real.out.find('\n')) +
+                                          " \"$@\" || exit $?\ncp \"$5\" " + kept + "/out\n");
+  std::filesystem::permissions(wrapper + "/ssh-keygen", std::filesystem::perms::owner_all);
+  const char* path_env = std::getenv("PATH");
+  auto w = run({tpmkey_bin(), "--tcti", tcti_, "--keystore", keystore_, "import", "ossh-enc-kept",
+                dir_ + "/id_enc_ec-p256", "--passphrase-file", keys_ + "/pass"},
+               {"TSS2_LOG=all+none", "PATH=" + wrapper + ":" + (path_env ? path_env : "/usr/bin:/bin")});
+  ASSERT_OK(w);
+  EXPECT_EQ(read_file(kept + "/in"), read_file(dir_ + "/id_enc_ec-p256"));
+  const std::string out = read_file(kept + "/out");
+  EXPECT_EQ(out.rfind("-----BEGIN ENCRYPTED PRIVATE KEY-----\n", 0), 0u) << out;
+  EXPECT_EQ(out.find("-----BEGIN PRIVATE KEY-----"), std::string::npos);
+  // Under the random passphrase, not the user's.
+  EXPECT_NE(plain_openssl({"pkey", "-in", kept + "/out", "-passin", std::string("pass:") + kPassphrase}).exit_code, 0);
+
+  // One signature through the openssl program, verified with the .pub file alone.
+  std::vector<std::string> sign = {"openssl", "pkeyutl", "-provider-path", provider_dir(), "-provider", "tpmkey",
+                                   "-provider", "default", "-sign", "-inkey", "tpm2:ossh-enc-rsa2048", "-rawin",
+                                   "-digest", "sha256", "-in", dir_ + "/msg", "-out", dir_ + "/sig"};
+  ASSERT_OK(run(sign, openssl_env()));
+  auto v = plain_openssl({"pkeyutl", "-verify", "-pubin", "-inkey", dir_ + "/id_enc_rsa2048.pub.pem", "-rawin",
+                          "-digest", "sha256", "-in", dir_ + "/msg", "-sigfile", dir_ + "/sig"});
+  EXPECT_NE(v.out.find("Signature Verified Successfully"), std::string::npos) << v.out << v.err;
+}
+
+// The passphrase of a passphrase-protected OpenSSH key typed on the terminal (tpmkey's own prompt,
+// as for encrypted PKCS#8): ssh-keygen, in a session of its own, never asks on it.
+TEST_F(ImportTest, PassphraseProtectedOpenSshKeyWithThePassphraseTypedOnTheTerminal) {
+  const std::string file = dir_ + "/id_tty", tmp = dir_ + "/tmp";
+  ASSERT_OK(run({"ssh-keygen", "-q", "-t", "ecdsa", "-b", "256", "-N", kPassphrase, "-C", "", "-f", file}));
+  auto pub = run({"ssh-keygen", "-e", "-m", "PKCS8", "-f", file + ".pub"});
+  ASSERT_OK(pub);
+  std::filesystem::create_directories(tmp);
+  std::string screen;
+  const int rc = run_on_pty({tpmkey_bin(), "--tcti", tcti_, "--keystore", keystore_, "import", "tty", file,
+                             "--no-password"},
+                            {"TSS2_LOG=all+none", "TMPDIR=" + tmp}, "Passphrase of " + file + ": ", kPassphrase,
+                            &screen);
+  EXPECT_EQ(rc, 0) << screen;
+  EXPECT_NE(screen.find("imported tpm2:tty (ec-p256, imported) from " + file + " (encrypted OpenSSH format"),
+            std::string::npos)
+      << screen;
+  EXPECT_EQ(screen.find("Enter old passphrase"), std::string::npos) << screen;
+  EXPECT_EQ(screen.find(kPassphrase), std::string::npos) << "the passphrase was echoed: " << screen;
+  EXPECT_TRUE(std::filesystem::is_empty(tmp));
+  EXPECT_EQ(tpmkey({"pubkey", "tty"}).out, pub.out);
+}
+
+// A passphrase-protected OpenSSH key refused: a wrong passphrase, none at all (no terminal),
+// ssh-keygen not installed, a passphrase ssh-keygen cannot be given. Each says why, sends nothing to
+// the TPM, leaves the keystore and the file as they were and nothing in $TMPDIR.
+TEST_F(ImportTest, PassphraseProtectedOpenSshRefusals) {
+  const std::string file = dir_ + "/id_ecdsa_enc", tmp = dir_ + "/tmp";
+  ASSERT_OK(run({"ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", kPassphrase, "-C", "", "-f", file}));
+  std::filesystem::create_directories(tmp);
+  write_file(dir_ + "/wrong", "not the passphrase\n");
+  write_file(dir_ + "/nul", std::string("correct\0horse battery\n", 22));
+  ASSERT_OK(tpmkey({"import", "taken", original("ec-p256")}));
+  const auto keystore_before = keystore_files();
+  const std::string before = read_file(file);
+  struct Case {
+    std::vector<std::string> args;  // after "import refused FILE"
+    std::vector<std::string> env;
+    std::string says;
+  };
+  std::vector<Case> cases = {
+      {{"--passphrase-file", dir_ + "/wrong"},
+       {},
+       "tpmkey: import(tpm2:refused): read(" + file + "): authorization failed: the passphrase is wrong (ssh-keygen "
+       "could not decrypt the OpenSSH key with it)"},
+      {{}, {}, file + " is encrypted: give its passphrase with --passphrase-file (there is no terminal to ask on)"},
+      {{"--passphrase-file", keys_ + "/pass"},
+       {"PATH=" + dir_ + "/no-such-dir"},
+       "read(" + file + "): unsupported algorithm or parameter: this OpenSSH key is encrypted with a passphrase, and "
+       "tpmkey decrypts such keys with OpenSSH's ssh-keygen, which is not installed (not found in PATH): install it "
+       "(Debian package openssh-client), or convert a copy to PKCS#8 elsewhere and import the copy: cp " + file +
+       " COPY && ssh-keygen -p -m PKCS8 -f COPY && tpmkey import NAME COPY && shred -u COPY"},
+      {{"--passphrase-file", dir_ + "/nul"}, {}, "the passphrase has a line break or a NUL byte"},
+  };
+  // An ssh-keygen that answers with another key (PKCS#8 under the new passphrase it is given) is
+  // caught by the public key check. It also records what it was given: its arguments, its
+  // environment, and the modes of the directory and the copy.
+  const std::string fake = dir_ + "/fake-bin", log = dir_ + "/fake-log";
+  std::filesystem::create_directories(fake);
+  std::filesystem::create_directories(log);
+  write_file(fake + "/ssh-keygen",
+             "#!/bin/sh\n"
+             "printf '%s\\n' \"$@\" > " + log + "/argv\n"
+             "env > " + log + "/env\n"
+             "stat -c %a \"$(dirname \"$5\")\" \"$5\" > " + log + "/modes\n"
+             "IFS= read -r old; IFS= read -r new; IFS= read -r again\n"
+             "[ \"$old\" = '" + kPassphrase + "' ] && [ \"$new\" = \"$again\" ] && [ ${#new} -eq 64 ] || exit 3\n"
+             "printf '%s\\n' \"$new\" | OPENSSL_CONF=/dev/null openssl pkey -in " + original("ec-p384") +
+             " -aes256 -passout stdin -out \"$5\"\n");
+  std::filesystem::permissions(fake + "/ssh-keygen", std::filesystem::perms::owner_all);
+  const char* path_env = std::getenv("PATH");
+  cases.push_back({{"--passphrase-file", keys_ + "/pass"},
+                   {"PATH=" + fake + ":" + (path_env ? path_env : "/usr/bin:/bin")},
+                   "read(" + file + "): malformed or unusable key file: the private key and the OpenSSH file's "
+                   "public key differ"});
+  BusProxy bus(shared_swtpm().port());
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.says);
+    std::vector<std::string> args = {tpmkey_bin(), "--tcti", bus.tcti(), "--keystore", keystore_, "import",
+                                     "refused", file};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    std::vector<std::string> env = {"TSS2_LOG=all+none", "TMPDIR=" + tmp};
+    env.insert(env.end(), c.env.begin(), c.env.end());
+    auto r = run(args, env);
+    EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+    EXPECT_FAILS_WITH(r, c.says);
+    EXPECT_EQ(r.err.find("not the passphrase"), std::string::npos) << "a passphrase was printed";
+    EXPECT_EQ(r.err.find(kPassphrase), std::string::npos) << "a passphrase was printed";
+    EXPECT_EQ(r.out, "");
+    EXPECT_EQ(bus.command_codes(), std::vector<uint32_t>{}) << "a refusal sent TPM commands";
+    bus.clear();
+    EXPECT_TRUE(std::filesystem::is_empty(tmp)) << "ssh-keygen's private directory was left in " << tmp;
+  }
+  // The fake ssh-keygen ran, with no passphrase in its arguments or environment, on a 0600 copy in
+  // a 0700 directory.
+  EXPECT_EQ(read_file(log + "/argv").rfind("-p\n-m\nPKCS8\n-f\n" + tmp + "/tpmkey-ssh-keygen-", 0), 0u)
+      << read_file(log + "/argv");
+  EXPECT_EQ(read_file(log + "/argv").find(kPassphrase), std::string::npos);
+  EXPECT_EQ(read_file(log + "/env").find(kPassphrase), std::string::npos);
+  EXPECT_NE(read_file(log + "/env").find("SSH_ASKPASS_REQUIRE=never\n"), std::string::npos);
+  EXPECT_EQ(read_file(log + "/modes"), "700\n600\n");
+  // A key type tpmkey does not import is refused from the file's clear header, before any passphrase.
+  ASSERT_OK(run({"ssh-keygen", "-q", "-t", "ed25519", "-N", kPassphrase, "-C", "", "-f", dir_ + "/id_ed25519_enc"}));
+  auto ed = tpmkey({"import", "refused", dir_ + "/id_ed25519_enc"}, bus.tcti());
+  EXPECT_FAILS_WITH(ed, "this is an Ed25519 key (OpenSSH \"ssh-ed25519\"): tpmkey imports RSA keys");
+  EXPECT_EQ(bus.command_codes(), std::vector<uint32_t>{});
+  EXPECT_EQ(keystore_files(), keystore_before) << "a refusal changed the keystore";
+  EXPECT_EQ(read_file(file), before) << "the source file was changed";
+}
+
 // openssl pkey -text tells an imported key from one generated in the TPM, and the public key is
 // the original's.
 TEST_F(ImportTest, TextShowsTheOriginAndThePublicKeyIsTheOriginal) {
@@ -469,13 +716,9 @@ TEST_F(ImportTest, RefusalsSayWhyAndSendNothingToTheTpm) {
       {{dir_ + "/X25519.pem"}, "this is an X25519 key: tpmkey imports"},
       {{dir_ + "/k1.pem"}, "an EC key on curve secp256k1: tpmkey imports"},
       {{dir_ + "/rsa1024.pem"}, "a 1024-bit RSA key: tpmkey imports"},
-      {{dir_ + "/id_ecdsa_enc"},
-       "read(" + dir_ + "/id_ecdsa_enc): unsupported algorithm or parameter: this OpenSSH ecdsa-sha2-nistp384 key is "
-       "encrypted with a passphrase (cipher aes256-ctr, kdf bcrypt), which tpmkey import does not decrypt: convert a "
-       "copy to PKCS#8"},
-      {{dir_ + "/id_ecdsa_enc", "--passphrase-file", dir_ + "/pass"},
-       "cp " + dir_ + "/id_ecdsa_enc COPY && ssh-keygen -p -m PKCS8 -f COPY && tpmkey import NAME COPY && shred -u "
-       "COPY"},
+      {{dir_ + "/id_ecdsa_enc", "--passphrase-file", dir_ + "/wrong"},
+       "read(" + dir_ + "/id_ecdsa_enc): authorization failed: the passphrase is wrong (ssh-keygen could not decrypt "
+       "the OpenSSH key with it)"},
       {{dir_ + "/id_ed25519"}, "this is an Ed25519 key (OpenSSH \"ssh-ed25519\"): tpmkey imports RSA keys of 2048, "
                                "3072 and 4096 bits and EC keys on P-256, P-384 and P-521"},
       {{dir_ + "/ossh-truncated"}, "the OpenSSH private key is damaged: no END OPENSSH PRIVATE KEY line"},

@@ -4,13 +4,16 @@
 // is verified with the ORIGINAL key by the default provider alone. Also: the other TPM refuses the
 // file naming both SRKs (its keystore and its TPM left as they were), a file without its SRK-Name
 // line refused there by TPM2_Import's integrity check, a password given at wrap time, a tampered
-// duplicate (TPM_RC_INTEGRITY), an SRK file of an SRK the pin does not name, an edited SRK file.
+// duplicate (TPM_RC_INTEGRITY), an SRK file of an SRK the pin does not name, an edited SRK file,
+// and tpm2-tools both ways (tpm2_duplicate's files imported by tpmkey, tpmkey's file by
+// tpm2_import).
 #include <gtest/gtest.h>
 
 #include <sys/stat.h>
 
 #include <filesystem>
 #include <map>
+#include <sstream>
 
 #include <openssl/pem.h>
 
@@ -169,7 +172,8 @@ TEST_F(WrapTest, WrappedKeysImportOnTheTargetAndSignAsTheOriginal) {
   EXPECT_NE(list.out.find("imported"), std::string::npos) << list.out;
 }
 
-// An encrypted source key: its passphrase from a file.
+// An encrypted source key (encrypted PKCS#8, and OpenSSH's format with a passphrase): its passphrase
+// from a file.
 TEST_F(WrapTest, EncryptedSourceKey) {
   const std::string srk = export_srk();
   write_file(dir_ + "/pass", "wrap pass\n");
@@ -178,6 +182,19 @@ TEST_F(WrapTest, EncryptedSourceKey) {
   wrap(srk, keys_ + "/ec-enc.pem", dir_ + "/enc.wrapped.pem", {"--passphrase-file", dir_ + "/pass"});
   ASSERT_OK(tpmkey({"import", "enc", dir_ + "/enc.wrapped.pem"}));
   EXPECT_TRUE(signs("tpm2:enc", keys_ + "/ec.pem"));
+
+  // A passphrase-protected OpenSSH key, decrypted by ssh-keygen as import does; verified with a
+  // PEM copy that ssh-keygen writes.
+  const std::string id = dir_ + "/id_ecdsa";
+  ASSERT_OK(run({"ssh-keygen", "-q", "-t", "ecdsa", "-N", "wrap pass", "-C", "", "-f", id}));
+  const std::string out = wrap(srk, id, dir_ + "/ossh.wrapped.pem", {"--passphrase-file", dir_ + "/pass"});
+  EXPECT_NE(out.find("(ec-p256, encrypted OpenSSH format, aes256-ctr with bcrypt, decrypted by ssh-keygen)"),
+            std::string::npos)
+      << out;
+  ASSERT_OK(tpmkey({"import", "ossh", dir_ + "/ossh.wrapped.pem"}));
+  ASSERT_OK(run({"cp", id, id + ".pem"}));
+  ASSERT_OK(run({"ssh-keygen", "-q", "-p", "-m", "PEM", "-P", "wrap pass", "-N", "", "-f", id + ".pem"}));
+  EXPECT_TRUE(signs("tpm2:ossh", id + ".pem"));
 }
 
 // The other TPM refuses the file with both SRK names; its keystore and TPM are as they were.
@@ -295,6 +312,97 @@ TEST_F(WrapTest, SrkOfAnotherTpmThanThePinAndEditedSrkFiles) {
                              dir_ + "/x.pem"}),
                     "the SRK-Name line says");
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/x.pem"));
+}
+
+// tpm2-tools and importable keys, both ways (docs/keys.md, "tpm2-tools and wrapped keys"). tpm2-tools
+// keep a duplicate in three files (-u TPM2B_PUBLIC, -r TPM2B_PRIVATE, -s TPM2B_ENCRYPTED_SECRET);
+// tpmkey's file holds the same three in one TSS2 PRIVATE KEY (importableKey): pubkey and privkey
+// are the first two as they are, [2] secret the third's contents (without its size). So:
+// (a) tpm2_duplicate -U SRK.pub -k KEY.pem wraps a software key for this TPM's SRK; its three
+//     files, put into a TSS2 file with openssl asn1parse -genconf, are imported by tpmkey import;
+// (b) a tpmkey wrap file, taken apart with openssl asn1parse -strparse, is imported by tpm2_import
+//     under the owner primary tpm2_createprimary makes from the same template, then tpm2_load and
+//     tpm2_sign sign.
+// Every signature is verified with the ORIGINAL key. tpm2-tools leave their objects loaded on a TPM
+// without a resource manager: each tool run is followed by flushing them.
+TEST_F(WrapTest, Tpm2ToolsDuplicatesImportAndTpmkeyWrappedFilesImportIntoTpm2Tools) {
+  const std::vector<std::string> tools_env = {"TSS2_LOG=all+none", "TPM2TOOLS_TCTI=" + tcti_};
+  auto tool = [&](const std::vector<std::string>& args) {
+    auto r = run(args, tools_env);
+    for (const char* what : {"-t", "-l"}) run({"tpm2_flushcontext", what}, tools_env);
+    return r;
+  };
+  auto hex_of = [](const std::string& bytes) {
+    static const char* d = "0123456789abcdef";
+    std::string h;
+    for (unsigned char ch : bytes) h += {d[ch >> 4], d[ch & 15]};
+    return h;
+  };
+  // The owner primary from the standard ECC P-256 storage template: tpmkey's SRK (the same name).
+  const std::string srk = export_srk(), prim = dir_ + "/prim.ctx";
+  ASSERT_OK(tool({"tpm2_createprimary", "-C", "o", "-G", "ecc256:aes128cfb", "-g", "sha256", "-a",
+                  "restricted|decrypt|fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda", "-c", prim}));
+  ASSERT_OK(tool({"tpm2_readpublic", "-c", prim, "-o", dir_ + "/srk.pub", "-n", dir_ + "/srk.name"}));
+  ASSERT_EQ(hex_of(read_file(dir_ + "/srk.name")), srk_name_in(read_file(srk)));
+  write_file(dir_ + "/msg", "signed after crossing between tpm2-tools and tpmkey\n");
+
+  for (const std::string kind : {"ec", "rsa"}) {
+    SCOPED_TRACE(kind);
+    const std::string key = keys_ + "/" + kind + ".pem", d = dir_ + "/" + kind;
+    // (a) tpm2-tools wrap (tpm2_duplicate -k: computed in software, though the tool opens its TCTI),
+    // tpmkey imports.
+    ASSERT_OK(tool({"tpm2_duplicate", "-U", dir_ + "/srk.pub", "-k", key, "-G", kind == "ec" ? "ecc" : "rsa", "-u",
+                    d + ".dup.pub", "-r", d + ".dup.dpriv", "-s", d + ".dup.seed"}));
+    const std::string seed = read_file(d + ".dup.seed");
+    ASSERT_GT(seed.size(), 2u);
+    write_file(d + ".genconf", "asn1=SEQUENCE:key\n[key]\ntype=OID:2.23.133.10.1.4\n"
+                               "emptyAuth=EXPLICIT:0,BOOLEAN:TRUE\n"
+                               "secret=EXPLICIT:2,FORMAT:HEX,OCTETSTRING:" + hex_of(seed.substr(2)) + "\n"
+                               "parent=INTEGER:0x40000001\n"
+                               "pub=FORMAT:HEX,OCTETSTRING:" + hex_of(read_file(d + ".dup.pub")) + "\n"
+                               "priv=FORMAT:HEX,OCTETSTRING:" + hex_of(read_file(d + ".dup.dpriv")) + "\n");
+    ASSERT_OK(plain_openssl({"asn1parse", "-genconf", d + ".genconf", "-noout", "-out", d + ".dup.der"}));
+    const std::string der = read_file(d + ".dup.der");
+    BIO* bio = BIO_new_file((d + ".dup.pem").c_str(), "w");
+    ASSERT_TRUE(bio);
+    PEM_write_bio(bio, "TSS2 PRIVATE KEY", "", reinterpret_cast<const unsigned char*>(der.data()), long(der.size()));
+    BIO_free(bio);
+    auto r = tpmkey({"import", "tools-" + kind, d + ".dup.pem"});
+    ASSERT_OK(r);
+    EXPECT_NE(r.out.find("wrapped for this TPM"), std::string::npos) << r.out;
+    EXPECT_TRUE(signs("tpm2:tools-" + kind, key));
+
+    // (b) tpmkey wraps (no TPM), tpm2-tools import, load and sign.
+    const std::string wrapped = d + ".wrapped.pem";
+    wrap(srk, key, wrapped);
+    const std::string text = read_file(wrapped);
+    write_file(d + ".wrapped.b64", text.substr(text.find("-----BEGIN ")));
+    ASSERT_OK(plain_openssl({"asn1parse", "-in", d + ".wrapped.b64", "-noout", "-out", d + ".wrapped.der"}));
+    auto parsed = plain_openssl({"asn1parse", "-inform", "DER", "-in", d + ".wrapped.der"});
+    ASSERT_OK(parsed);
+    // The OCTET STRINGs, in order: the seed (in [2], depth 2), pubkey and privkey (depth 1).
+    std::vector<std::string> offsets;
+    std::istringstream lines(parsed.out);
+    for (std::string line; std::getline(lines, line);)
+      if (line.find("OCTET STRING") != std::string::npos) offsets.push_back(line.substr(0, line.find(':')));
+    ASSERT_EQ(offsets.size(), 3u) << parsed.out;
+    const char* parts[] = {".w.seedraw", ".w.pub", ".w.dpriv"};
+    for (size_t i = 0; i < 3; ++i)
+      ASSERT_OK(plain_openssl({"asn1parse", "-inform", "DER", "-in", d + ".wrapped.der", "-strparse",
+                               offsets[i].substr(offsets[i].find_first_not_of(' ')), "-noout", "-out", d + parts[i]}));
+    const std::string raw = read_file(d + ".w.seedraw");
+    write_file(d + ".w.seed", std::string{char(raw.size() >> 8), char(raw.size() & 0xff)} + raw);
+    ASSERT_OK(tool({"tpm2_import", "-C", prim, "-u", d + ".w.pub", "-i", d + ".w.dpriv", "-s", d + ".w.seed", "-r",
+                    d + ".w.priv"}));
+    ASSERT_OK(tool({"tpm2_load", "-C", prim, "-u", d + ".w.pub", "-r", d + ".w.priv", "-c", d + ".w.ctx"}));
+    std::vector<std::string> sign = {"tpm2_sign", "-c", d + ".w.ctx", "-g", "sha256", "-f", "plain", "-o",
+                                     d + ".sig", dir_ + "/msg"};
+    if (kind == "rsa") sign.insert(sign.end() - 1, {"-s", "rsassa"});
+    ASSERT_OK(tool(sign));
+    auto v = plain_openssl({"pkeyutl", "-verify", "-inkey", key, "-rawin", "-digest", "sha256", "-in", dir_ + "/msg",
+                            "-sigfile", d + ".sig"});
+    EXPECT_NE(v.out.find("Signature Verified Successfully"), std::string::npos) << v.out << v.err;
+  }
 }
 
 TEST_F(WrapTest, UsageAndHelp) {

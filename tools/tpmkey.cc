@@ -223,11 +223,14 @@ FILE is read with OpenSSL's decoders, PEM or DER:
   encrypted       -----BEGIN ENCRYPTED PRIVATE KEY----- (PKCS#8), or PKCS#1 and
                   SEC1 with "Proc-Type: 4,ENCRYPTED" (legacy PEM encryption)
   OpenSSH         -----BEGIN OPENSSH PRIVATE KEY----- (what ssh-keygen writes),
-                  unencrypted: read by tpmkey itself. An encrypted one (a
-                  passphrase, kdf bcrypt) is refused: convert a copy with
-                  "cp KEY COPY && ssh-keygen -p -m PKCS8 -f COPY" (a new
-                  passphrase is fine: tpmkey asks for it), import the copy,
-                  then remove it with "shred -u COPY"
+                  unencrypted: read by tpmkey itself. With a passphrase (kdf
+                  bcrypt): decrypted by ssh-keygen (package openssh-client),
+                  which rewrites a copy in a private 0700 directory under
+                  $TMPDIR (or /tmp) as PKCS#8 encrypted under a random
+                  passphrase (the passphrases go to its standard input, never
+                  to argv or the environment); tpmkey decrypts that in memory
+                  and removes the copy and the directory. The key is never on
+                  disk in clear
 and holds an RSA key of 2048, 3072 or 4096 bits or an EC key on P-256, P-384 or
 P-521, as far as the TPM supports it ("tpmkey algorithms").
 
@@ -260,7 +263,8 @@ the password the key was wrapped with.
   NAME                 letters, digits, "-", "_" and "." (not first); at most 128
   FILE                 the private key file; it is only read
   --passphrase-file F  FILE's passphrase is the first line of F. Without it, an
-                       encrypted FILE's passphrase is asked for on the terminal
+                       encrypted FILE's passphrase (PKCS#8, PEM or OpenSSH) is
+                       asked for on the terminal
   --password           give the new key a password, asked twice on the terminal
   --password-file F    give the new key the password in the first line of F
   --no-password        no password, without asking. With none of these three,
@@ -275,14 +279,15 @@ the password the key was wrapped with.
 Refused with the reason, before anything is written or sent to the TPM: a public
 key or certificate instead of a private key, a damaged file, a wrong passphrase,
 Ed25519, X25519 and other key types, curves and RSA sizes tpmkey does not import,
-a NAME that is taken, a password longer than 32 bytes, an encrypted OpenSSH key.
+a NAME that is taken, a password longer than 32 bytes; an encrypted OpenSSH key
+when ssh-keygen is not installed (with how to convert a copy by hand).
 An algorithm the TPM lacks is refused after TPM2_TestParms alone.
 
 Examples:
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out web.key
   tpmkey import web web.key --description "web server"
   tpmkey import signer signer-enc.pem --passphrase-file pass.txt --password
-  tpmkey import ssh ~/.ssh/id_ecdsa         # ssh-keygen's own format, unencrypted
+  tpmkey import ssh ~/.ssh/id_ecdsa         # ssh-keygen's format, passphrase or not
   shred -u web.key
 )";
 
@@ -362,7 +367,8 @@ reachable, for example on an offline machine that holds the private keys.
 SRK-FILE is checked first: its public key with the standard ECC P-256 storage
 template must have the TPM name its SRK-Name line gives, or it is refused. KEY is
 read as "tpmkey import" reads it (PEM or DER: PKCS#1, SEC1, PKCS#8, encrypted or
-not; RSA 2048, 3072 or 4096 bits, EC P-256, P-384 or P-521). FILE names the SRK
+not; OpenSSH's format, a passphrase-protected one with ssh-keygen's help; RSA
+2048, 3072 or 4096 bits, EC P-256, P-384 or P-521). FILE names the SRK
 it was made for (an SRK-Name line before the PEM block), so that another TPM
 refuses it before anything is sent to import it.
 

@@ -2,9 +2,13 @@
 // identify_key_file and read_private_key (OpenSSL's decoders, default provider only, with a fixed
 // passphrase for encrypted files; OpenSSH's own format by keystore/openssh_key.cc), then
 // import_form of what decodes. Both read a path, so each
-// input is written to a file in a private directory. No TPM command is involved.
+// input is written to a file in a private directory. No TPM command is involved. A passphrase-
+// protected OpenSSH key is decrypted by running ssh-keygen (keystore/openssh_decrypt.h): here
+// PATH finds none, so that path ends in its "not installed" refusal instead of a process per input
+// (and a bcrypt round count from the input that could keep ssh-keygen busy for minutes).
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "keystore/crypto.h"
@@ -29,7 +33,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     static const char kPass[] = "fuzz passphrase";
     return SecretBytes(reinterpret_cast<const uint8_t*>(kPass), sizeof kPass - 1);
   };
+  const char* old_path = std::getenv("PATH");
+  const std::string saved = old_path ? old_path : "";
+  setenv("PATH", "/nonexistent-tpmkey-fuzz", 1);
   auto key = read_private_key(*crypto, path, passphrase);
+  if (old_path) setenv("PATH", saved.c_str(), 1);
+  else unsetenv("PATH");
   TPMKEY_FUZZ_CHECK(asked <= 1);  // asked at most once
   TPMKEY_FUZZ_CHECK(kind.ok() || !key.ok());
   if (!key) {
