@@ -68,6 +68,11 @@ Result<CreatedKey> create_key(Context& ctx, const CreateRequest& req) {
   const SecretBytes& auth = req.password ? *req.password : no_password;
   if (!req.usage || (req.usage & ~unsigned(kUsageSignDecrypt)))
     return make_error(Reason::kInvalidArgument, "the usage must be sign, decrypt or both").context(what);
+  if (spec->kind == KeyKind::kRsaPss && req.usage != kUsageSign)
+    return make_error(Reason::kUnsupported, std::string("an ") + spec->name +
+                                                " key only signs (usage sign): the TPM binds a key with a signature "
+                                                "scheme to signing")
+        .context(what);
   KeyOptions opts;
   opts.spec = spec;
   opts.usage = req.usage;
@@ -127,7 +132,7 @@ Result<KeyFileImport> open_import(Context& ctx, const std::string& name, const s
 // Key and Tpm have no "load only" call, so this takes the path every later signature takes.
 Status self_test(Key& key, const Crypto& crypto, EVP_PKEY* verify_with) {
   static constexpr char kSelfTest[] = "tpmkey import-file self-test";
-  const bool rsa = key.spec().kind == KeyKind::kRsa;
+  const bool rsa = is_rsa(key.spec().kind);
   // A key bound to a scheme signs only with it; a NULL scheme lets the command choose.
   auto bound = bound_scheme(key.file().pub.publicArea);
   if (!bound) return bound.take_error();

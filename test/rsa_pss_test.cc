@@ -1,0 +1,327 @@
+// RSA-PSS keys (docs/keys.md, "RSA-PSS keys"): RSA keys whose TPM public area binds them to the
+// RSASSA-PSS scheme and one hash. Made by `openssl genpkey -algorithm RSA-PSS` (asking for the TPM)
+// and `tpmkey create --algorithm rsa-pss`, in both provider orders; signing only with PSS, verified
+// by the default provider alone; CSRs; SubjectPublicKeyInfo with the PSS parameters; reloaded from
+// the keystore and by path as RSA-PSS keys; refusals before any TPM command.
+#include <gtest/gtest.h>
+
+#include <sys/stat.h>
+
+#include <filesystem>
+
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+
+#include "keystore/algorithm.h"
+#include "keystore/keyfile.h"
+#include "test/fixture.h"
+#include "test/support.h"
+
+namespace tpmkey::test {
+namespace {
+
+class RsaPssTest : public TpmTest, public ::testing::WithParamInterface<bool> {
+ protected:
+  RsaPssTest() : TpmTest("tpmkey-pss-test") {}
+  void SetUp() override {
+    TpmTest::SetUp();
+    env_ = {"TPMKEY_TCTI=" + bus_.tcti(), "TPMKEY_KEYSTORE=" + keystore_, "OPENSSL_CONF=/dev/null",
+            "TSS2_LOG=all+none"};
+    cnf_env_ = env_;
+    cnf_env_[2] = "OPENSSL_CONF=" + write_openssl_cnf(dir_, tpmkey_first(), bus_.tcti(), keystore_);
+    write_file(dir_ + "/msg", "a file to sign with PSS\n");
+    ASSERT_EQ(mkdir(keystore_.c_str(), 0700), 0);  // genpkey -out writes into it
+  }
+  bool tpmkey_first() const { return GetParam(); }
+
+  // openssl with both providers activated by openssl.cnf, in this test's order.
+  CommandResult openssl(std::vector<std::string> args) {
+    args.insert(args.begin(), "openssl");
+    return run(args, cnf_env_);
+  }
+  // openssl with nothing but the default provider: the independent verifier.
+  CommandResult plain_openssl(std::vector<std::string> args) {
+    args.insert(args.begin(), "openssl");
+    return run(args, env_);
+  }
+  CommandResult cli(std::vector<std::string> args) {
+    args.insert(args.begin(), tpmkey_bin());
+    return run(args, env_);
+  }
+  std::string path(const std::string& name) const { return dir_ + "/" + name; }
+  std::string entry(const std::string& name) const { return keystore_ + "/" + name + ".pem"; }
+
+  // Makes keystore entry `name` in the TPM through genpkey with the provider asked for.
+  void genpkey(const std::string& name, std::vector<std::string> opts = {}) {
+    std::vector<std::string> a = {"genpkey", "-propquery", "provider=tpmkey", "-algorithm", "RSA-PSS"};
+    a.insert(a.end(), opts.begin(), opts.end());
+    a.insert(a.end(), {"-out", entry(name)});
+    ASSERT_OK(openssl(a));
+  }
+  // The key's public key as the provider writes it (openssl pkey -pubout), in pub.pem.
+  std::string pubkey(const std::string& uri) {
+    auto r = openssl({"pkey", "-in", uri, "-pubout", "-out", path("pub.pem")});
+    EXPECT_OK(r);
+    return path("pub.pem");
+  }
+  // The TPM public area of a keystore entry.
+  TPMT_PUBLIC public_area(const std::string& name) {
+    std::string pem = read_file(entry(name));
+    auto kf = parse_keyfile(reinterpret_cast<const uint8_t*>(pem.data()), pem.size());
+    EXPECT_TRUE(kf) << kf.error().text();
+    return kf ? kf->pub.publicArea : TPMT_PUBLIC{};
+  }
+  // Signs msg with `key` (pkeyutl -rawin, `digest`); the default provider alone verifies it with
+  // `pub` as an RSA-PSS key, with the salt length the TPM uses (the digest's).
+  void expect_signs(const std::string& key, const std::string& pub, const std::string& digest = "sha256") {
+    EXPECT_OK(openssl({"pkeyutl", "-sign", "-inkey", key, "-rawin", "-digest", digest, "-in", path("msg"), "-out",
+                       path("sig")}));
+    auto v = plain_openssl({"pkeyutl", "-verify", "-pubin", "-inkey", pub, "-rawin", "-digest", digest, "-pkeyopt",
+                            "rsa_padding_mode:pss", "-pkeyopt", "rsa_pss_saltlen:digest", "-in", path("msg"),
+                            "-sigfile", path("sig")});
+    EXPECT_OK(v);
+    EXPECT_NE(v.out.find("Signature Verified Successfully"), std::string::npos) << v.out << v.err;
+  }
+
+  BusProxy bus_{shared_swtpm().port()};
+  std::vector<std::string> env_, cnf_env_;
+};
+
+std::string order_name(const ::testing::TestParamInfo<bool>& i) { return i.param ? "TpmkeyFirst" : "DefaultFirst"; }
+INSTANTIATE_TEST_SUITE_P(Order, RsaPssTest, ::testing::Bool(), order_name);
+
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+// genpkey -propquery provider=tpmkey -algorithm RSA-PSS: an RSA-2048 key in the TPM with scheme
+// RSAPSS and SHA-256, listed as rsa-pss2048, whose public key is an RSASSA-PSS SubjectPublicKeyInfo
+// with its parameters, and which signs with PSS only.
+TEST_P(RsaPssTest, GenpkeyMakesAPssKeyInTheTpm) {
+  genpkey("pss");
+  const TPMT_PUBLIC pub = public_area("pss");
+  EXPECT_EQ(pub.type, TPM2_ALG_RSA);
+  EXPECT_EQ(pub.parameters.rsaDetail.keyBits, 2048);
+  EXPECT_EQ(pub.parameters.rsaDetail.scheme.scheme, TPM2_ALG_RSAPSS);
+  EXPECT_EQ(pub.parameters.rsaDetail.scheme.details.rsapss.hashAlg, TPM2_ALG_SHA256);
+  EXPECT_TRUE(pub.objectAttributes & TPMA_OBJECT_SIGN_ENCRYPT);
+  EXPECT_FALSE(pub.objectAttributes & TPMA_OBJECT_DECRYPT);
+
+  auto list = cli({"list"});
+  EXPECT_OK(list);
+  EXPECT_TRUE(contains(list.out, "rsa-pss2048")) << list.out;
+
+  // The public key, as the provider writes it and as tpmkey pubkey prints it: RSASSA-PSS with the
+  // hash, MGF1 with the same hash, and a 32-byte salt.
+  const std::string spki = pubkey("tpm2:pss");
+  auto text = plain_openssl({"pkey", "-pubin", "-in", spki, "-noout", "-text"});
+  EXPECT_OK(text);
+  EXPECT_TRUE(contains(text.out, "PSS parameter restrictions:")) << text.out;
+  EXPECT_TRUE(contains(text.out, "Hash Algorithm: SHA2-256")) << text.out;
+  EXPECT_TRUE(contains(text.out, "Mask Algorithm: MGF1 with SHA2-256")) << text.out;
+  EXPECT_TRUE(contains(text.out, "Minimum Salt Length: 32")) << text.out;
+  auto cli_pub = cli({"pubkey", "pss"});
+  EXPECT_OK(cli_pub);
+  EXPECT_EQ(cli_pub.out, read_file(spki));
+  auto asn1 = plain_openssl({"asn1parse", "-in", spki});
+  EXPECT_TRUE(contains(asn1.out, "rsassaPss")) << asn1.out;
+  EXPECT_FALSE(contains(asn1.out, "rsaEncryption")) << asn1.out;
+
+  expect_signs("tpm2:pss", spki);
+  expect_signs(entry("pss"), spki);  // the key file by path: the decoder
+  // openssl dgst, verified by the default provider with the key's own restrictions.
+  EXPECT_OK(openssl({"dgst", "-sha256", "-sign", "tpm2:pss", "-out", path("dgst.sig"), path("msg")}));
+  auto v = plain_openssl({"dgst", "-sha256", "-verify", spki, "-signature", path("dgst.sig"), path("msg")});
+  EXPECT_OK(v);
+  EXPECT_TRUE(contains(v.out, "Verified OK")) << v.out << v.err;
+
+  // The key file read by path is an RSA-PSS key too.
+  auto ktext = openssl({"pkey", "-in", entry("pss"), "-noout", "-text"});
+  EXPECT_OK(ktext);
+  EXPECT_TRUE(contains(ktext.out, "TPM algorithm: rsa-pss2048")) << ktext.out;
+  EXPECT_TRUE(contains(ktext.out, "Hash Algorithm: SHA2-256")) << ktext.out;
+}
+
+// PKCS#1 v1.5, another digest, another MGF1 digest or another salt length: refused with the reason
+// before any TPM command.
+TEST_P(RsaPssTest, SigningRefusesWhatThePssKeyCannotDo) {
+  genpkey("pss");
+  const std::string spki = pubkey("tpm2:pss");
+  bus_.clear();
+  struct Case {
+    std::vector<std::string> opts;
+    const char* error;
+  };
+  for (const Case& c : {Case{{"-digest", "sha256", "-pkeyopt", "rsa_padding_mode:pkcs1"}, "signs only with PSS"},
+                        Case{{"-digest", "sha384"}, "bound to SHA256"},
+                        Case{{"-digest", "sha256", "-pkeyopt", "rsa_mgf1_md:sha512"}, "MGF1"},
+                        Case{{"-digest", "sha256", "-pkeyopt", "rsa_pss_saltlen:20"}, "salt"}}) {
+    SCOPED_TRACE(c.error);
+    std::vector<std::string> a = {"pkeyutl", "-sign", "-inkey", "tpm2:pss", "-rawin"};
+    a.insert(a.end(), c.opts.begin(), c.opts.end());
+    a.insert(a.end(), {"-in", path("msg"), "-out", path("bad.sig")});
+    EXPECT_FAILS_WITH(openssl(a), c.error);
+  }
+  for (uint32_t cc : bus_.take_commands_without_proofs()) EXPECT_NE(cc, TPM2_CC_Sign);
+  // And the key still signs.
+  expect_signs("tpm2:pss", spki);
+}
+
+// openssl req -new with an RSA-PSS key: the CSR's signature algorithm is RSASSA-PSS, and the
+// default provider alone verifies it.
+TEST_P(RsaPssTest, CertificateRequestIsSignedWithPss) {
+  genpkey("pss");
+  EXPECT_OK(openssl({"req", "-new", "-key", "tpm2:pss", "-subj", "/CN=pss", "-out", path("req.pem")}));
+  auto v = plain_openssl({"req", "-verify", "-in", path("req.pem"), "-noout", "-text"});
+  EXPECT_OK(v);
+  EXPECT_TRUE(contains(v.out + v.err, "verify OK")) << v.out << v.err;
+  EXPECT_TRUE(contains(v.out, "Signature Algorithm: rsassaPss")) << v.out;
+  EXPECT_TRUE(contains(v.out, "Salt Length: 0x20")) << v.out;
+  // A self-signed certificate too.
+  EXPECT_OK(openssl({"req", "-new", "-x509", "-key", "tpm2:pss", "-subj", "/CN=pss", "-days", "1", "-out",
+                     path("pss.crt")}));
+  auto cv = plain_openssl({"verify", "-CAfile", path("pss.crt"), path("pss.crt")});
+  EXPECT_OK(cv);
+}
+
+// The RSA-PSS key generation parameters: the bits, the digest with MGF1 over it and a salt as long
+// as it are what the TPM key is bound to; what the TPM cannot honour is refused before any TPM
+// command, and nothing is written.
+TEST_P(RsaPssTest, KeygenParameters) {
+  genpkey("pss384", {"-pkeyopt", "rsa_pss_keygen_md:sha384", "-pkeyopt", "rsa_pss_keygen_mgf1_md:sha384", "-pkeyopt",
+                     "rsa_pss_keygen_saltlen:48"});
+  const TPMT_PUBLIC pub = public_area("pss384");
+  EXPECT_EQ(pub.parameters.rsaDetail.scheme.scheme, TPM2_ALG_RSAPSS);
+  EXPECT_EQ(pub.parameters.rsaDetail.scheme.details.rsapss.hashAlg, TPM2_ALG_SHA384);
+  const std::string spki = pubkey("tpm2:pss384");
+  auto text = plain_openssl({"pkey", "-pubin", "-in", spki, "-noout", "-text"});
+  EXPECT_TRUE(contains(text.out, "Hash Algorithm: SHA2-384")) << text.out;
+  EXPECT_TRUE(contains(text.out, "Minimum Salt Length: 48")) << text.out;
+  expect_signs("tpm2:pss384", spki, "sha384");
+
+  bus_.clear();
+  struct Case {
+    std::vector<std::string> opts;
+    const char* error;
+  };
+  for (const Case& c : {Case{{"-pkeyopt", "rsa_pss_keygen_mgf1_md:sha512"}, "the TPM uses the key's digest for MGF1"},
+                        Case{{"-pkeyopt", "rsa_pss_keygen_saltlen:20"}, "salt as long as the digest (32 bytes"},
+                        Case{{"-pkeyopt", "rsa_pss_keygen_md:sha1"}, "RSA-PSS digest"},
+                        Case{{"-pkeyopt", "rsa_keygen_bits:1536"}, "RSA key size 1536"},
+                        Case{{"-pkeyopt", "usage:sign,decrypt"}, "only signs"}}) {
+    SCOPED_TRACE(c.error);
+    std::vector<std::string> a = {"genpkey", "-propquery", "provider=tpmkey", "-algorithm", "RSA-PSS"};
+    a.insert(a.end(), c.opts.begin(), c.opts.end());
+    a.insert(a.end(), {"-out", path("bad.pem")});
+    EXPECT_FAILS_WITH(openssl(a), c.error);
+  }
+  EXPECT_EQ(bus_.take_commands_without_proofs(), std::vector<uint32_t>{});
+}
+
+// Without asking for the TPM, genpkey -algorithm RSA-PSS makes a software key (with tpmkey first,
+// through its first key management, which hands generation to the default provider): a PKCS#8 file
+// the default provider reads alone, and not a TPM command.
+TEST_P(RsaPssTest, UnqualifiedGenpkeyStaysInSoftware) {
+  bus_.clear();
+  EXPECT_OK(openssl({"genpkey", "-algorithm", "RSA-PSS", "-pkeyopt", "rsa_pss_keygen_md:sha256", "-pkeyopt",
+                     "rsa_pss_keygen_mgf1_md:sha256", "-pkeyopt", "rsa_pss_keygen_saltlen:32", "-out",
+                     path("soft.pem")}));
+  EXPECT_EQ(bus_.command_codes(), std::vector<uint32_t>{});
+  EXPECT_TRUE(contains(read_file(path("soft.pem")), "BEGIN PRIVATE KEY"));
+  auto text = plain_openssl({"pkey", "-in", path("soft.pem"), "-noout", "-text"});
+  EXPECT_OK(text);
+  EXPECT_TRUE(contains(text.out, "PSS parameter restrictions:")) << text.out;
+  // It signs in software, in both orders.
+  EXPECT_OK(plain_openssl({"pkey", "-in", path("soft.pem"), "-pubout", "-out", path("soft.pub")}));
+  expect_signs(path("soft.pem"), path("soft.pub"));
+  EXPECT_EQ(bus_.command_codes(), std::vector<uint32_t>{});
+}
+
+// tpmkey create --algorithm rsa-pss (and rsa-pss3072): listed, offered by `tpmkey algorithms`,
+// signing through the provider with PSS; no decryption usage and no OpenSSH public key.
+TEST_P(RsaPssTest, CliCreatesPssKeys) {
+  auto algs = cli({"algorithms"});
+  EXPECT_OK(algs);
+  EXPECT_TRUE(contains(algs.out, "rsa-pss2048 supported")) << algs.out;
+  EXPECT_TRUE(contains(algs.out, "rsa-pss3072 supported")) << algs.out;
+
+  auto made = cli({"create", "p", "--algorithm", "rsa-pss", "--no-password"});
+  EXPECT_OK(made);
+  EXPECT_TRUE(contains(made.out, "created tpm2:p (rsa-pss2048)")) << made.out;
+  EXPECT_EQ(public_area("p").parameters.rsaDetail.scheme.scheme, TPM2_ALG_RSAPSS);
+  const std::string pub = path("p.pub");
+  write_file(pub, cli({"pubkey", "p"}).out);
+  expect_signs("tpm2:p", pub);
+  EXPECT_FAILS_WITH(openssl({"pkeyutl", "-sign", "-inkey", "tpm2:p", "-rawin", "-digest", "sha256", "-pkeyopt",
+                             "rsa_padding_mode:pkcs1", "-in", path("msg"), "-out", path("bad.sig")}),
+                    "signs only with PSS");
+
+  if (tpmkey_first()) {  // once is enough for what does not depend on the provider order
+    auto big = cli({"create", "p3", "--algorithm", "rsa-pss3072", "--no-password"});
+    EXPECT_OK(big);
+    EXPECT_EQ(public_area("p3").parameters.rsaDetail.keyBits, 3072);
+    const std::string pub3 = path("p3.pub");
+    write_file(pub3, cli({"pubkey", "p3"}).out);
+    expect_signs("tpm2:p3", pub3);
+    auto list = cli({"list"});
+    EXPECT_TRUE(contains(list.out, "rsa-pss3072")) << list.out;
+  }
+
+  bus_.clear();
+  EXPECT_FAILS_WITH(cli({"create", "d", "--algorithm", "rsa-pss", "--usage", "sign,decrypt", "--no-password"}),
+                    "only signs");
+  EXPECT_FALSE(std::filesystem::exists(entry("d")));
+  EXPECT_FAILS_WITH(cli({"pubkey", "p", "--format", "openssh"}), "SSH's RSA signatures are PKCS#1 v1.5");
+  for (uint32_t cc : bus_.take_commands_without_proofs()) EXPECT_NE(cc, TPM2_CC_Create);
+}
+
+// In process: a generated key and the same key loaded from the keystore are RSA-PSS keys; a warm
+// signature is one TPM2_Sign; PKCS#1 v1.5 padding is refused when it is set.
+TEST_P(RsaPssTest, InProcessKeysAreRsaPss) {
+  OSSL_LIB_CTX* l = lib(bus_.tcti(), "", tpmkey_first());
+  EVP_PKEY_CTX* g = EVP_PKEY_CTX_new_from_name(l, "RSA-PSS", "provider=tpmkey");
+  ASSERT_TRUE(g) << drain_errors();
+  EVP_PKEY* raw = nullptr;
+  ASSERT_EQ(EVP_PKEY_keygen_init(g), 1) << drain_errors();
+  ASSERT_EQ(EVP_PKEY_generate(g, &raw), 1) << drain_errors();
+  EVP_PKEY_CTX_free(g);
+  PkeyPtr key(raw, EVP_PKEY_free);
+  EXPECT_TRUE(EVP_PKEY_is_a(key.get(), "RSA-PSS"));
+  EXPECT_EQ(EVP_PKEY_get_bits(key.get()), 2048);
+  char md[32] = "";
+  EXPECT_GT(EVP_PKEY_get_default_digest_name(key.get(), md, sizeof md), 0);
+  EXPECT_EQ(hash_from_name(md), TPM2_ALG_SHA256) << md;
+  ASSERT_TRUE(store_key(key.get(), entry("k"))) << drain_errors();
+
+  PkeyPtr loaded = load_key(l, "tpm2:k");
+  ASSERT_TRUE(loaded) << drain_errors();
+  EXPECT_TRUE(EVP_PKEY_is_a(loaded.get(), "RSA-PSS"));
+  PkeyPtr pub = public_copy(loaded.get());
+  ASSERT_TRUE(pub);
+  EXPECT_TRUE(EVP_PKEY_is_a(pub.get(), "RSA-PSS"));
+
+  SignOpts o{"SHA256", RSA_PKCS1_PSS_PADDING};
+  auto sig = digest_sign(l, loaded.get(), "cold", o);  // loads the key
+  ASSERT_FALSE(sig.empty()) << drain_errors();
+  EXPECT_TRUE(digest_verify(pub.get(), "cold", sig, o)) << drain_errors();
+  bus_.clear();
+  sig = digest_sign(l, loaded.get(), "warm", o);
+  ASSERT_FALSE(sig.empty()) << drain_errors();
+  EXPECT_TRUE(digest_verify(pub.get(), "warm", sig, o)) << drain_errors();
+  EXPECT_EQ(bus_.take_commands_without_proofs(), std::vector<uint32_t>{TPM2_CC_Sign});
+
+  // Without setting a padding, the key signs PSS (what it is bound to).
+  sig = digest_sign(l, loaded.get(), "default", SignOpts{"SHA256", 0});
+  ASSERT_FALSE(sig.empty()) << drain_errors();
+  EXPECT_TRUE(digest_verify(pub.get(), "default", sig, o)) << drain_errors();
+
+  EVP_MD_CTX* m = EVP_MD_CTX_new();
+  EVP_PKEY_CTX* pctx = nullptr;
+  ASSERT_EQ(EVP_DigestSignInit_ex(m, &pctx, "SHA256", l, nullptr, loaded.get(), nullptr), 1) << drain_errors();
+  EXPECT_LE(EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING), 0);
+  EXPECT_TRUE(contains(drain_errors(), "signs only with PSS"));
+  EVP_MD_CTX_free(m);
+  EXPECT_EQ(bus_.take_commands_without_proofs(), std::vector<uint32_t>{TPM2_CC_Sign});
+}
+
+}  // namespace
+}  // namespace tpmkey::test
