@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 
@@ -16,6 +18,7 @@
 #include "keystore/algorithm.h"
 #include "keystore/keyfile.h"
 #include "test/fixture.h"
+#include "test/loopback.h"
 #include "test/support.h"
 
 namespace tpmkey::test {
@@ -321,6 +324,46 @@ TEST_P(RsaPssTest, InProcessKeysAreRsaPss) {
   EXPECT_TRUE(contains(drain_errors(), "signs only with PSS"));
   EVP_MD_CTX_free(m);
   EXPECT_EQ(bus_.take_commands_without_proofs(), std::vector<uint32_t>{TPM2_CC_Sign});
+}
+
+// TLS with the RSA-PSS key as s_server's key and a self-signed RSASSA-PSS certificate from it:
+// TLS 1.3 and 1.2 handshakes signed with rsa_pss_pss_sha256 by the TPM, which plain s_client (the
+// default provider alone) verifies. The server serves one connection and exits.
+TEST_P(RsaPssTest, TlsServerKey) {
+  genpkey("srv");
+  ASSERT_OK(openssl({"req", "-new", "-x509", "-key", "tpm2:srv", "-subj", "/CN=localhost", "-days", "1", "-out",
+                     path("srv.crt")}));
+  for (const char* version : {"tls1_3", "tls1_2"}) {
+    SCOPED_TRACE(version);
+    int port = -1;
+    for (int i = 0; i < 200 && port < 0; ++i) {
+      int p = kPortBase + 2 * int(std::rand() % kPortPairs);
+      if (port_free(p)) port = p;
+    }
+    ASSERT_GT(port, 0);
+    const std::string log = path(std::string("server-") + version + ".log");
+    std::vector<std::string> a = {"/usr/bin/env", cnf_env_[0], cnf_env_[1], cnf_env_[2], cnf_env_[3], "openssl",
+                                  "s_server", "-accept", "127.0.0.1:" + std::to_string(port), "-www", "-naccept", "1",
+                                  "-cert", path("srv.crt"), "-key", "tpm2:srv"};
+    if (const char* rt = std::getenv("TPMKEY_SUBPROCESS_PRELOAD"); rt && *rt)  // as test/process.cc does
+      a.insert(a.begin() + 1, {std::string("LD_PRELOAD=") + rt, "ASAN_OPTIONS=detect_leaks=0"});
+    pid_t pid = spawn(a, log);
+    for (int i = 0; i < 400 && !contains(read_file(log), "ACCEPT"); ++i) usleep(25000);
+    ASSERT_TRUE(contains(read_file(log), "ACCEPT")) << read_file(log);
+    auto r = run({"openssl", "s_client", "-connect", "127.0.0.1:" + std::to_string(port), "-CAfile", path("srv.crt"),
+                  "-verify_return_error", std::string("-") + version, "-ign_eof"},
+                 env_, "GET / HTTP/1.0\r\n\r\n", 60);
+    EXPECT_TRUE(contains(r.out, "HTTP/1.0 200 ok")) << r.out << r.err << read_file(log);
+    EXPECT_TRUE(contains(r.out, "Peer signature type: RSA-PSS")) << r.out;
+    int status = 0;
+    bool exited = false;
+    for (int i = 0; i < 400 && !exited; ++i) {
+      if (waitpid(pid, &status, WNOHANG) == pid) exited = true;
+      else usleep(25000);
+    }
+    if (!exited) stop_child(pid);
+    EXPECT_TRUE(exited && WIFEXITED(status) && WEXITSTATUS(status) == 0) << read_file(log);
+  }
 }
 
 }  // namespace
