@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include <openssl/core_names.h>
@@ -326,35 +327,40 @@ TEST_P(RsaPssTest, InProcessKeysAreRsaPss) {
   EXPECT_EQ(bus_.take_commands_without_proofs(), std::vector<uint32_t>{TPM2_CC_Sign});
 }
 
-// TLS with the RSA-PSS key as s_server's key and a self-signed RSASSA-PSS certificate from it:
-// TLS 1.3 and 1.2 handshakes signed with rsa_pss_pss_sha256 by the TPM, which plain s_client (the
-// default provider alone) verifies. The server serves one connection and exits.
-TEST_P(RsaPssTest, TlsServerKey) {
-  genpkey("srv");
-  ASSERT_OK(openssl({"req", "-new", "-x509", "-key", "tpm2:srv", "-subj", "/CN=localhost", "-days", "1", "-out",
-                     path("srv.crt")}));
-  for (const char* version : {"tls1_3", "tls1_2"}) {
-    SCOPED_TRACE(version);
+// TLS with the RSA-PSS key and a self-signed RSASSA-PSS certificate from it, TLS 1.3 and 1.2:
+// as s_server's key, verified by plain s_client (the default provider alone), and as s_client's
+// client key against a plain s_server that requires a client certificate. The TPM signs the
+// handshake with rsa_pss_pss_sha256. Each server serves one connection and exits.
+TEST_P(RsaPssTest, TlsServerAndClientKey) {
+  genpkey("tls");
+  ASSERT_OK(openssl({"req", "-new", "-x509", "-key", "tpm2:tls", "-subj", "/CN=localhost", "-days", "1", "-out",
+                     path("tls.crt")}));
+  ASSERT_OK(plain_openssl({"req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+                           path("sw.key"), "-subj", "/CN=localhost", "-days", "1", "-out", path("sw.crt")}));
+  int servers = 0;
+  // One s_server (with `server_env`) and one s_client (with `client_env`) handshake.
+  auto handshake = [&](const std::vector<std::string>& server_env, std::vector<std::string> server_args,
+                       const std::vector<std::string>& client_env, std::vector<std::string> client_args) {
     int port = -1;
     for (int i = 0; i < 200 && port < 0; ++i) {
       int p = kPortBase + 2 * int(std::rand() % kPortPairs);
       if (port_free(p)) port = p;
     }
     ASSERT_GT(port, 0);
-    const std::string log = path(std::string("server-") + version + ".log");
-    std::vector<std::string> a = {"/usr/bin/env", cnf_env_[0], cnf_env_[1], cnf_env_[2], cnf_env_[3], "openssl",
-                                  "s_server", "-accept", "127.0.0.1:" + std::to_string(port), "-www", "-naccept", "1",
-                                  "-cert", path("srv.crt"), "-key", "tpm2:srv"};
+    const std::string log = path("server-" + std::to_string(++servers) + ".log");
+    std::vector<std::string> a = {"/usr/bin/env"};
+    a.insert(a.end(), server_env.begin(), server_env.end());
     if (const char* rt = std::getenv("TPMKEY_SUBPROCESS_PRELOAD"); rt && *rt)  // as test/process.cc does
-      a.insert(a.begin() + 1, {std::string("LD_PRELOAD=") + rt, "ASAN_OPTIONS=detect_leaks=0"});
+      a.insert(a.end(), {std::string("LD_PRELOAD=") + rt, "ASAN_OPTIONS=detect_leaks=0"});
+    a.insert(a.end(), {"openssl", "s_server", "-accept", "127.0.0.1:" + std::to_string(port), "-www", "-naccept", "1"});
+    a.insert(a.end(), server_args.begin(), server_args.end());
     pid_t pid = spawn(a, log);
     for (int i = 0; i < 400 && !contains(read_file(log), "ACCEPT"); ++i) usleep(25000);
     ASSERT_TRUE(contains(read_file(log), "ACCEPT")) << read_file(log);
-    auto r = run({"openssl", "s_client", "-connect", "127.0.0.1:" + std::to_string(port), "-CAfile", path("srv.crt"),
-                  "-verify_return_error", std::string("-") + version, "-ign_eof"},
-                 env_, "GET / HTTP/1.0\r\n\r\n", 60);
+    client_args.insert(client_args.begin(),
+                       {"openssl", "s_client", "-connect", "127.0.0.1:" + std::to_string(port), "-ign_eof"});
+    auto r = run(client_args, client_env, "GET / HTTP/1.0\r\n\r\n", 60);
     EXPECT_TRUE(contains(r.out, "HTTP/1.0 200 ok")) << r.out << r.err << read_file(log);
-    EXPECT_TRUE(contains(r.out, "Peer signature type: RSA-PSS")) << r.out;
     int status = 0;
     bool exited = false;
     for (int i = 0; i < 400 && !exited; ++i) {
@@ -363,6 +369,28 @@ TEST_P(RsaPssTest, TlsServerKey) {
     }
     if (!exited) stop_child(pid);
     EXPECT_TRUE(exited && WIFEXITED(status) && WEXITSTATUS(status) == 0) << read_file(log);
+    EXPECT_FALSE(contains(read_file(log), "error")) << read_file(log);
+  };
+  for (const std::string version : {"-tls1_3", "-tls1_2"}) {
+    SCOPED_TRACE(version);
+    {
+      SCOPED_TRACE("server key in the TPM");
+      bus_.clear();
+      handshake(cnf_env_, {"-cert", path("tls.crt"), "-key", "tpm2:tls"}, env_,
+                {"-CAfile", path("tls.crt"), "-verify_return_error", version});
+      auto sent = bus_.take_commands_without_proofs();
+      EXPECT_EQ(std::count(sent.begin(), sent.end(), TPM2_CC_Sign), 1);
+    }
+    {
+      SCOPED_TRACE("client key in the TPM");
+      bus_.clear();
+      handshake(env_, {"-cert", path("sw.crt"), "-key", path("sw.key"), "-Verify", "1", "-CAfile", path("tls.crt"),
+                       "-verify_return_error"},
+                cnf_env_, {"-cert", path("tls.crt"), "-key", "tpm2:tls", "-CAfile", path("sw.crt"),
+                           "-verify_return_error", version});
+      auto sent = bus_.take_commands_without_proofs();
+      EXPECT_EQ(std::count(sent.begin(), sent.end(), TPM2_CC_Sign), 1);
+    }
   }
 }
 
