@@ -202,6 +202,15 @@ TEST_P(RsaPssTest, KeygenParameters) {
   EXPECT_TRUE(contains(text.out, "Minimum Salt Length: 48")) << text.out;
   expect_signs("tpm2:pss384", spki, "sha384");
 
+  // RSA-PSS-1024 only by size, with the weak-key warning.
+  auto weak = openssl({"genpkey", "-propquery", "provider=tpmkey", "-algorithm", "RSA-PSS", "-pkeyopt",
+                       "rsa_keygen_bits:1024", "-out", entry("weak")});
+  EXPECT_OK(weak);
+  EXPECT_TRUE(contains(weak.err, kWeakWarning)) << weak.err;
+  EXPECT_TRUE(contains(cli({"list"}).out, "rsa-pss1024"));
+  const std::string weak_pub = pubkey("tpm2:weak");
+  expect_signs("tpm2:weak", weak_pub);
+
   bus_.clear();
   struct Case {
     std::vector<std::string> opts;
