@@ -834,6 +834,13 @@ TEST_F(Tpm2ToolsTest, PssBoundKeyIsAnRsaPssKey) {
   auto asn1 = plain_openssl({"asn1parse", "-in", dir_ + "/toolspss.pub"});
   EXPECT_NE(asn1.out.find("rsassaPss"), std::string::npos) << asn1.out;
   expect_signs("tpm2:toolspss", dir_ + "/toolspss.pub", true);
+  // Bound to RSA-PSS with SHA-1, which tpmkey does not sign: refused by name, nothing imported.
+  create_key(dir_ + "/p.ctx", "rsa2048:rsapss-sha1:null", dir_ + "/sha1.pem");
+  EXPECT_FAILS_WITH(openssl("pkeyutl", {"-sign", "-inkey", "tpm2:file=" + dir_ + "/sha1.pem", "-rawin", "-digest",
+                                        "sha256", "-in", dir_ + "/msg", "-out", dir_ + "/bad"}),
+                    "the key is bound to RSA-PSS with SHA1");
+  EXPECT_FAILS_WITH(tpmkey({"import-file", "sha1", dir_ + "/sha1.pem"}), "the key is bound to RSA-PSS with SHA1");
+  EXPECT_FALSE(std::filesystem::exists(keystore_ + "/sha1.pem"));
 }
 
 TEST_F(Tpm2ToolsTest, KeysUnderAPersistentParent) {
