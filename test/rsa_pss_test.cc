@@ -18,6 +18,7 @@
 
 #include "keystore/algorithm.h"
 #include "keystore/keyfile.h"
+#include "test/agent_process.h"
 #include "test/fixture.h"
 #include "test/loopback.h"
 #include "test/support.h"
@@ -250,7 +251,8 @@ TEST_P(RsaPssTest, UnqualifiedGenpkeyStaysInSoftware) {
 }
 
 // tpmkey create --algorithm rsa-pss (and rsa-pss3072): listed, offered by `tpmkey algorithms`,
-// signing through the provider with PSS; no decryption usage and no OpenSSH public key.
+// signing through the provider with PSS; no decryption usage and no OpenSSH public key, and
+// tpmkey agent does not serve it.
 TEST_P(RsaPssTest, CliCreatesPssKeys) {
   auto algs = cli({"algorithms"});
   EXPECT_OK(algs);
@@ -277,6 +279,17 @@ TEST_P(RsaPssTest, CliCreatesPssKeys) {
     expect_signs("tpm2:p3", pub3);
     auto list = cli({"list"});
     EXPECT_TRUE(contains(list.out, "rsa-pss3072")) << list.out;
+
+    // tpmkey agent serves the keystore's EC key and says why it leaves the RSA-PSS keys out.
+    EXPECT_OK(cli({"create", "ec", "--no-password"}));
+    AgentProcess agent(dir_, bus_.tcti(), keystore_);
+    auto keys = agent.ssh_add({"-L"});
+    EXPECT_OK(keys);
+    EXPECT_EQ(std::count(keys.out.begin(), keys.out.end(), '\n'), 1) << keys.out;
+    EXPECT_TRUE(contains(keys.out, "ecdsa-sha2-nistp256")) << keys.out;
+    EXPECT_TRUE(contains(agent.log(), "tpm2:p is not usable for SSH: unsupported algorithm or parameter: an RSA-PSS key signs only with PSS"))
+        << agent.log();
+    EXPECT_EQ(agent.stop(), 0);
   }
 
   bus_.clear();
