@@ -300,6 +300,63 @@ TEST_P(RsaPssTest, CliCreatesPssKeys) {
   for (uint32_t cc : bus_.take_commands_without_proofs()) EXPECT_NE(cc, TPM2_CC_Create);
 }
 
+// tpmkey import of software RSA-PSS keys: restricted to SHA-256 or SHA-384 (MGF1 with the same hash,
+// a minimum salt the TPM's digest-length salt meets) and unrestricted (bound to SHA-256 in the TPM),
+// each then signing PSS in the TPM (through openssl in this test's provider order), verified with
+// the original key; what the TPM cannot honour is refused before any TPM command, and nothing is
+// written.
+TEST_P(RsaPssTest, ImportsSoftwarePssKeys) {
+  struct Case {
+    const char* name;
+    std::vector<std::string> opts;
+    const char* digest;
+  };
+  for (const Case& c : {Case{"r256",
+                             {"-pkeyopt", "rsa_pss_keygen_md:sha256", "-pkeyopt", "rsa_pss_keygen_mgf1_md:sha256",
+                              "-pkeyopt", "rsa_pss_keygen_saltlen:32"},
+                             "sha256"},
+                        Case{"r384",
+                             {"-pkeyopt", "rsa_pss_keygen_md:sha384", "-pkeyopt", "rsa_pss_keygen_mgf1_md:sha384",
+                              "-pkeyopt", "rsa_pss_keygen_saltlen:20"},
+                             "sha384"},
+                        Case{"open", {}, "sha256"}}) {
+    SCOPED_TRACE(c.name);
+    const std::string file = path(std::string(c.name) + ".key"), pub = path(std::string(c.name) + ".pub");
+    std::vector<std::string> gen = {"genpkey", "-algorithm", "RSA-PSS", "-out", file};
+    gen.insert(gen.end(), c.opts.begin(), c.opts.end());
+    ASSERT_OK(plain_openssl(gen));
+    ASSERT_OK(plain_openssl({"pkey", "-in", file, "-pubout", "-out", pub}));
+    auto r = cli({"import", c.name, file, "--no-password"});
+    ASSERT_OK(r);
+    EXPECT_TRUE(contains(r.out, std::string("imported tpm2:") + c.name + " (rsa-pss2048, imported)")) << r.out;
+    const TPMT_PUBLIC area = public_area(c.name);
+    EXPECT_EQ(area.parameters.rsaDetail.scheme.scheme, TPM2_ALG_RSAPSS);
+    EXPECT_EQ(area.parameters.rsaDetail.scheme.details.rsapss.hashAlg,
+              std::string(c.digest) == "sha384" ? TPM2_ALG_SHA384 : TPM2_ALG_SHA256);
+    expect_signs(std::string("tpm2:") + c.name, pub, c.digest);
+    // Restricted as the TPM key is, the original's public key is the same SubjectPublicKeyInfo.
+    if (std::string(c.name) == "r256") {
+      EXPECT_EQ(cli({"pubkey", c.name}).out, read_file(pub));
+    }
+  }
+  bus_.clear();
+  for (const Case& c : {Case{"mgf1", {"-pkeyopt", "rsa_pss_keygen_md:sha256"}, "MGF1 over SHA1"},
+                        Case{"salt",
+                             {"-pkeyopt", "rsa_pss_keygen_md:sha256", "-pkeyopt", "rsa_pss_keygen_mgf1_md:sha256",
+                              "-pkeyopt", "rsa_pss_keygen_saltlen:40"},
+                             "salt is at least 40 bytes"},
+                        Case{"sha1", {"-pkeyopt", "rsa_pss_keygen_md:sha1"}, "restricted to SHA1"}}) {
+    SCOPED_TRACE(c.name);
+    const std::string file = path(std::string(c.name) + ".key");
+    std::vector<std::string> gen = {"genpkey", "-algorithm", "RSA-PSS", "-out", file};
+    gen.insert(gen.end(), c.opts.begin(), c.opts.end());
+    ASSERT_OK(plain_openssl(gen));
+    EXPECT_FAILS_WITH(cli({"import", c.name, file, "--no-password"}), c.digest);
+    EXPECT_FALSE(std::filesystem::exists(entry(c.name)));
+  }
+  EXPECT_EQ(bus_.take_commands_without_proofs(), std::vector<uint32_t>{});
+}
+
 // In process: a generated key and the same key loaded from the keystore are RSA-PSS keys; a warm
 // signature is one TPM2_Sign; PKCS#1 v1.5 padding is refused when it is set.
 TEST_P(RsaPssTest, InProcessKeysAreRsaPss) {

@@ -215,7 +215,7 @@ const char* kImportHelp = R"(Usage: tpmkey import NAME FILE [--passphrase-file F
                     [--password | --password-file F | --no-password]
                     [--description TEXT]
 
-Moves an existing RSA or EC private key into this TPM and stores it in the keystore
+Moves an existing RSA, RSA-PSS or EC private key into this TPM and stores it in the keystore
 as NAME.pem (a standard TSS2 PRIVATE KEY file, mode 0600, written atomically; an
 existing key is never overwritten). From then on the key signs in the TPM, as
 tpm2:NAME, like a key made with "tpmkey create".
