@@ -1,8 +1,10 @@
 // RSA-PSS keys (docs/keys.md, "RSA-PSS keys"): RSA keys whose TPM public area binds them to the
 // RSASSA-PSS scheme and one hash. Made by `openssl genpkey -algorithm RSA-PSS` (asking for the TPM)
 // and `tpmkey create --algorithm rsa-pss`, in both provider orders; signing only with PSS, verified
-// by the default provider alone; CSRs; SubjectPublicKeyInfo with the PSS parameters; reloaded from
-// the keystore and by path as RSA-PSS keys; refusals before any TPM command.
+// by the default provider alone; CSRs and certificates; SubjectPublicKeyInfo with the PSS
+// parameters; reloaded from the keystore and by path as RSA-PSS keys; TLS 1.3 and 1.2 server and
+// client keys; tpmkey import of software RSA-PSS keys; left out by tpmkey agent; refusals before
+// any TPM command.
 #include <gtest/gtest.h>
 
 #include <sys/stat.h>
@@ -189,8 +191,8 @@ TEST_P(RsaPssTest, CertificateRequestIsSignedWithPss) {
 }
 
 // The RSA-PSS key generation parameters: the bits, the digest with MGF1 over it and a salt as long
-// as it are what the TPM key is bound to; what the TPM cannot honour is refused before any TPM
-// command, and nothing is written.
+// as it are what the TPM key is bound to; 1024 bits only by size, with the weak-key warning; what
+// the TPM cannot honour is refused before any TPM command.
 TEST_P(RsaPssTest, KeygenParameters) {
   genpkey("pss384", {"-pkeyopt", "rsa_pss_keygen_md:sha384", "-pkeyopt", "rsa_pss_keygen_mgf1_md:sha384", "-pkeyopt",
                      "rsa_pss_keygen_saltlen:48"});
