@@ -174,7 +174,8 @@ TEST_P(RsaPssTest, SigningRefusesWhatThePssKeyCannotDo) {
 }
 
 // openssl req -new with an RSA-PSS key: the CSR's signature algorithm is RSASSA-PSS, and the
-// default provider alone verifies it.
+// default provider alone verifies it; a self-signed certificate, a leaf it signs as a CA, and a CMS
+// signature, all verified by the default provider alone.
 TEST_P(RsaPssTest, CertificateRequestIsSignedWithPss) {
   genpkey("pss");
   EXPECT_OK(openssl({"req", "-new", "-key", "tpm2:pss", "-subj", "/CN=pss", "-out", path("req.pem")}));
@@ -188,6 +189,22 @@ TEST_P(RsaPssTest, CertificateRequestIsSignedWithPss) {
                      path("pss.crt")}));
   auto cv = plain_openssl({"verify", "-CAfile", path("pss.crt"), path("pss.crt")});
   EXPECT_OK(cv);
+  // As a CA: x509 -req signs a leaf.
+  EXPECT_OK(openssl({"req", "-new", "-key", "tpm2:pss", "-subj", "/CN=leaf", "-out", path("leaf.csr")}));
+  EXPECT_OK(openssl({"x509", "-req", "-in", path("leaf.csr"), "-CA", path("pss.crt"), "-CAkey", "tpm2:pss", "-days",
+                     "1", "-out", path("leaf.crt")}));
+  EXPECT_OK(plain_openssl({"verify", "-CAfile", path("pss.crt"), path("leaf.crt")}));
+  // cms -sign: with rsa_padding_mode:pss, as OpenSSL 3.0 needs for any RSA-PSS key (without it, it
+  // writes rsaEncryption as the signature algorithm for software RSA-PSS keys too).
+  write_file(path("m.txt"), "signed with PSS\n");
+  EXPECT_OK(openssl({"cms", "-sign", "-in", path("m.txt"), "-signer", path("pss.crt"), "-inkey", "tpm2:pss",
+                     "-keyopt", "rsa_padding_mode:pss", "-outform", "PEM", "-out", path("m.p7")}));
+  auto cms = plain_openssl({"cms", "-verify", "-in", path("m.p7"), "-inform", "PEM", "-CAfile", path("pss.crt"),
+                            "-content", path("m.txt"), "-out", path("m.out")});
+  EXPECT_OK(cms);
+  EXPECT_TRUE(contains(cms.err, "Verification successful")) << cms.err;
+  auto printed = plain_openssl({"cms", "-cmsout", "-print", "-in", path("m.p7"), "-inform", "PEM"});
+  EXPECT_TRUE(contains(printed.out, "rsassaPss")) << printed.out;
 }
 
 // The RSA-PSS key generation parameters: the bits, the digest with MGF1 over it and a salt as long
