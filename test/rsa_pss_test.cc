@@ -469,6 +469,17 @@ TEST_P(RsaPssTest, TlsServerAndClientKey) {
     EXPECT_TRUE(exited && WIFEXITED(status) && WEXITSTATUS(status) == 0) << read_file(log);
     EXPECT_FALSE(contains(read_file(log), "error")) << read_file(log);
   };
+  // A key bound to SHA-384: rsa_pss_pss_sha384.
+  genpkey("tls384", {"-pkeyopt", "rsa_pss_keygen_md:sha384"});
+  ASSERT_OK(openssl({"req", "-new", "-x509", "-key", "tpm2:tls384", "-subj", "/CN=localhost", "-days", "1", "-out",
+                     path("tls384.crt")}));
+  bus_.clear();
+  handshake(cnf_env_, {"-cert", path("tls384.crt"), "-key", "tpm2:tls384"}, env_,
+            {"-CAfile", path("tls384.crt"), "-verify_return_error", "-tls1_3"});
+  {
+    auto sent = bus_.take_commands_without_proofs();
+    EXPECT_EQ(std::count(sent.begin(), sent.end(), TPM2_CC_Sign), 1);
+  }
   for (const std::string version : {"-tls1_3", "-tls1_2"}) {
     SCOPED_TRACE(version);
     {
