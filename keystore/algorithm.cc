@@ -14,8 +14,19 @@ constexpr AlgorithmSpec kAlgorithms[] = {
     {"rsa2048", KeyKind::kRsa, 2048, TPM2_ECC_NONE, nullptr},
     {"rsa3072", KeyKind::kRsa, 3072, TPM2_ECC_NONE, nullptr},
     {"rsa4096", KeyKind::kRsa, 4096, TPM2_ECC_NONE, nullptr},
+    {"rsa-pss2048", KeyKind::kRsaPss, 2048, TPM2_ECC_NONE, nullptr},
+    {"rsa-pss3072", KeyKind::kRsaPss, 3072, TPM2_ECC_NONE, nullptr},
+    {"rsa-pss4096", KeyKind::kRsaPss, 4096, TPM2_ECC_NONE, nullptr},
     {"rsa1024", KeyKind::kRsa, 1024, TPM2_ECC_NONE, nullptr, true},
+    {"rsa-pss1024", KeyKind::kRsaPss, 1024, TPM2_ECC_NONE, nullptr, true},
 };
+
+// Other spellings find_algorithm accepts.
+struct AlgorithmAlias {
+  const char* alias;
+  const char* name;
+};
+constexpr AlgorithmAlias kAlgorithmAliases[] = {{"rsa-pss", "rsa-pss2048"}};
 
 struct GroupAlias {
   const char* alias;
@@ -44,10 +55,17 @@ constexpr HashInfo kHashes[] = {
 
 std::span<const AlgorithmSpec> all_algorithms() { return kAlgorithms; }
 
+namespace {
+bool same_name(const char* a, std::string_view b) {
+  return b.size() == std::char_traits<char>::length(a) && strncasecmp(a, b.data(), b.size()) == 0;
+}
+}  // namespace
+
 const AlgorithmSpec* find_algorithm(std::string_view name) {
+  for (const auto& al : kAlgorithmAliases)
+    if (same_name(al.alias, name)) name = al.name;
   for (const auto& a : kAlgorithms)
-    if (name.size() == std::char_traits<char>::length(a.name) && strncasecmp(a.name, name.data(), name.size()) == 0)
-      return &a;
+    if (same_name(a.name, name)) return &a;
   return nullptr;
 }
 
@@ -70,9 +88,17 @@ const AlgorithmSpec* find_rsa_bits(int bits) {
   return nullptr;
 }
 
+const AlgorithmSpec* find_rsa_pss_bits(int bits) {
+  for (const auto& a : kAlgorithms)
+    if (a.kind == KeyKind::kRsaPss && a.bits == bits) return &a;
+  return nullptr;
+}
+
 Result<const AlgorithmSpec*> spec_of(const TPMT_PUBLIC& pub) {
   const AlgorithmSpec* s = nullptr;
   if (pub.type == TPM2_ALG_ECC) s = find_ec_curve(pub.parameters.eccDetail.curveID);
+  else if (pub.type == TPM2_ALG_RSA && pub.parameters.rsaDetail.scheme.scheme == TPM2_ALG_RSAPSS)
+    s = find_rsa_pss_bits(pub.parameters.rsaDetail.keyBits);
   else if (pub.type == TPM2_ALG_RSA) s = find_rsa_bits(pub.parameters.rsaDetail.keyBits);
   if (!s) return make_error(Reason::kUnsupported, "the key's algorithm is not one tpmkey supports");
   return s;
@@ -120,7 +146,7 @@ TPMT_SIG_SCHEME tpm_scheme(const SignScheme& s) {
 }
 
 SignScheme default_scheme(KeyKind kind, TPM2_ALG_ID hash) {
-  return {kind == KeyKind::kEc ? SigAlg::kEcdsa : SigAlg::kRsaPkcs1, hash};
+  return {kind == KeyKind::kEc ? SigAlg::kEcdsa : kind == KeyKind::kRsaPss ? SigAlg::kRsaPss : SigAlg::kRsaPkcs1, hash};
 }
 
 Result<std::optional<SignScheme>> bound_scheme(const TPMT_PUBLIC& pub) {
@@ -158,6 +184,13 @@ TPM2B_PUBLIC key_template(const KeyOptions& opts) {
     p.type = TPM2_ALG_RSA;
     p.parameters.rsaDetail.symmetric.algorithm = TPM2_ALG_NULL;
     p.parameters.rsaDetail.scheme.scheme = TPM2_ALG_NULL;
+    if (opts.spec->kind == KeyKind::kRsaPss) {
+      // The TPM refuses a scheme on a key that also decrypts: an RSA-PSS key only signs.
+      p.objectAttributes &= ~TPMA_OBJECT(TPMA_OBJECT_DECRYPT);
+      p.objectAttributes |= TPMA_OBJECT_SIGN_ENCRYPT;
+      p.parameters.rsaDetail.scheme.scheme = TPM2_ALG_RSAPSS;
+      p.parameters.rsaDetail.scheme.details.rsapss.hashAlg = opts.pss_hash;
+    }
     p.parameters.rsaDetail.keyBits = TPM2_KEY_BITS(opts.spec->bits);
     p.parameters.rsaDetail.exponent = opts.rsa_exponent == 65537 ? 0 : opts.rsa_exponent;
   }

@@ -13,7 +13,11 @@
 
 namespace tpmkey {
 
-enum class KeyKind { kEc, kRsa };
+// The key types, as OpenSSL knows them: EC, RSA, and RSA-PSS (an RSA key whose TPM public area
+// binds it to the RSASSA-PSS scheme and one hash: it signs only with PSS, docs/keys.md, "RSA-PSS").
+enum class KeyKind { kEc, kRsa, kRsaPss };
+// RSA and RSA-PSS: the same RSA key in the TPM.
+inline bool is_rsa(KeyKind k) { return k == KeyKind::kRsa || k == KeyKind::kRsaPss; }
 
 struct AlgorithmSpec {
   const char* name;        // "ec-p256", "rsa2048": the CLI spelling
@@ -35,8 +39,11 @@ const AlgorithmSpec* find_algorithm(std::string_view name);
 // Accepts "P-256", "prime256v1", "secp384r1", ... (case-insensitive).
 const AlgorithmSpec* find_ec_group(std::string_view group);
 const AlgorithmSpec* find_rsa_bits(int bits);
+// The RSA-PSS spec of that size ("rsa-pss2048", ...).
+const AlgorithmSpec* find_rsa_pss_bits(int bits);
 const AlgorithmSpec* find_ec_curve(TPM2_ECC_CURVE curve);
-// The spec a TPM public area corresponds to, if tpmkey supports it.
+// The spec a TPM public area corresponds to, if tpmkey supports it: an RSA key bound to the RSAPSS
+// scheme is an RSA-PSS spec.
 Result<const AlgorithmSpec*> spec_of(const TPMT_PUBLIC& pub);
 
 // What a key may do, as its public area's object attributes say: sign (TPMA_OBJECT_SIGN_ENCRYPT),
@@ -58,6 +65,7 @@ struct KeyOptions {
   bool with_auth = false;     // the key needs a password
   TPM2_ALG_ID name_alg = TPM2_ALG_SHA256;  // the key's name algorithm (SHA-256/384/512)
   uint32_t parent = TPM2_RH_OWNER;         // 0x40000001 (the SRK) or a persistent storage key
+  TPM2_ALG_ID pss_hash = TPM2_ALG_SHA256;  // RSA-PSS only: the hash the key's RSAPSS scheme names
 };
 
 // How the TPM signs a digest: the scheme and its hash. RSA-PSS always uses a salt as long as the
@@ -80,7 +88,7 @@ struct DecryptScheme {
   bool implicit_rejection = true;    // PKCS#1 v1.5 only
 };
 
-// The natural scheme for a key of this kind (ECDSA or RSA PKCS#1 v1.5) with `hash`.
+// The natural scheme for a key of this kind (ECDSA, RSA PKCS#1 v1.5, or PSS for RSA-PSS) with `hash`.
 SignScheme default_scheme(KeyKind kind, TPM2_ALG_ID hash = TPM2_ALG_SHA256);
 // The scheme a key is bound to in its public area, if it is bound to one (scheme not NULL):
 // nullopt for an unbound key, an error for a binding tpmkey cannot sign with.
@@ -88,7 +96,8 @@ Result<std::optional<SignScheme>> bound_scheme(const TPMT_PUBLIC& pub);
 
 // Public template for a key: fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth, and sign
 // and/or decrypt as opts.usage says; scheme NULL so that each TPM2_Sign, TPM2_RSA_Decrypt or
-// TPM2_ECDH_ZGen picks the scheme (and raw RSA decryption is possible, docs/keys.md).
+// TPM2_ECDH_ZGen picks the scheme (and raw RSA decryption is possible, docs/keys.md). An RSA-PSS
+// key is the exception: scheme RSAPSS with opts.pss_hash, sign only.
 TPM2B_PUBLIC key_template(const KeyOptions& opts);
 // The public area of a key made outside the TPM and brought in with TPM2_Import (its unique field
 // is left for the caller): sign, userWithAuth, noDA without a password, scheme NULL, and fixedTPM,

@@ -223,7 +223,7 @@ Result<SecretBytes> Key::rejection_secret(Tpm& tpm) {
 
 Result<SecretBytes> Key::decrypt(const DecryptScheme& scheme, const uint8_t* in, size_t len) {
   const std::string what = "decrypt(" + label_ + ")";
-  if (spec_->kind != KeyKind::kRsa)
+  if (spec_->kind == KeyKind::kEc)
     return make_error(Reason::kUnsupported, "an EC key does not decrypt (it derives ECDH secrets)").context(what);
   if (!can_decrypt()) return no_usage(usage_text(usage()), "decrypt").context(what);
   if (needs_auth() && !has_auth_)
@@ -383,7 +383,7 @@ Result<SecretBytes> Key::derive(const EVP_PKEY* peer) {
 }
 
 Result<Bytes> Key::encode(const TPMT_SIGNATURE& sig, const std::string& what) const {
-  if (spec_->kind == KeyKind::kRsa) {
+  if (is_rsa(spec_->kind)) {
     const TPM2B_PUBLIC_KEY_RSA& s = sig.signature.rsassa.sig;  // rsapss has the same layout
     return Bytes(s.buffer, s.buffer + s.size);
   }

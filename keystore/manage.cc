@@ -68,6 +68,11 @@ Result<CreatedKey> create_key(Context& ctx, const CreateRequest& req) {
   const SecretBytes& auth = req.password ? *req.password : no_password;
   if (!req.usage || (req.usage & ~unsigned(kUsageSignDecrypt)))
     return make_error(Reason::kInvalidArgument, "the usage must be sign, decrypt or both").context(what);
+  if (spec->kind == KeyKind::kRsaPss && req.usage != kUsageSign)
+    return make_error(Reason::kUnsupported, std::string("an ") + spec->name +
+                                                " key only signs (usage sign): the TPM binds a key with a signature "
+                                                "scheme to signing")
+        .context(what);
   KeyOptions opts;
   opts.spec = spec;
   opts.usage = req.usage;
@@ -127,7 +132,7 @@ Result<KeyFileImport> open_import(Context& ctx, const std::string& name, const s
 // Key and Tpm have no "load only" call, so this takes the path every later signature takes.
 Status self_test(Key& key, const Crypto& crypto, EVP_PKEY* verify_with) {
   static constexpr char kSelfTest[] = "tpmkey import-file self-test";
-  const bool rsa = key.spec().kind == KeyKind::kRsa;
+  const bool rsa = is_rsa(key.spec().kind);
   // A key bound to a scheme signs only with it; a NULL scheme lets the command choose.
   auto bound = bound_scheme(key.file().pub.publicArea);
   if (!bound) return bound.take_error();
@@ -140,13 +145,16 @@ Status self_test(Key& key, const Crypto& crypto, EVP_PKEY* verify_with) {
     return make_error(Reason::kInternal, "cannot hash the self-test message");
   auto sig = key.sign(scheme, digest, digest_len);
   if (!sig) return sig.take_error();
-  EvpPkeyCtxPtr v(
-      EVP_PKEY_CTX_new_from_pkey(crypto.libctx(), verify_with ? verify_with : key.public_pkey(), "provider=default"));
+  EVP_PKEY* vkey = verify_with ? verify_with : key.public_pkey();
+  EvpPkeyCtxPtr v(EVP_PKEY_CTX_new_from_pkey(crypto.libctx(), vkey, "provider=default"));
   bool ok = v && EVP_PKEY_verify_init(v.get()) == 1 && EVP_PKEY_CTX_set_signature_md(v.get(), md) == 1;
   if (ok && rsa) {
     const bool pss = scheme.alg == SigAlg::kRsaPss;
+    // An RSA-PSS public key carries its salt length (the digest's, what the TPM makes), and
+    // OpenSSL verifies a restricted key only with a stated one.
+    const int saltlen = EVP_PKEY_is_a(vkey, "RSA-PSS") ? RSA_PSS_SALTLEN_DIGEST : RSA_PSS_SALTLEN_AUTO;
     ok = EVP_PKEY_CTX_set_rsa_padding(v.get(), pss ? RSA_PKCS1_PSS_PADDING : RSA_PKCS1_PADDING) == 1 &&
-         (!pss || EVP_PKEY_CTX_set_rsa_pss_saltlen(v.get(), RSA_PSS_SALTLEN_AUTO) == 1);
+         (!pss || EVP_PKEY_CTX_set_rsa_pss_saltlen(v.get(), saltlen) == 1);
   }
   ok = ok && EVP_PKEY_verify(v.get(), sig->data(), sig->size(), digest, digest_len) == 1;
   ERR_clear_error();

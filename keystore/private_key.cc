@@ -1,5 +1,6 @@
 #include "keystore/private_key.h"
 
+#include <cstdio>
 #include <cstring>
 #include <optional>
 #include <string_view>
@@ -167,7 +168,6 @@ std::string key_type_phrase(EVP_PKEY* pkey) {
   if (name == "ED448") return "an Ed448 key";
   if (name == "X25519") return "an X25519 key";
   if (name == "X448") return "an X448 key";
-  if (name == "RSA-PSS") return "an RSA-PSS key (restricted to PSS by its file)";
   if (name == "EC" || name == "RSA") return "an " + name + " key";
   return "a " + name + " key";
 }
@@ -327,6 +327,44 @@ Result<SoftwareKey> read_private_key(const Crypto& c, const std::string& path, c
   return out;
 }
 
+namespace {
+
+// The hash an RSA-PSS key's TPM copy is bound to: its file's restriction (the digest, MGF1 with the
+// same digest, a minimum salt length the TPM's, the digest's length, satisfies), or SHA-256 for a
+// key without restrictions (docs/keys.md, "RSA-PSS keys").
+Result<TPM2_ALG_ID> pss_binding(EVP_PKEY* pkey) {
+  // A restricted key names its mandatory digest; OpenSSL leaves out the restrictions that are
+  // RFC 8017's defaults (SHA-1, MGF1 with SHA-1, a 20-byte salt), so those are assumed when absent.
+  char md[64] = "", mgf1[64] = "";
+  if (EVP_PKEY_get_utf8_string_param(pkey, OSSL_PKEY_PARAM_MANDATORY_DIGEST, md, sizeof md, nullptr) != 1) {
+    ERR_clear_error();
+    return TPM2_ALG_SHA256;  // no restrictions
+  }
+  const TPM2_ALG_ID h = hash_from_name(md);
+  if (h != TPM2_ALG_SHA256 && h != TPM2_ALG_SHA384 && h != TPM2_ALG_SHA512)
+    return make_error(Reason::kUnsupported,
+                      std::string("an RSA-PSS key restricted to ") + md + " (the TPM signs SHA-256, SHA-384 or SHA-512)");
+  if (EVP_PKEY_get_utf8_string_param(pkey, OSSL_PKEY_PARAM_RSA_MGF1_DIGEST, mgf1, sizeof mgf1, nullptr) != 1) {
+    ERR_clear_error();
+    std::snprintf(mgf1, sizeof mgf1, "SHA1");
+  }
+  if (hash_from_name(mgf1) != h)
+    return make_error(Reason::kUnsupported, std::string("an RSA-PSS key restricted to ") + md + " with MGF1 over " + mgf1 +
+                                                ": the TPM uses the signature digest for MGF1");
+  int saltlen = 0;
+  if (EVP_PKEY_get_int_param(pkey, OSSL_PKEY_PARAM_RSA_PSS_SALTLEN, &saltlen) != 1) {
+    ERR_clear_error();
+    saltlen = 20;
+  }
+  if (saltlen < 0 || size_t(saltlen) > hash_size(h))
+    return make_error(Reason::kUnsupported, "an RSA-PSS key whose salt is at least " + std::to_string(saltlen) +
+                                                " bytes: the TPM's salt is as long as the digest (" +
+                                                std::to_string(hash_size(h)) + " bytes)");
+  return h;
+}
+
+}  // namespace
+
 Result<ImportForm> import_form(EVP_PKEY* pkey, bool with_auth) {
   ImportForm out;
   KeyOptions opts;
@@ -358,11 +396,17 @@ Result<ImportForm> import_form(EVP_PKEY* pkey, bool with_auth) {
     out.secret = std::move(*secret);
     return out;
   }
-  if (EVP_PKEY_is_a(pkey, "RSA")) {
+  const bool pss = EVP_PKEY_is_a(pkey, "RSA-PSS");
+  if (EVP_PKEY_is_a(pkey, "RSA") || pss) {
     SecretBnPtr n = bn_param(pkey, OSSL_PKEY_PARAM_RSA_N), e = bn_param(pkey, OSSL_PKEY_PARAM_RSA_E);
     if (!n || !e) return make_error(Reason::kMalformedKey, "the RSA key has no modulus or exponent");
     const int bits = BN_num_bits(n.get());
-    const AlgorithmSpec* spec = find_rsa_bits(bits);
+    if (pss) {
+      auto hash = pss_binding(pkey);
+      if (!hash) return hash.take_error();
+      opts.pss_hash = *hash;
+    }
+    const AlgorithmSpec* spec = pss ? find_rsa_pss_bits(bits) : find_rsa_bits(bits);
     if (!spec || spec->weak) return make_error(Reason::kUnsupported, "a " + std::to_string(bits) + "-bit RSA key: " + kWhatImports);
     SecretBnPtr p = bn_param(pkey, OSSL_PKEY_PARAM_RSA_FACTOR1);
     if (!p) {

@@ -46,12 +46,23 @@ Result<EvpPkeyPtr> public_pkey(const TPMT_PUBLIC& pub, OSSL_LIB_CTX* libctx) {
     OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME, (*spec)->group, 0);
     OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY, point.data(), point.size());
   } else {
-    type = "RSA";
+    type = (*spec)->kind == KeyKind::kRsaPss ? "RSA-PSS" : "RSA";
     n.reset(BN_bin2bn(pub.unique.rsa.buffer, pub.unique.rsa.size, nullptr));
     e.reset(BN_new());
     BN_set_word(e.get(), rsa_exponent(pub));
     OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_N, n.get());
     OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_E, e.get());
+    if ((*spec)->kind == KeyKind::kRsaPss) {
+      // The restrictions the TPM enforces, as OpenSSL's RSA-PSS parameters: the scheme's hash, MGF1
+      // with the same hash, and a salt as long as the digest (what the TPM makes).
+      const TPM2_ALG_ID h = pub.parameters.rsaDetail.scheme.details.rsapss.hashAlg;
+      if (!hash_size(h) || h == TPM2_ALG_SHA1)
+        return make_error(Reason::kUnsupported, std::string("the key is bound to RSA-PSS with ") + hash_name(h) +
+                                                    " (tpmkey signs RSA-PSS with SHA-256, SHA-384 or SHA-512)");
+      OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_RSA_DIGEST, hash_name(h), 0);
+      OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_RSA_MGF1_DIGEST, hash_name(h), 0);
+      OSSL_PARAM_BLD_push_int(bld.get(), OSSL_PKEY_PARAM_RSA_PSS_SALTLEN, int(hash_size(h)));
+    }
   }
   ParamPtr params(OSSL_PARAM_BLD_to_param(bld.get()));
   EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_name(libctx, type, "provider=default"));
@@ -84,6 +95,10 @@ Result<std::string> spki_pem(EVP_PKEY* pkey) {
 Result<Bytes> openssh_blob(const TPMT_PUBLIC& pub) {
   auto spec = spec_of(pub);
   if (!spec) return spec.take_error();
+  if ((*spec)->kind == KeyKind::kRsaPss)
+    return make_error(Reason::kUnsupported,
+                      "an RSA-PSS key signs only with PSS, and SSH's RSA signatures are PKCS#1 v1.5: it has no OpenSSH "
+                      "public key");
   SshWriter blob;
   if ((*spec)->kind == KeyKind::kEc) {
     std::string curve = "nistp" + std::to_string((*spec)->bits);

@@ -181,5 +181,12 @@ const OSSL_DISPATCH kRsaTss2Decoder[] = {
     TPMKEY_DISPATCH(OSSL_FUNC_DECODER_DECODE, decoder_decode, decode<KeyKind::kRsa>),
     TPMKEY_DISPATCH(OSSL_FUNC_DECODER_EXPORT_OBJECT, decoder_export_object, export_object),
     {0, nullptr}};
+const OSSL_DISPATCH kRsaPssTss2Decoder[] = {
+    TPMKEY_DISPATCH(OSSL_FUNC_DECODER_NEWCTX, decoder_newctx, newctx),
+    TPMKEY_DISPATCH(OSSL_FUNC_DECODER_FREECTX, decoder_freectx, freectx),
+    TPMKEY_DISPATCH(OSSL_FUNC_DECODER_DOES_SELECTION, decoder_does_selection, does_selection),
+    TPMKEY_DISPATCH(OSSL_FUNC_DECODER_DECODE, decoder_decode, decode<KeyKind::kRsaPss>),
+    TPMKEY_DISPATCH(OSSL_FUNC_DECODER_EXPORT_OBJECT, decoder_export_object, export_object),
+    {0, nullptr}};
 
 }  // namespace tpmkey::provider

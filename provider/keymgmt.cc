@@ -1,5 +1,7 @@
-// keymgmt for EC and RSA TPM keys: generate inside the TPM, load store/decoder references,
+// keymgmt for EC, RSA and RSA-PSS TPM keys: generate inside the TPM, load store/decoder references,
 // answer parameters from the public half, export only public parts (docs/architecture.md, "Export fails for any selection that includes the private key").
+#include <strings.h>
+
 #include <cstdio>
 #include <cstring>
 
@@ -20,6 +22,10 @@ struct GenCtx {
   KeyOptions opts;
   SecretBytes auth;
   SecretBytes parent_auth;
+  // RSA-PSS: what was asked of the salt and MGF1, checked against the hash at gen() (the
+  // parameters may come in any order). -1 / NULL: not asked.
+  int pss_saltlen = -1;
+  TPM2_ALG_ID pss_mgf1 = TPM2_ALG_NULL;
   // Software generation: the default provider's generation context.
   EvpPkeyCtxPtr soft;
   int selection = 0;
@@ -35,6 +41,7 @@ KeyData* new_keydata(void* provctx, KeyKind kind) noexcept {
 }
 void* ec_new(void* provctx) noexcept { return new_keydata(provctx, KeyKind::kEc); }
 void* rsa_new(void* provctx) noexcept { return new_keydata(provctx, KeyKind::kRsa); }
+void* rsa_pss_new(void* provctx) noexcept { return new_keydata(provctx, KeyKind::kRsaPss); }
 void key_free(void* kd) noexcept { delete static_cast<KeyData*>(kd); }
 
 // A TPM key is shared (the TPM object stays one); a software key is copied. A TPM key's domain
@@ -137,8 +144,24 @@ const OSSL_PARAM kRsaKeyTypes[] = {
     OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_EXPONENT2, nullptr, 0),
     OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_COEFFICIENT1, nullptr, 0),
     OSSL_PARAM_END};
+// RSA-PSS: the same, and the key's PSS restrictions (hash, MGF1, its hash, the salt length).
+const OSSL_PARAM kRsaPssKeyTypes[] = {
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_N, nullptr, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_E, nullptr, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_D, nullptr, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_FACTOR1, nullptr, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_FACTOR2, nullptr, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_EXPONENT1, nullptr, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_EXPONENT2, nullptr, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_COEFFICIENT1, nullptr, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_RSA_DIGEST, nullptr, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_RSA_MASKGENFUNC, nullptr, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_RSA_MGF1_DIGEST, nullptr, 0),
+    OSSL_PARAM_int(OSSL_PKEY_PARAM_RSA_PSS_SALTLEN, nullptr),
+    OSSL_PARAM_END};
 const OSSL_PARAM* ec_key_types(int) noexcept { return kEcKeyTypes; }
 const OSSL_PARAM* rsa_key_types(int) noexcept { return kRsaKeyTypes; }
+const OSSL_PARAM* rsa_pss_key_types(int) noexcept { return kRsaPssKeyTypes; }
 
 // Everything TLS and X.509 ask of a key, answered by the default provider from the key's public
 // half (a TPM key) or the key itself (a software key). So the gettable lists below have no
@@ -170,8 +193,19 @@ const OSSL_PARAM kRsaGettable[] = {
     OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_N, nullptr, 0),
     OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_E, nullptr, 0),
     OSSL_PARAM_END};
+// RSA-PSS: also the digest a restricted key's signatures must use (X.509 signing asks).
+const OSSL_PARAM kRsaPssGettable[] = {
+    OSSL_PARAM_int(OSSL_PKEY_PARAM_BITS, nullptr),
+    OSSL_PARAM_int(OSSL_PKEY_PARAM_SECURITY_BITS, nullptr),
+    OSSL_PARAM_int(OSSL_PKEY_PARAM_MAX_SIZE, nullptr),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_DEFAULT_DIGEST, nullptr, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_MANDATORY_DIGEST, nullptr, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_N, nullptr, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_E, nullptr, 0),
+    OSSL_PARAM_END};
 const OSSL_PARAM* ec_gettable(void*) noexcept { return kEcGettable; }
 const OSSL_PARAM* rsa_gettable(void*) noexcept { return kRsaGettable; }
+const OSSL_PARAM* rsa_pss_gettable(void*) noexcept { return kRsaPssGettable; }
 
 // Only a software key's parameters change: a peer's public point arrives this way.
 int set_params(void* vkd, const OSSL_PARAM params[]) noexcept {
@@ -195,6 +229,7 @@ const OSSL_PARAM kEcSettable[] = {
 const OSSL_PARAM kRsaSettable[] = {OSSL_PARAM_END};
 const OSSL_PARAM* ec_settable(void*) noexcept { return kEcSettable; }
 const OSSL_PARAM* rsa_settable(void*) noexcept { return kRsaSettable; }
+const OSSL_PARAM* rsa_pss_settable(void*) noexcept { return kRsaSettable; }
 
 // A TPM key is valid by construction (the TPM made or imported it, and checked it); a software
 // key is checked by the default provider.
@@ -225,6 +260,8 @@ const char* ec_operation_name(int op) noexcept {
 const char* rsa_operation_name(int op) noexcept {
   return op == OSSL_OP_SIGNATURE || op == OSSL_OP_ASYM_CIPHER ? "RSA" : nullptr;
 }
+// An RSA-PSS key only signs (its TPM public area has no decrypt attribute).
+const char* rsa_pss_operation_name(int op) noexcept { return op == OSSL_OP_SIGNATURE ? "RSA" : nullptr; }
 
 // A reference from our store or decoder: the address of a KeyData* that we take over.
 void* load(const void* reference, size_t size) noexcept {
@@ -263,7 +300,7 @@ void* gen_init(void* provctx, int selection, const OSSL_PARAM params[], KeyKind 
   g->prov = static_cast<ProviderCtx*>(provctx);
   g->kind = kind;
   g->selection = selection;
-  g->opts.spec = kind == KeyKind::kEc ? find_algorithm("ec-p256") : find_algorithm("rsa2048");
+  g->opts.spec = find_algorithm(kind == KeyKind::kEc ? "ec-p256" : kind == KeyKind::kRsaPss ? "rsa-pss2048" : "rsa2048");
   if (!tpm && !start_software_gen(*g, nullptr)) {
     delete g;
     return nullptr;
@@ -280,6 +317,12 @@ void* ec_gen_init(void* provctx, int selection, const OSSL_PARAM params[]) noexc
 }
 void* rsa_gen_init(void* provctx, int selection, const OSSL_PARAM params[]) noexcept {
   return gen_init(provctx, selection, params, KeyKind::kRsa, false);
+}
+void* rsa_pss_gen_init(void* provctx, int selection, const OSSL_PARAM params[]) noexcept {
+  return gen_init(provctx, selection, params, KeyKind::kRsaPss, false);
+}
+void* rsa_pss_tpm_gen_init(void* provctx, int selection, const OSSL_PARAM params[]) noexcept {
+  return gen_init(provctx, selection, params, KeyKind::kRsaPss, true);
 }
 void* ec_tpm_gen_init(void* provctx, int selection, const OSSL_PARAM params[]) noexcept {
   return gen_init(provctx, selection, params, KeyKind::kEc, true);
@@ -309,7 +352,7 @@ Status set_ec_encoding(GenCtx&, const OSSL_PARAM& p) {
 Status set_rsa_bits(GenCtx& g, const OSSL_PARAM& p) {
   size_t bits = 0;
   if (!OSSL_PARAM_get_size_t(&p, &bits)) return make_error(Reason::kInvalidArgument, "bits must be a number");
-  const AlgorithmSpec* s = find_rsa_bits(int(bits));
+  const AlgorithmSpec* s = g.kind == KeyKind::kRsaPss ? find_rsa_pss_bits(int(bits)) : find_rsa_bits(int(bits));
   if (!s) return make_error(Reason::kUnsupported, "RSA key size " + std::to_string(bits) + " (tpmkey offers 2048, 3072, 4096, and 1024 when asked for by size)");
   g.opts.spec = s;
   return Status::Ok();
@@ -330,6 +373,61 @@ Status set_rsa_primes(GenCtx&, const OSSL_PARAM& p) {
   size_t primes = 0;
   if (!OSSL_PARAM_get_size_t(&p, &primes) || primes != 2)
     return make_error(Reason::kUnsupported, "TPM RSA keys have exactly 2 primes");
+  return Status::Ok();
+}
+
+// RSA-PSS: the hash of the key's RSAPSS scheme ("digest", what rsa_pss_keygen_md sets), fixed in the
+// TPM; signatures use it, and MGF1 with it.
+Status set_pss_digest(GenCtx& g, const OSSL_PARAM& p) {
+  const char* name = nullptr;
+  if (!OSSL_PARAM_get_utf8_string_ptr(&p, &name)) return make_error(Reason::kInvalidArgument, "digest must be a string");
+  TPM2_ALG_ID h = hash_from_name(name);
+  if (h != TPM2_ALG_SHA256 && h != TPM2_ALG_SHA384 && h != TPM2_ALG_SHA512)
+    return make_error(Reason::kUnsupported, std::string("RSA-PSS digest ") + name + " (use sha256, sha384 or sha512)");
+  g.opts.pss_hash = h;
+  return Status::Ok();
+}
+
+Status set_pss_mgf1_digest(GenCtx& g, const OSSL_PARAM& p) {
+  const char* name = nullptr;
+  if (!OSSL_PARAM_get_utf8_string_ptr(&p, &name)) return make_error(Reason::kInvalidArgument, "mgf1-digest must be a string");
+  g.pss_mgf1 = hash_from_name(name);
+  if (g.pss_mgf1 == TPM2_ALG_ERROR)
+    return make_error(Reason::kUnsupported, std::string("MGF1 digest ") + name + " (the TPM uses the key's digest for MGF1)");
+  return Status::Ok();
+}
+
+Status set_pss_mgf(GenCtx&, const OSSL_PARAM& p) {
+  const char* name = nullptr;
+  if (!OSSL_PARAM_get_utf8_string_ptr(&p, &name)) return make_error(Reason::kInvalidArgument, "mgf must be a string");
+  if (strcasecmp(name, "MGF1") != 0) return make_error(Reason::kUnsupported, std::string("mask generation function ") + name + " (RSA-PSS uses MGF1)");
+  return Status::Ok();
+}
+
+Status set_pss_saltlen(GenCtx& g, const OSSL_PARAM& p) {
+  int len = 0;
+  if (!OSSL_PARAM_get_int(&p, &len) || len < 0) return make_error(Reason::kInvalidArgument, "saltlen must be a number of bytes");
+  g.pss_saltlen = len;
+  return Status::Ok();
+}
+
+// Accepted and not used: the key's digests are the TPM's.
+Status set_pss_digest_props(GenCtx&, const OSSL_PARAM&) { return Status::Ok(); }
+
+// What the TPM cannot honour is refused before any TPM command: MGF1 always uses the key's
+// digest, and the salt is as long as the digest.
+Status check_pss_request(const GenCtx& g) {
+  const TPM2_ALG_ID h = g.opts.pss_hash;
+  if (g.pss_mgf1 != TPM2_ALG_NULL && g.pss_mgf1 != h)
+    return make_error(Reason::kUnsupported, std::string("RSA-PSS with MGF1 over ") + hash_name(g.pss_mgf1) + " and digest " +
+                                                hash_name(h) + ": the TPM uses the key's digest for MGF1");
+  if (g.pss_saltlen >= 0 && size_t(g.pss_saltlen) != hash_size(h))
+    return make_error(Reason::kUnsupported, "RSA-PSS salt length " + std::to_string(g.pss_saltlen) +
+                                                ": the TPM signs with a salt as long as the digest (" +
+                                                std::to_string(hash_size(h)) + " bytes for " + hash_name(h) + ")");
+  if (g.opts.usage != kUsageSign)
+    return make_error(Reason::kUnsupported, "an RSA-PSS key only signs (usage sign): the TPM binds a key with a "
+                                            "signature scheme to signing");
   return Status::Ok();
 }
 
@@ -397,16 +495,38 @@ constexpr auto kRsaGenParams = settable<GenCtx>({
     {OSSL_PARAM_utf8_string(kParamUsage, nullptr, 0), set_usage},
 });
 
+// RSA-PSS: OpenSSL's RSA-PSS generation parameters ("digest" is the PSS hash here, so the key's name
+// algorithm stays SHA-256), and tpmkey's own.
+constexpr auto kRsaPssGenParams = settable<GenCtx>({
+    {OSSL_PARAM_size_t(OSSL_PKEY_PARAM_RSA_BITS, nullptr), set_rsa_bits},
+    {OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_E, nullptr, 0), set_rsa_e},
+    {OSSL_PARAM_size_t(OSSL_PKEY_PARAM_RSA_PRIMES, nullptr), set_rsa_primes},
+    {OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_RSA_DIGEST, nullptr, 0), set_pss_digest},
+    {OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_RSA_DIGEST_PROPS, nullptr, 0), set_pss_digest_props},
+    {OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_RSA_MASKGENFUNC, nullptr, 0), set_pss_mgf},
+    {OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_RSA_MGF1_DIGEST, nullptr, 0), set_pss_mgf1_digest},
+    {OSSL_PARAM_int(OSSL_PKEY_PARAM_RSA_PSS_SALTLEN, nullptr), set_pss_saltlen},
+    {OSSL_PARAM_utf8_string(kParamUserAuth, nullptr, 0), set_user_auth},
+    {OSSL_PARAM_uint32(kParamParent, nullptr), set_parent},
+    {OSSL_PARAM_utf8_string(kParamParentAuth, nullptr, 0), set_parent_auth},
+    {OSSL_PARAM_utf8_string(kParamUsage, nullptr, 0), set_usage},
+});
+
 int gen_set_params(void* vgen, const OSSL_PARAM params[]) noexcept {
   auto* g = static_cast<GenCtx*>(vgen);
   if (g->soft) return !params || !params->key || EVP_PKEY_CTX_set_params(g->soft.get(), params) == 1;
   return guard(g->prov, "keymgmt_gen_set_params", [&]() -> Status {
-    return g->kind == KeyKind::kEc ? apply_params(kEcGenParams, *g, params) : apply_params(kRsaGenParams, *g, params);
+    switch (g->kind) {
+      case KeyKind::kEc: return apply_params(kEcGenParams, *g, params);
+      case KeyKind::kRsaPss: return apply_params(kRsaPssGenParams, *g, params);
+      default: return apply_params(kRsaGenParams, *g, params);
+    }
   });
 }
 
 const OSSL_PARAM* ec_tpm_gen_settable(void*, void*) noexcept { return kEcGenParams.list(); }
 const OSSL_PARAM* rsa_tpm_gen_settable(void*, void*) noexcept { return kRsaGenParams.list(); }
+const OSSL_PARAM* rsa_pss_tpm_gen_settable(void*, void*) noexcept { return kRsaPssGenParams.list(); }
 // What software generation passes on to the default provider (`-pkeyopt` names map to these).
 const OSSL_PARAM kEcSoftGenParams[] = {
     OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, nullptr, 0),
@@ -419,8 +539,19 @@ const OSSL_PARAM kRsaSoftGenParams[] = {
     OSSL_PARAM_size_t(OSSL_PKEY_PARAM_RSA_PRIMES, nullptr),
     OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_E, nullptr, 0),
     OSSL_PARAM_END};
+const OSSL_PARAM kRsaPssSoftGenParams[] = {
+    OSSL_PARAM_size_t(OSSL_PKEY_PARAM_RSA_BITS, nullptr),
+    OSSL_PARAM_size_t(OSSL_PKEY_PARAM_RSA_PRIMES, nullptr),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_E, nullptr, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_RSA_DIGEST, nullptr, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_RSA_DIGEST_PROPS, nullptr, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_RSA_MASKGENFUNC, nullptr, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_RSA_MGF1_DIGEST, nullptr, 0),
+    OSSL_PARAM_int(OSSL_PKEY_PARAM_RSA_PSS_SALTLEN, nullptr),
+    OSSL_PARAM_END};
 const OSSL_PARAM* ec_gen_settable(void*, void*) noexcept { return kEcSoftGenParams; }
 const OSSL_PARAM* rsa_gen_settable(void*, void*) noexcept { return kRsaSoftGenParams; }
+const OSSL_PARAM* rsa_pss_gen_settable(void*, void*) noexcept { return kRsaPssSoftGenParams; }
 
 // A template (`openssl genpkey -paramfile`, a TLS peer's parameters) gives the EC group.
 int gen_set_template(void* vgen, void* vtempl) noexcept {
@@ -449,6 +580,7 @@ void* gen(void* vgen, OSSL_CALLBACK*, void*) noexcept {
     return out;
   }
   guard(g->prov, "keymgmt_gen", [&]() -> Status {
+    if (g->kind == KeyKind::kRsaPss) TPMKEY_TRY(check_pss_request(*g));
     std::string label = std::string("new ") + g->opts.spec->name + " key";
     if (g->opts.spec->weak) std::fprintf(stderr, "tpmkey: warning: %s\n", kWeakWarning);
     auto key = Key::generate(*g->prov->core, g->opts, g->auth, label, g->parent_auth);
@@ -525,6 +657,11 @@ const OSSL_DISPATCH kRsaKeymgmt[] = {
     TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_INIT, keymgmt_gen_init, rsa_gen_init),
     TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_SETTABLE_PARAMS, keymgmt_gen_settable_params, rsa_gen_settable),
     {0, nullptr}};
+const OSSL_DISPATCH kRsaPssKeymgmt[] = {
+    TPMKEY_KEYMGMT_COMMON(rsa_pss),
+    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_INIT, keymgmt_gen_init, rsa_pss_gen_init),
+    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_SETTABLE_PARAMS, keymgmt_gen_settable_params, rsa_pss_gen_settable),
+    {0, nullptr}};
 const OSSL_DISPATCH kEcTpmKeymgmt[] = {
     TPMKEY_KEYMGMT_COMMON(ec),
     TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_INIT, keymgmt_gen_init, ec_tpm_gen_init),
@@ -534,6 +671,12 @@ const OSSL_DISPATCH kRsaTpmKeymgmt[] = {
     TPMKEY_KEYMGMT_COMMON(rsa),
     TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_INIT, keymgmt_gen_init, rsa_tpm_gen_init),
     TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_SETTABLE_PARAMS, keymgmt_gen_settable_params, rsa_tpm_gen_settable),
+    {0, nullptr}};
+
+const OSSL_DISPATCH kRsaPssTpmKeymgmt[] = {
+    TPMKEY_KEYMGMT_COMMON(rsa_pss),
+    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_INIT, keymgmt_gen_init, rsa_pss_tpm_gen_init),
+    TPMKEY_DISPATCH(OSSL_FUNC_KEYMGMT_GEN_SETTABLE_PARAMS, keymgmt_gen_settable_params, rsa_pss_tpm_gen_settable),
     {0, nullptr}};
 
 }  // namespace tpmkey::provider

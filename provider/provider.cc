@@ -26,8 +26,10 @@ constexpr const char* kTpmGenProperties = "provider=tpmkey,tpmkey.keygen=tpm";
 const OSSL_ALGORITHM kKeymgmtAlgs[] = {
     {"EC:id-ecPublicKey:1.2.840.10045.2.1", kSoftwareGenProperties, kEcKeymgmt, "EC key: TPM or software, generated in software"},
     {"RSA:rsaEncryption:1.2.840.113549.1.1.1", kSoftwareGenProperties, kRsaKeymgmt, "RSA key: TPM or software, generated in software"},
+    {"RSA-PSS:RSASSA-PSS:1.2.840.113549.1.1.10", kSoftwareGenProperties, kRsaPssKeymgmt, "RSA-PSS key: TPM or software, generated in software"},
     {"EC:id-ecPublicKey:1.2.840.10045.2.1", kTpmGenProperties, kEcTpmKeymgmt, "EC key: TPM or software, generated in the TPM"},
     {"RSA:rsaEncryption:1.2.840.113549.1.1.1", kTpmGenProperties, kRsaTpmKeymgmt, "RSA key: TPM or software, generated in the TPM"},
+    {"RSA-PSS:RSASSA-PSS:1.2.840.113549.1.1.10", kTpmGenProperties, kRsaPssTpmKeymgmt, "RSA-PSS key: TPM or software, generated in the TPM"},
     {nullptr, nullptr, nullptr, nullptr}};
 const OSSL_ALGORITHM kSignatureAlgs[] = {
     {"ECDSA", kProperties, kEcdsaSignature, "ECDSA signed by the TPM"},
@@ -51,14 +53,16 @@ const OSSL_ALGORITHM kStoreAlgs[] = {
       {type, "provider=tpmkey,output=pem,structure=TSS2", kTss2PemEncoder, "TSS2 PRIVATE KEY"},      \
       {type, "provider=tpmkey,output=der,structure=TSS2", kTss2DerEncoder, "TSS2 PRIVATE KEY"}
 const OSSL_ALGORITHM kEncoderAlgs[] = {
-    TPMKEY_ENCODERS("EC"), TPMKEY_ENCODERS("RSA"),
+    TPMKEY_ENCODERS("EC"), TPMKEY_ENCODERS("RSA"), TPMKEY_ENCODERS("RSA-PSS"),
     {"EC", "provider=tpmkey,output=text", kTextEncoder, "TPM key as text (public parts, parent, password)"},
     {"RSA", "provider=tpmkey,output=text", kTextEncoder, "TPM key as text (public parts, parent, password)"},
+    {"RSA-PSS", "provider=tpmkey,output=text", kTextEncoder, "TPM key as text (public parts, parent, password)"},
     {nullptr, nullptr, nullptr, nullptr}};
 // TSS2 PRIVATE KEY files by plain path: DER to a key reference that keymgmt load takes over.
 const OSSL_ALGORITHM kDecoderAlgs[] = {
     {"EC", "provider=tpmkey,input=der,structure=TSS2", kEcTss2Decoder, "TSS2 PRIVATE KEY (EC)"},
     {"RSA", "provider=tpmkey,input=der,structure=TSS2", kRsaTss2Decoder, "TSS2 PRIVATE KEY (RSA)"},
+    {"RSA-PSS", "provider=tpmkey,input=der,structure=TSS2", kRsaPssTss2Decoder, "TSS2 PRIVATE KEY (RSA-PSS)"},
     {"DER", "provider=tpmkey,input=pem", kTss2PemDecoder, "TSS2 PRIVATE KEY PEM to DER"},
     {"DER", "provider=tpmkey,input=der", kTss2DerChecker, "TSS2 PRIVATE KEY DER check"},
     {nullptr, nullptr, nullptr, nullptr}};

@@ -85,6 +85,8 @@ extern const OSSL_DISPATCH kEcKeymgmt[];
 extern const OSSL_DISPATCH kRsaKeymgmt[];
 extern const OSSL_DISPATCH kEcTpmKeymgmt[];
 extern const OSSL_DISPATCH kRsaTpmKeymgmt[];
+extern const OSSL_DISPATCH kRsaPssKeymgmt[];
+extern const OSSL_DISPATCH kRsaPssTpmKeymgmt[];
 extern const OSSL_DISPATCH kEcdsaSignature[];
 extern const OSSL_DISPATCH kRsaSignature[];
 extern const OSSL_DISPATCH kRsaAsymCipher[];
@@ -99,10 +101,13 @@ extern const OSSL_DISPATCH kTss2PemDecoder[];
 extern const OSSL_DISPATCH kTss2DerChecker[];
 extern const OSSL_DISPATCH kEcTss2Decoder[];
 extern const OSSL_DISPATCH kRsaTss2Decoder[];
+extern const OSSL_DISPATCH kRsaPssTss2Decoder[];
 
 // keymgmt data type names, as store and decoders pass them in OSSL_OBJECT_PARAM_DATA_TYPE, and the
 // algorithm names the default provider knows the key types by.
-inline const char* data_type(KeyKind k) { return k == KeyKind::kEc ? "EC" : "RSA"; }
+inline const char* data_type(KeyKind k) {
+  return k == KeyKind::kEc ? "EC" : k == KeyKind::kRsaPss ? "RSA-PSS" : "RSA";
+}
 
 }  // namespace tpmkey::provider
 

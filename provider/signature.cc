@@ -22,6 +22,8 @@ struct SigCtx {
   int padding = RSA_PKCS1_PADDING;
   int saltlen = RSA_PSS_SALTLEN_DIGEST;
   TPM2_ALG_ID mgf1 = TPM2_ALG_NULL;  // NULL: same as the digest
+  // An RSA-PSS TPM key: the hash its RSAPSS scheme names (PSS only, with that digest). NULL: none.
+  TPM2_ALG_ID pss_bound = TPM2_ALG_NULL;
   bool allow_sha1 = false;
   EvpMdCtxPtr md_ctx;                // DigestSign only
   bool buffer_message = false;       // DigestSign with a restricted key: the TPM hashes the message
@@ -122,6 +124,7 @@ void* dupctx(void* vc) noexcept {
   d->padding = c->padding;
   d->saltlen = c->saltlen;
   d->mgf1 = c->mgf1;
+  d->pss_bound = c->pss_bound;
   d->allow_sha1 = c->allow_sha1;
   d->buffer_message = c->buffer_message;
   try {
@@ -156,11 +159,20 @@ Status set_allow_sha1(SigCtx& c, const OSSL_PARAM& p) {
   return Status::Ok();
 }
 
+// An RSA-PSS key's scheme in the TPM names one hash: the TPM signs no other digest with it.
+Status check_pss_digest(const SigCtx& c, TPM2_ALG_ID h, const char* name) {
+  if (c.pss_bound == TPM2_ALG_NULL || h == c.pss_bound) return Status::Ok();
+  return make_error(Reason::kUnsupported, std::string("digest ") + name + ": the RSA-PSS key is bound to " +
+                                              hash_name(c.pss_bound) + " in the TPM and signs only " +
+                                              hash_name(c.pss_bound) + " digests");
+}
+
 Status set_digest(SigCtx& c, const OSSL_PARAM& p) {
   const char* name = nullptr;
   if (!OSSL_PARAM_get_utf8_string_ptr(&p, &name)) return make_error(Reason::kInvalidArgument, "digest must be a name");
   TPM2_ALG_ID h = hash_from_name(name);
   if (h == TPM2_ALG_ERROR) return unsupported_digest(name);
+  TPMKEY_TRY(check_pss_digest(c, h, name));
   if (c.md_ctx && h != c.hash) return make_error(Reason::kInvalidArgument, "cannot change the digest during DigestSign");
   c.hash = h;
   return Status::Ok();
@@ -180,6 +192,10 @@ Status set_pad_mode(SigCtx& c, const OSSL_PARAM& p) {
   }
   if (mode != RSA_PKCS1_PADDING && mode != RSA_PKCS1_PSS_PADDING)
     return make_error(Reason::kUnsupported, "RSA padding mode (the TPM signs with PKCS#1 v1.5 or PSS)");
+  if (c.pss_bound != TPM2_ALG_NULL && mode != RSA_PKCS1_PSS_PADDING)
+    return make_error(Reason::kUnsupported,
+                      "the key is an RSA-PSS key (its TPM public area binds it to RSASSA-PSS): it signs only with PSS, "
+                      "not PKCS#1 v1.5");
   c.padding = mode;
   return Status::Ok();
 }
@@ -290,15 +306,30 @@ enum class Op { kSign, kVerify, kVerifyRecover };
 // signing, and verification with any key (a TPM key's public half). Only `key` reaches the TPM.
 Status init(SigCtx& c, void* vkd, const OSSL_PARAM params[], Op op, const char* mdname = nullptr, bool digest = false) {
   auto* kd = static_cast<KeyData*>(vkd);
-  if (!kd || !kd->pkey() || kd->kind != c.kind) return make_error(Reason::kInvalidArgument, "no key");
+  if (!kd || !kd->pkey() || (kd->kind != c.kind && !(is_rsa(kd->kind) && is_rsa(c.kind))))
+    return make_error(Reason::kInvalidArgument, "no key");
   c.key.reset();
   c.md_ctx.reset();
   c.soft.reset();
   c.soft_md.reset();
   c.buffer_message = false;
   c.message.clear();
+  if (c.pss_bound != TPM2_ALG_NULL) {  // the last key's PSS binding no longer applies
+    c.padding = RSA_PKCS1_PADDING;
+    c.hash = TPM2_ALG_NULL;
+  }
+  c.pss_bound = TPM2_ALG_NULL;
   if (op == Op::kSign && kd->key) {
     c.key = kd->key;
+    if (kd->kind == KeyKind::kRsaPss) {
+      // As OpenSSL's default provider does for a restricted RSA-PSS key: PSS with the key's digest.
+      auto bound = bound_scheme(kd->key->file().pub.publicArea);
+      if (!bound) return bound.take_error();
+      if (!*bound || (*bound)->alg != SigAlg::kRsaPss) return make_error(Reason::kInternal, "the RSA-PSS key has no PSS scheme");
+      c.pss_bound = (*bound)->hash;
+      c.padding = RSA_PKCS1_PSS_PADDING;
+      c.hash = c.pss_bound;
+    }
     return set_params(c, params);
   }
   if (op == Op::kSign && !software_has(*kd, OSSL_KEYMGMT_SELECT_PRIVATE_KEY)) return make_error(Reason::kInvalidArgument, "not a private key");
@@ -362,7 +393,7 @@ Status tpm_sign(SigCtx& c, unsigned char* sig, size_t* siglen, size_t sigsize, c
         .context(what);
   // Without a digest, OpenSSL's RSA PKCS#1 v1.5 signs the input itself, with no DigestInfo around
   // it; a TPM signing key always adds one, so the signature would not be what was asked for.
-  if (!message && c.kind == KeyKind::kRsa && c.padding == RSA_PKCS1_PADDING && c.hash == TPM2_ALG_NULL &&
+  if (!message && is_rsa(c.kind) && c.padding == RSA_PKCS1_PADDING && c.hash == TPM2_ALG_NULL &&
       !c.key->restricted())
     return make_error(Reason::kUnsupported,
                       "RSA PKCS#1 v1.5 without a digest signs the input as it is, which a TPM signing key cannot do "
@@ -370,7 +401,7 @@ Status tpm_sign(SigCtx& c, unsigned char* sig, size_t* siglen, size_t sigsize, c
                       "-pkeyopt digest:sha256)")
         .context(what);
   SignScheme scheme{default_scheme(c.kind, hash)};
-  if (c.kind == KeyKind::kRsa && c.padding == RSA_PKCS1_PSS_PADDING) {
+  if (is_rsa(c.kind) && c.padding == RSA_PKCS1_PSS_PADDING) {
     scheme.alg = SigAlg::kRsaPss;
     int hlen = int(hash_size(hash));
     if (c.saltlen != RSA_PSS_SALTLEN_DIGEST && c.saltlen != RSA_PSS_SALTLEN_AUTO && c.saltlen != hlen)
@@ -413,8 +444,10 @@ int digest_sign_init(void* vc, const char* mdname, void* vkd, const OSSL_PARAM p
     if (kd && !kd->key) return init(*c, vkd, params, Op::kSign, mdname, true);
     TPMKEY_TRY(init(*c, vkd, params, Op::kSign));
     if (mdname && *mdname) {
-      c->hash = hash_from_name(mdname);
-      if (c->hash == TPM2_ALG_ERROR) return unsupported_digest(mdname);
+      const TPM2_ALG_ID h = hash_from_name(mdname);
+      if (h == TPM2_ALG_ERROR) return unsupported_digest(mdname);
+      TPMKEY_TRY(check_pss_digest(*c, h, mdname));
+      c->hash = h;
     } else if (c->hash == TPM2_ALG_NULL) {
       c->hash = TPM2_ALG_SHA256;
     }

@@ -818,6 +818,45 @@ TEST_F(Tpm2ToolsTest, KeysUnderTheOwnerParent) {
   expect_signs_uri(pw, pw_pub, {"-passin", "file:" + dir_ + "/pw"});
 }
 
+// A key that tpm2-tools binds to RSASSA-PSS (scheme rsapss-sha256 in its public area) is an
+// RSA-PSS key to tpmkey: it signs PSS with SHA-256 and refuses PKCS#1 v1.5, by path and through
+// import-file, whose self-test signs with the key's own scheme; `list` shows rsa-pss2048.
+TEST_F(Tpm2ToolsTest, PssBoundKeyIsAnRsaPssKey) {
+  create_primary(dir_ + "/p.ctx");
+  create_key(dir_ + "/p.ctx", "rsa2048:rsapss-sha256:null", dir_ + "/pss.pem");
+  const std::string key = dir_ + "/pss.pem", pub = tools_pubkey(key);  // rsaEncryption, as tpm2-tools write it
+  const std::vector<std::string> pss = {"-pkeyopt", "rsa_padding_mode:pss", "-pkeyopt", "rsa_pss_saltlen:digest"};
+  for (const std::string& uri : {"tpm2:file=" + key, key}) {
+    SCOPED_TRACE(uri);
+    EXPECT_OK(openssl("pkeyutl", {"-sign", "-inkey", uri, "-rawin", "-digest", "sha256", "-in", dir_ + "/msg", "-out",
+                                  dir_ + "/sig"}));
+    std::vector<std::string> verify = {"pkeyutl", "-verify", "-pubin", "-inkey", pub, "-rawin", "-digest", "sha256",
+                                       "-in", dir_ + "/msg", "-sigfile", dir_ + "/sig"};
+    verify.insert(verify.end(), pss.begin(), pss.end());
+    auto v = plain_openssl(verify);
+    EXPECT_NE(v.out.find("Signature Verified Successfully"), std::string::npos) << v.out << v.err;
+    EXPECT_FAILS_WITH(openssl("pkeyutl", {"-sign", "-inkey", uri, "-rawin", "-digest", "sha256", "-pkeyopt",
+                                          "rsa_padding_mode:pkcs1", "-in", dir_ + "/msg", "-out", dir_ + "/bad"}),
+                      "signs only with PSS");
+  }
+  EXPECT_OK(tpmkey({"import-file", "toolspss", key}));
+  auto list = tpmkey({"list"});
+  EXPECT_NE(list.out.find("rsa-pss2048"), std::string::npos) << list.out;
+  auto spki = tpmkey({"pubkey", "toolspss"});
+  EXPECT_OK(spki);
+  write_file(dir_ + "/toolspss.pub", spki.out);
+  auto asn1 = plain_openssl({"asn1parse", "-in", dir_ + "/toolspss.pub"});
+  EXPECT_NE(asn1.out.find("rsassaPss"), std::string::npos) << asn1.out;
+  expect_signs("tpm2:toolspss", dir_ + "/toolspss.pub", true);
+  // Bound to RSA-PSS with SHA-1, which tpmkey does not sign: refused by name, nothing imported.
+  create_key(dir_ + "/p.ctx", "rsa2048:rsapss-sha1:null", dir_ + "/sha1.pem");
+  EXPECT_FAILS_WITH(openssl("pkeyutl", {"-sign", "-inkey", "tpm2:file=" + dir_ + "/sha1.pem", "-rawin", "-digest",
+                                        "sha256", "-in", dir_ + "/msg", "-out", dir_ + "/bad"}),
+                    "the key is bound to RSA-PSS with SHA1");
+  EXPECT_FAILS_WITH(tpmkey({"import-file", "sha1", dir_ + "/sha1.pem"}), "the key is bound to RSA-PSS with SHA1");
+  EXPECT_FALSE(std::filesystem::exists(keystore_ + "/sha1.pem"));
+}
+
 TEST_F(Tpm2ToolsTest, KeysUnderAPersistentParent) {
   constexpr const char* kParent = "0x81000002";
   create_primary(dir_ + "/p.ctx");

@@ -6,6 +6,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <ostream>
 #include <tuple>
 
@@ -53,7 +54,7 @@ class ProviderTest : public TpmTest, public ::testing::WithParamInterface<bool> 
   ProviderTest() : TpmTest("tpmkey-provider-test") {}
   void SetUp() override {
     TpmTest::SetUp();
-    cnf_ = cnf(bus_.tcti(), "", tpmkey_first());
+    cnf_ = cnf(tcti_, "", tpmkey_first());
     lib_ = track(new_configured_libctx(cnf_));  // freed in TearDown
   }
   bool tpmkey_first() const { return GetParam(); }
@@ -77,8 +78,18 @@ class ProviderTest : public TpmTest, public ::testing::WithParamInterface<bool> 
 
   PkeyPtr load(const std::string& uri, int expect = 0) { return load_key(lib_, uri, expect); }
 
-  // The provider's TPM bus, recorded: the command counts below are asserted on it.
-  BusProxy bus_{shared_swtpm().port()};
+  // From now on lib_ (and cnf_) reach the TPM through bus_, which records the commands, for the
+  // tests that assert them. Only those: the proxy's threads serve the process that made it, not
+  // a forked child. bus_ outlives TearDown, which frees lib_.
+  void count_on_the_bus() {
+    bus_.emplace(shared_swtpm().port());
+    OSSL_LIB_CTX* old = lib_;
+    cnf_ = cnf(bus_->tcti(), "", tpmkey_first());
+    lib_ = track(new_configured_libctx(cnf_));
+    release(old);  // frees it
+  }
+
+  std::optional<BusProxy> bus_;
   std::string cnf_;
   OSSL_LIB_CTX* lib_ = nullptr;
 };
@@ -153,6 +164,7 @@ TEST_P(ProviderTest, GenerateSignVerifyEveryAlgorithm) {
 }
 
 TEST_P(ProviderTest, WarmSignatureIsExactlyOneTpmCommand) {
+  count_on_the_bus();
   for (const Alg& a : {kAlgs[0], kAlgs[3]}) {
     SCOPED_TRACE(a.name);
     PkeyPtr key = generate(a);
@@ -160,11 +172,11 @@ TEST_P(ProviderTest, WarmSignatureIsExactlyOneTpmCommand) {
     SignOpts o{"SHA256", std::string(a.type) == "RSA" ? RSA_PKCS1_PSS_PADDING : 0};
     ASSERT_FALSE(digest_sign(lib_, key.get(), "cold", o).empty());  // loads the key
     uint64_t before = tpm_commands(lib_);
-    bus_.clear();
+    bus_->clear();
     for (int i = 0; i < 5; ++i) ASSERT_FALSE(digest_sign(lib_, key.get(), "warm", o).empty());
     // Each signature is one TPM2_Sign. A pause of over a millisecond between two of them (a loaded
     // machine) adds a continuity proof before the next (docs/sessions.md), at most one each.
-    EXPECT_EQ(bus_.take_commands_without_proofs(), std::vector<uint32_t>(5, TPM2_CC_Sign));
+    EXPECT_EQ(bus_->take_commands_without_proofs(), std::vector<uint32_t>(5, TPM2_CC_Sign));
     EXPECT_LE(tpm_commands(lib_) - before, 10u);
   }
 }
@@ -172,6 +184,7 @@ TEST_P(ProviderTest, WarmSignatureIsExactlyOneTpmCommand) {
 // Connect, parent and session happen once per process; each further key costs one Load; a warm
 // signature is exactly one command (TPM2_Sign in the salted session).
 TEST_P(ProviderTest, ParentIsCreatedOncePerProcess) {
+  count_on_the_bus();
   {
     OSSL_LIB_CTX* gen = new_configured_libctx(cnf_);
     std::swap(gen, lib_);
@@ -188,7 +201,7 @@ TEST_P(ProviderTest, ParentIsCreatedOncePerProcess) {
   PkeyPtr a = load("tpm2:a"), b = load("tpm2:b");
   ASSERT_TRUE(a && b);
   EXPECT_EQ(tpm_commands(lib_), 0u);  // loading from the store does not touch the TPM
-  bus_.clear();
+  bus_->clear();
   ASSERT_FALSE(digest_sign(lib_, a.get(), "x", {}).empty());
   // StartAuthSession (unsalted), CreatePrimary, FlushContext (the SRK, no persistent one was
   // provisioned: its name matches the pin recorded on first use); StartAuthSession (salted to the
@@ -196,18 +209,18 @@ TEST_P(ProviderTest, ParentIsCreatedOncePerProcess) {
   // Sign; then ContextSave and FlushContext of the SRK: a transient parent does not keep a slot
   // between operations (docs/sessions.md, slots). Continuity proofs after a pause are not counted
   // (BusProxy::take_commands_without_proofs).
-  EXPECT_EQ(bus_.take_commands_without_proofs(),
+  EXPECT_EQ(bus_->take_commands_without_proofs(),
             (std::vector<uint32_t>{TPM2_CC_StartAuthSession, TPM2_CC_CreatePrimary, TPM2_CC_FlushContext,
                                    TPM2_CC_StartAuthSession, TPM2_CC_GetCapability, TPM2_CC_Load, TPM2_CC_Sign,
                                    TPM2_CC_ContextSave, TPM2_CC_FlushContext}));
   ASSERT_FALSE(digest_sign(lib_, b.get(), "x", {}).empty());
   // ContextLoad (the saved SRK: not created again), Load, Sign, ContextSave, FlushContext; the
   // session is reused.
-  EXPECT_EQ(bus_.take_commands_without_proofs(),
+  EXPECT_EQ(bus_->take_commands_without_proofs(),
             (std::vector<uint32_t>{TPM2_CC_ContextLoad, TPM2_CC_Load, TPM2_CC_Sign, TPM2_CC_ContextSave,
                                    TPM2_CC_FlushContext}));
   ASSERT_FALSE(digest_sign(lib_, a.get(), "x", {}).empty());
-  EXPECT_EQ(bus_.take_commands_without_proofs(), std::vector<uint32_t>{TPM2_CC_Sign});
+  EXPECT_EQ(bus_->take_commands_without_proofs(), std::vector<uint32_t>{TPM2_CC_Sign});
 }
 
 TEST_P(ProviderTest, ParamsForTlsAndX509) {

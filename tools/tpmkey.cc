@@ -82,8 +82,11 @@ overwritten.
 
   NAME                letters, digits, "-", "_" and "." (not first); at most 128
   --algorithm ALG     ec-p256 (default), ec-p384, ec-p521, rsa2048, rsa3072, rsa4096;
-                      rsa1024 only by name, with a warning that it is weak (for peers
-                      that accept nothing else)
+                      rsa-pss2048 (or rsa-pss), rsa-pss3072, rsa-pss4096: RSA keys
+                      that sign only with RSASSA-PSS and SHA-256 (bound to it in the
+                      TPM; usage sign only);
+                      rsa1024 and rsa-pss1024 only by name, with a warning that they
+                      are weak (for peers that accept nothing else)
   --usage USAGE       what the key may do, fixed in the TPM when it is created:
                         sign           signatures only (default)
                         decrypt        RSA decryption (openssl pkeyutl -decrypt, cms
@@ -112,6 +115,7 @@ overwritten.
 Examples:
   tpmkey create ssh --algorithm ec-p256
   tpmkey create mail --algorithm rsa2048 --usage sign,decrypt
+  tpmkey create signer --algorithm rsa-pss
 )";
 
 const char* kInitHelp = R"(Usage: tpmkey init [--repin] [--transient]
@@ -211,7 +215,7 @@ const char* kImportHelp = R"(Usage: tpmkey import NAME FILE [--passphrase-file F
                     [--password | --password-file F | --no-password]
                     [--description TEXT]
 
-Moves an existing RSA or EC private key into this TPM and stores it in the keystore
+Moves an existing RSA, RSA-PSS or EC private key into this TPM and stores it in the keystore
 as NAME.pem (a standard TSS2 PRIVATE KEY file, mode 0600, written atomically; an
 existing key is never overwritten). From then on the key signs in the TPM, as
 tpm2:NAME, like a key made with "tpmkey create".
@@ -603,7 +607,8 @@ int cmd_create(const Args& a) {
   const AlgorithmSpec* spec = find_algorithm(alg);
   if (!spec)
     return fail(make_error(Reason::kUnsupported, "unknown algorithm \"" + alg +
-                                                     "\" (ec-p256, ec-p384, ec-p521, rsa2048, rsa3072, rsa4096, rsa1024)"));
+                                                     "\" (ec-p256, ec-p384, ec-p521, rsa2048, rsa3072, rsa4096, "
+                                                     "rsa-pss2048, rsa-pss3072, rsa-pss4096, rsa1024, rsa-pss1024)"));
   if (std::string conflict = password_option_conflict(a); !conflict.empty()) return usage_error("create", conflict);
   if (spec->weak) std::fprintf(stderr, "tpmkey: warning: %s\n", kWeakWarning);
   const std::string usage = a.option("--usage").value_or("sign");

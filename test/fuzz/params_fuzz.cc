@@ -81,7 +81,9 @@ const World& world() {
 // The input's parameters, with buffers that live as long as the array.
 class Params {
  public:
-  Params(const uint8_t* data, size_t size, const OSSL_PARAM* advertised) {
+  // `for_get`: the array asks for values, so pointer types (which a provider fills with a pointer
+  // to its own data, never through the buffer) become the string types they point to.
+  Params(const uint8_t* data, size_t size, const OSSL_PARAM* advertised, bool for_get = false) {
     std::vector<std::string> names;
     for (const OSSL_PARAM* p = advertised; p && p->key; ++p) names.emplace_back(p->key);
     for (const char* extra : {"", "no-such-parameter", OSSL_PKEY_PARAM_GROUP_NAME, OSSL_SIGNATURE_PARAM_DIGEST,
@@ -90,7 +92,8 @@ class Params {
     size_t at = 0;
     while (params_.size() < 8 && at + 3 <= size) {
       const std::string& key = names[data[at] % names.size()];
-      const uint8_t type = data[at + 1] % 7;
+      uint8_t type = data[at + 1] % 7;
+      if (for_get && type >= 5) type = uint8_t(type - 2);
       size_t n = std::min<size_t>(data[at + 2], size - at - 3);
       at += 3;
       // A number has at least one byte: OpenSSL 3.0's own getters read before a zero-size one
@@ -184,7 +187,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           TPMKEY_FUZZ_CHECK(n <= size_t(EVP_PKEY_get_size(key)));
         (void)EVP_PKEY_sign(c.get(), out, &out_len, digest, sizeof digest);
       }
-      Params g(rest, left, EVP_PKEY_CTX_gettable_params(c.get()));
+      Params g(rest, left, EVP_PKEY_CTX_gettable_params(c.get()), true);
       if (EVP_PKEY_CTX_get_params(c.get(), g.get()) > 0) g.check_written();
       break;
     }
@@ -196,7 +199,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         unsigned char in[256] = {};
         (void)EVP_PKEY_decrypt(c.get(), out, &out_len, in, sizeof in);
       }
-      Params g(rest, left, EVP_PKEY_CTX_gettable_params(c.get()));
+      Params g(rest, left, EVP_PKEY_CTX_gettable_params(c.get()), true);
       if (EVP_PKEY_CTX_get_params(c.get(), g.get()) > 0) g.check_written();
       break;
     }
@@ -205,14 +208,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (!c || EVP_PKEY_derive_init(c.get()) <= 0) break;
       Params p(rest, left, EVP_PKEY_CTX_settable_params(c.get()));
       (void)EVP_PKEY_CTX_set_params(c.get(), p.get());
-      Params g(rest, left, EVP_PKEY_CTX_gettable_params(c.get()));
+      Params g(rest, left, EVP_PKEY_CTX_gettable_params(c.get()), true);
       if (EVP_PKEY_CTX_get_params(c.get(), g.get()) > 0) g.check_written();
       break;
     }
     case 6:
     case 7: {  // the key's own parameters: get into the input's buffers, set on a fresh copy
       EVP_PKEY* key = which == 6 ? w.ec : w.rsa;
-      Params g(rest, left, EVP_PKEY_gettable_params(key));
+      Params g(rest, left, EVP_PKEY_gettable_params(key), true);
       if (EVP_PKEY_get_params(key, g.get()) > 0) g.check_written();
       EvpPkeyPtr fresh(load(w.lib, which == 6 ? "tpm2:ec" : "tpm2:rsa"));
       if (fresh) {
@@ -246,7 +249,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       break;
     }
     case 10: {  // the provider's parameters
-      Params g(rest, left, OSSL_PROVIDER_gettable_params(w.tpmkey));
+      Params g(rest, left, OSSL_PROVIDER_gettable_params(w.tpmkey), true);
       if (OSSL_PROVIDER_get_params(w.tpmkey, g.get())) g.check_written();
       break;
     }

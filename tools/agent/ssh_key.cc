@@ -173,6 +173,9 @@ Result<Bytes> public_blob(EVP_PKEY* pkey) {
     if (!EVP_PKEY_get_raw_public_key(pkey, a, &len) || len != sizeof a) return openssl_error("cannot read the Ed25519 key");
     w.string("ssh-ed25519");
     w.string(a, len);
+  } else if (EVP_PKEY_is_a(pkey, "RSA-PSS")) {
+    return make_error(Reason::kUnsupported,
+                      "an RSA-PSS key signs only with PSS, and SSH's RSA signatures are PKCS#1 v1.5");
   } else {
     return make_error(Reason::kUnsupported, "SSH cannot use this key type");
   }
