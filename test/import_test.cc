@@ -35,6 +35,14 @@ namespace {
 
 constexpr const char* kPassphrase = "correct horse battery";
 
+// The OpenSSH keys the tests make with ssh-keygen: -t, -b, and tpmkey's algorithm name.
+struct OpenSshCase {
+  std::string type, bits, name;
+};
+const std::vector<OpenSshCase> kOpenSshCases = {
+    {"ecdsa", "256", "ec-p256"}, {"ecdsa", "384", "ec-p384"}, {"ecdsa", "521", "ec-p521"},
+    {"rsa", "2048", "rsa2048"},  {"rsa", "3072", "rsa3072"}};
+
 struct KeyKind {
   std::string name;     // tpmkey's algorithm name: "ec-p256", "rsa2048"
   std::string genpkey;  // "EC" or "RSA"
@@ -65,6 +73,17 @@ PkeyPtr read_pem_public_key(const std::string& path) {
   EVP_PKEY* k = bio ? PEM_read_bio_PUBKEY_ex(bio, nullptr, nullptr, nullptr, default_only(), nullptr) : nullptr;
   BIO_free(bio);
   return PkeyPtr(k, EVP_PKEY_free);
+}
+
+// tpm2:NAME signs `msg` in process through `l`, and the original public key (PEM) verifies it.
+void signs_as_the_original(OSSL_LIB_CTX* l, const std::string& name, const std::string& pub_pem,
+                           const std::string& msg) {
+  PkeyPtr original_pub = read_pem_public_key(pub_pem);
+  ASSERT_TRUE(original_pub);
+  PkeyPtr key = load_key(l, "tpm2:" + name);
+  ASSERT_TRUE(key) << drain_errors();
+  auto sig = digest_sign(l, key.get(), msg, {});
+  EXPECT_TRUE(!sig.empty() && digest_verify(original_pub.get(), msg, sig, {})) << drain_errors();
 }
 
 // The private value the TPM keeps, as the bytes that would cross the bus if it were sent in
@@ -332,15 +351,8 @@ TEST_F(ImportTest, EveryKindInEveryFormatSignsAndVerifiesWithTheOriginal) {
 // untouched, and signing through the provider; the ORIGINAL public key (the .pub file, converted
 // by ssh-keygen -e -m PKCS8) verifies every signature.
 TEST_F(ImportTest, OpenSshFormatKeysFromSshKeygenSignAndVerifyWithTheOriginal) {
-  struct Case {
-    std::string type, bits, name;
-  };
   OSSL_LIB_CTX* l = lib(tcti_);
-  for (const Case& k : std::vector<Case>{{"ecdsa", "256", "ec-p256"},
-                                         {"ecdsa", "384", "ec-p384"},
-                                         {"ecdsa", "521", "ec-p521"},
-                                         {"rsa", "2048", "rsa2048"},
-                                         {"rsa", "3072", "rsa3072"}}) {
+  for (const OpenSshCase& k : kOpenSshCases) {
     SCOPED_TRACE(k.name);
     const std::string file = dir_ + "/id_" + k.name, name = "ossh-" + k.name;
     ASSERT_OK(run({"ssh-keygen", "-q", "-t", k.type, "-b", k.bits, "-N", "", "-C", "a comment", "-f", file}));
@@ -360,13 +372,7 @@ TEST_F(ImportTest, OpenSshFormatKeysFromSshKeygenSignAndVerifyWithTheOriginal) {
     EXPECT_EQ(read_file(file), before) << "the source file was changed";
     // The TPM key's public key is the .pub file's.
     EXPECT_EQ(tpmkey({"pubkey", name}).out, pub.out);
-    PkeyPtr original_pub = read_pem_public_key(file + ".pub.pem");
-    ASSERT_TRUE(original_pub);
-    PkeyPtr key = load_key(l, "tpm2:" + name);
-    ASSERT_TRUE(key) << drain_errors();
-    const std::string msg = "signed by an OpenSSH key moved into the TPM";
-    auto sig = digest_sign(l, key.get(), msg, {});
-    EXPECT_TRUE(!sig.empty() && digest_verify(original_pub.get(), msg, sig, {})) << drain_errors();
+    signs_as_the_original(l, name, file + ".pub.pem", "signed by an OpenSSH key moved into the TPM");
     std::vector<std::string> sign = {"openssl", "pkeyutl", "-provider-path", provider_dir(), "-provider", "tpmkey",
                                      "-provider", "default", "-sign", "-inkey", "tpm2:" + name, "-rawin", "-digest",
                                      "sha256", "-in", dir_ + "/msg", "-out", dir_ + "/sig"};
@@ -384,15 +390,8 @@ TEST_F(ImportTest, OpenSshFormatKeysFromSshKeygenSignAndVerifyWithTheOriginal) {
 // byte for byte. The passphrase comes from a file, and once from a pipe (--passphrase-file
 // /dev/stdin).
 TEST_F(ImportTest, PassphraseProtectedOpenSshKeysAreDecryptedBySshKeygen) {
-  struct Case {
-    std::string type, bits, name;
-  };
   OSSL_LIB_CTX* l = lib(tcti_);
-  for (const Case& k : std::vector<Case>{{"ecdsa", "256", "ec-p256"},
-                                         {"ecdsa", "384", "ec-p384"},
-                                         {"ecdsa", "521", "ec-p521"},
-                                         {"rsa", "2048", "rsa2048"},
-                                         {"rsa", "3072", "rsa3072"}}) {
+  for (const OpenSshCase& k : kOpenSshCases) {
     SCOPED_TRACE(k.name);
     const std::string file = dir_ + "/id_enc_" + k.name, name = "ossh-enc-" + k.name, tmp = dir_ + "/tmp-" + k.name;
     ASSERT_OK(run({"ssh-keygen", "-q", "-t", k.type, "-b", k.bits, "-N", kPassphrase, "-C", "a comment", "-f", file}));
@@ -419,13 +418,7 @@ TEST_F(ImportTest, PassphraseProtectedOpenSshKeysAreDecryptedBySshKeygen) {
     EXPECT_EQ(read_file(file), before) << "the source file was changed";
     EXPECT_TRUE(std::filesystem::is_empty(tmp)) << "ssh-keygen's private directory was left in " << tmp;
     EXPECT_EQ(tpmkey({"pubkey", name}).out, pub.out);
-    PkeyPtr original_pub = read_pem_public_key(file + ".pub.pem");
-    ASSERT_TRUE(original_pub);
-    PkeyPtr key = load_key(l, "tpm2:" + name);
-    ASSERT_TRUE(key) << drain_errors();
-    const std::string msg = "signed by a passphrase-protected OpenSSH key moved into the TPM";
-    auto sig = digest_sign(l, key.get(), msg, {});
-    EXPECT_TRUE(!sig.empty() && digest_verify(original_pub.get(), msg, sig, {})) << drain_errors();
+    signs_as_the_original(l, name, file + ".pub.pem", "signed by a passphrase-protected OpenSSH key moved into the TPM");
   }
   // What ssh-keygen leaves in the private directory is encrypted PKCS#8: a wrapper around the real
   // one keeps a copy of it (and of the file it was given, the original bytes).
