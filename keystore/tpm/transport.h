@@ -64,9 +64,9 @@ class Link {
 
 // The link a TCTI string names (see above). Errors have reason kTpmUnreachable.
 Result<std::unique_ptr<Link>> open_link(const std::string& spec);
-// A link the process provides itself, for the TCTI string "inprocess:NAME": the fuzz target that
-// plays a malicious TPM registers one (test/fuzz/tpm_response_fuzz.cc). Nothing else does, and
-// an unregistered name is unreachable. `make` runs at each connection open.
+// A link the process provides itself, for the TCTI string "inprocess:NAME": the fuzz targets that
+// play a malicious TPM register one (test/fuzz/tpm_response_fuzz.cc, tpm_fuzz.cc). Nothing else
+// does, and an unregistered name is unreachable. `make` runs at each connection open.
 void register_inprocess_link(const std::string& name, std::function<std::unique_ptr<Link>()> make);
 Result<std::unique_ptr<Link>> open_swtpm_link(const std::string& config);
 

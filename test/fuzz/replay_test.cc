@@ -24,6 +24,7 @@ TPMKEY_FUZZ_TARGET(frame)
 TPMKEY_FUZZ_TARGET(ssh_key)
 TPMKEY_FUZZ_TARGET(agent)
 TPMKEY_FUZZ_TARGET(tpm_response)
+TPMKEY_FUZZ_TARGET(tpm)
 TPMKEY_FUZZ_TARGET(params)
 #undef TPMKEY_FUZZ_TARGET
 
@@ -73,6 +74,7 @@ INSTANTIATE_TEST_SUITE_P(Targets, FuzzCorpus,
                                            Target{"frame", tpmkey_fuzz_frame}, Target{"ssh_key", tpmkey_fuzz_ssh_key},
                                            Target{"agent", tpmkey_fuzz_agent},
                                            Target{"tpm_response", tpmkey_fuzz_tpm_response},
+                                           Target{"tpm", tpmkey_fuzz_tpm},
                                            Target{"params", tpmkey_fuzz_params}),
                          [](const ::testing::TestParamInfo<Target>& i) { return std::string(i.param.name); });
 
