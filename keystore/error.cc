@@ -13,26 +13,6 @@
 
 namespace tpmkey {
 
-const char* reason_text(Reason r) {
-  switch (r) {
-    case Reason::kTpmUnreachable: return "TPM unreachable";
-    case Reason::kAuthFailed: return "authorization failed";
-    case Reason::kLockout: return "TPM is in dictionary-attack lockout";
-    case Reason::kKeyNotFound: return "key not found";
-    case Reason::kMalformedUri: return "malformed tpm2: URI";
-    case Reason::kMalformedKey: return "malformed or unusable key file";
-    case Reason::kUnsupported: return "unsupported algorithm or parameter";
-    case Reason::kTpmBusy: return "TPM busy or out of resources";
-    case Reason::kInvalidArgument: return "invalid argument";
-    case Reason::kIo: return "file system error";
-    case Reason::kUntrustedTpm: return "TPM identity check failed";
-    case Reason::kInternal: return "internal error";
-    case Reason::kTpmNotReady: return "TPM not ready";
-    case Reason::kUnsafePermissions: return "unsafe ownership or permissions";
-  }
-  return "internal error";
-}
-
 Error& Error::context(const std::string& what) {
   where = where.empty() ? what : what + ": " + where;
   return *this;

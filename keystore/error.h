@@ -31,8 +31,27 @@ enum class Reason : int {
 inline constexpr Reason kFirstReason = Reason::kTpmUnreachable;
 inline constexpr Reason kLastReason = Reason::kUnsafePermissions;
 
-// Human text for a reason, e.g. "authorization failed".
-const char* reason_text(Reason r);
+// Human text for a reason, e.g. "authorization failed". Inline, so that tpmkey.so's front
+// (provider/module.cc) gives OpenSSL the same texts without the core.
+constexpr const char* reason_text(Reason r) {
+  switch (r) {
+    case Reason::kTpmUnreachable: return "TPM unreachable";
+    case Reason::kAuthFailed: return "authorization failed";
+    case Reason::kLockout: return "TPM is in dictionary-attack lockout";
+    case Reason::kKeyNotFound: return "key not found";
+    case Reason::kMalformedUri: return "malformed tpm2: URI";
+    case Reason::kMalformedKey: return "malformed or unusable key file";
+    case Reason::kUnsupported: return "unsupported algorithm or parameter";
+    case Reason::kTpmBusy: return "TPM busy or out of resources";
+    case Reason::kInvalidArgument: return "invalid argument";
+    case Reason::kIo: return "file system error";
+    case Reason::kUntrustedTpm: return "TPM identity check failed";
+    case Reason::kInternal: return "internal error";
+    case Reason::kTpmNotReady: return "TPM not ready";
+    case Reason::kUnsafePermissions: return "unsafe ownership or permissions";
+  }
+  return "internal error";
+}
 
 // Never holds a secret: messages name objects and decoded return codes only.
 struct Error {

@@ -35,7 +35,7 @@ struct CipherCtx {
 
 void* newctx(void* provctx) noexcept {
   auto* c = new (std::nothrow) CipherCtx;
-  if (c) c->prov = static_cast<ProviderCtx*>(provctx);
+  if (c) c->prov = provider_ctx(provctx);
   return c;
 }
 void freectx(void* vc) noexcept { delete static_cast<CipherCtx*>(vc); }

@@ -74,7 +74,7 @@ int does_selection(void*, int selection) noexcept {
 template <KeyKind kKind>
 int decode(void* provctx, OSSL_CORE_BIO* in, int selection, OSSL_CALLBACK* cb, void* cbarg,
            OSSL_PASSPHRASE_CALLBACK* pw_cb, void* pw_arg) noexcept {
-  auto* prov = static_cast<ProviderCtx*>(provctx);
+  auto* prov = provider_ctx(provctx);
   return guard(prov, "decode", [&]() -> Status {
     auto data = read_all(*prov, in);
     if (!data || !looks_like_tss2_der(data->data(), data->size())) return Status::Ok();
@@ -105,7 +105,7 @@ int decode(void* provctx, OSSL_CORE_BIO* in, int selection, OSSL_CALLBACK* cb, v
 // the reason.
 int decode_pem(void* provctx, OSSL_CORE_BIO* in, int, OSSL_CALLBACK* cb, void* cbarg, OSSL_PASSPHRASE_CALLBACK*,
                void*) noexcept {
-  auto* prov = static_cast<ProviderCtx*>(provctx);
+  auto* prov = provider_ctx(provctx);
   return guard(prov, "decode_pem", [&]() -> Status {
     auto data = read_all(*prov, in);
     if (!data || data->empty()) return Status::Ok();
@@ -141,7 +141,7 @@ int decode_pem(void* provctx, OSSL_CORE_BIO* in, int, OSSL_CALLBACK* cb, void* c
 // on, so it never feeds itself; the key decoders above make the key.
 int check_der(void* provctx, OSSL_CORE_BIO* in, int, OSSL_CALLBACK*, void*, OSSL_PASSPHRASE_CALLBACK*,
               void*) noexcept {
-  auto* prov = static_cast<ProviderCtx*>(provctx);
+  auto* prov = provider_ctx(provctx);
   return guard(prov, "decode_der", [&]() -> Status {
     auto data = read_all(*prov, in);
     if (!data || !looks_like_tss2_der(data->data(), data->size())) return Status::Ok();

@@ -21,7 +21,7 @@ struct EncCtx {
 
 void* newctx(void* provctx) noexcept {
   auto* c = new (std::nothrow) EncCtx;
-  if (c) c->prov = static_cast<ProviderCtx*>(provctx);
+  if (c) c->prov = provider_ctx(provctx);
   return c;
 }
 void freectx(void* vctx) noexcept { delete static_cast<EncCtx*>(vctx); }

@@ -31,7 +31,7 @@ struct ExchCtx {
 
 void* newctx(void* provctx) noexcept {
   auto* c = new (std::nothrow) ExchCtx;
-  if (c) c->prov = static_cast<ProviderCtx*>(provctx);
+  if (c) c->prov = provider_ctx(provctx);
   return c;
 }
 void freectx(void* vc) noexcept { delete static_cast<ExchCtx*>(vc); }

@@ -34,7 +34,7 @@ struct GenCtx {
 KeyData* new_keydata(void* provctx, KeyKind kind) noexcept {
   auto* kd = new (std::nothrow) KeyData;
   if (kd) {
-    kd->prov = static_cast<ProviderCtx*>(provctx);
+    kd->prov = provider_ctx(provctx);
     kd->kind = kind;
   }
   return kd;
@@ -297,7 +297,7 @@ void* gen_init(void* provctx, int selection, const OSSL_PARAM params[], KeyKind 
   if (tpm && !(selection & OSSL_KEYMGMT_SELECT_KEYPAIR)) return nullptr;
   auto* g = new (std::nothrow) GenCtx;
   if (!g) return nullptr;
-  g->prov = static_cast<ProviderCtx*>(provctx);
+  g->prov = provider_ctx(provctx);
   g->kind = kind;
   g->selection = selection;
   g->opts.spec = find_algorithm(kind == KeyKind::kEc ? "ec-p256" : kind == KeyKind::kRsaPss ? "rsa-pss2048" : "rsa2048");

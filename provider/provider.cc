@@ -67,18 +67,7 @@ const OSSL_ALGORITHM kDecoderAlgs[] = {
     {"DER", "provider=tpmkey,input=der", kTss2DerChecker, "TSS2 PRIVATE KEY DER check"},
     {nullptr, nullptr, nullptr, nullptr}};
 
-// OpenSSL reason strings, from the core's own texts (keystore/error.cc).
-struct ReasonStrings {
-  OSSL_ITEM items[int(kLastReason) + 1];
-  ReasonStrings() {
-    for (int r = int(kFirstReason); r <= int(kLastReason); ++r)
-      items[r - 1] = {unsigned(r), const_cast<char*>(reason_text(Reason(r)))};
-    items[int(kLastReason)] = {0, nullptr};
-  }
-};
-const ReasonStrings kReasonStrings;
-
-void teardown(void* vctx) noexcept { delete static_cast<ProviderCtx*>(vctx); }
+void teardown(void* vctx) noexcept { delete provider_ctx(vctx); }
 
 // The provider's own parameters (OSSL_PROVIDER_get_params): each one's handler, then the table.
 bool get_name(const ProviderCtx&, OSSL_PARAM& p) { return OSSL_PARAM_set_utf8_ptr(&p, "tpmkey TPM 2.0 provider"); }
@@ -101,9 +90,10 @@ constexpr auto kProviderParams = gettable<ProviderCtx>({
 const OSSL_PARAM* gettable_params(void*) noexcept { return kProviderParams.list(); }
 
 int get_params(void* vctx, OSSL_PARAM params[]) noexcept {
-  return answer_params(kProviderParams, *static_cast<const ProviderCtx*>(vctx), params);
+  return answer_params(kProviderParams, *provider_ctx(vctx), params);
 }
 
+// The operations of serves_operation() (module.h), which the front asks this for.
 const OSSL_ALGORITHM* query_operation(void*, int operation_id, int* no_cache) noexcept {
   *no_cache = 0;
   switch (operation_id) {
@@ -144,7 +134,7 @@ int find_default(OSSL_PROVIDER* p, void* out) noexcept {
 }
 int get_capabilities(void* vctx, const char* capability, OSSL_CALLBACK* cb, void* arg) noexcept {
   if (std::strcmp(capability, "TLS-GROUP") != 0) return 1;  // nothing else to declare
-  auto lib = software_libctx(static_cast<const ProviderCtx*>(vctx));
+  auto lib = software_libctx(provider_ctx(vctx));
   if (!lib) return 1;  // no default provider: no groups from it either
   OSSL_PROVIDER* def = nullptr;
   OSSL_PROVIDER_do_all(*lib, find_default, &def);

@@ -10,6 +10,7 @@
 
 #include "keystore/context.h"
 #include "keystore/key.h"
+#include "provider/module.h"
 #include "provider/param_table.h"
 #include "provider/params.h"
 
@@ -19,6 +20,7 @@ inline constexpr const char* kProviderName = "tpmkey";
 inline constexpr const char* kProperties = "provider=tpmkey";
 
 struct ProviderCtx {
+  void* self = this;  // first: what provider_ctx() follows (module.h)
   const OSSL_CORE_HANDLE* handle = nullptr;
   OSSL_FUNC_core_new_error_fn* new_error = nullptr;
   OSSL_FUNC_core_set_error_debug_fn* set_error_debug = nullptr;
@@ -27,9 +29,15 @@ struct ProviderCtx {
   OSSL_FUNC_BIO_write_ex_fn* bio_write = nullptr;
   std::unique_ptr<Context> core;
 
+  ProviderCtx() = default;
+  ProviderCtx(const ProviderCtx&) = delete;
+  ProviderCtx& operator=(const ProviderCtx&) = delete;
+
   // Puts `e` on the OpenSSL error queue: reason code + "where: reason: detail".
   void raise(const Error& e, const char* func) const;
 };
+// The ProviderCtx behind the pointer OpenSSL passes to a provider function (module.h).
+inline ProviderCtx* provider_ctx(void* provctx) { return static_cast<ProviderCtx*>(provider_context_of(provctx)); }
 
 // keymgmt key data: a TPM key, or a software key, or neither (right after keymgmt new()).
 // A software key is never the TPM's: a peer's public key, domain parameters, an ephemeral TLS key,

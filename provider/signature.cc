@@ -104,7 +104,7 @@ Bytes algorithm_id(const SigCtx& c) {
 SigCtx* new_ctx(void* provctx, KeyKind kind) {
   auto* c = new (std::nothrow) SigCtx;
   if (c) {
-    c->prov = static_cast<ProviderCtx*>(provctx);
+    c->prov = provider_ctx(provctx);
     c->kind = kind;
   }
   return c;

@@ -26,7 +26,7 @@ struct StoreCtx {
 };
 
 void* open(void* provctx, const char* uri) noexcept {
-  auto* prov = static_cast<ProviderCtx*>(provctx);
+  auto* prov = provider_ctx(provctx);
   StoreCtx* ctx = nullptr;
   guard(prov, "store_open", [&]() -> Status {
     auto parsed = parse_uri(uri ? uri : "");

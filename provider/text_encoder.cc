@@ -88,7 +88,7 @@ std::string describe(const Key& key, const std::string& body, bool private_part)
 
 int encode(void* vctx, OSSL_CORE_BIO* out, const void* obj, const OSSL_PARAM[], int selection,
            OSSL_PASSPHRASE_CALLBACK*, void*) noexcept {
-  auto* prov = static_cast<ProviderCtx*>(vctx);
+  auto* prov = provider_ctx(vctx);
   return guard(prov, "encode_text", [&]() -> Status {
     const auto* kd = static_cast<const KeyData*>(obj);
     if (!kd || !kd->pkey()) return make_error(Reason::kInvalidArgument, "nothing to encode");

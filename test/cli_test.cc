@@ -3,6 +3,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <functional>
 
@@ -398,17 +399,42 @@ TEST_F(CliTest, OneShotProcessSendsTheFewestCommands) {
 }
 
 #ifndef TPMKEY_SANITIZED
-// Every program that activates tpmkey loads the module, TPM key or not: it must not bring a shared
-// libstdc++, whose binding alone costs the dynamic loader ~2 ms per process (docs/architecture.md).
-// (The sanitizer build links it dynamically.)
-TEST_F(CliTest, ModuleDoesNotLoadASharedLibstdcxx) {
-  auto r = run({"readelf", "-d", provider_dir() + "/tpmkey.so"});
-  EXPECT_OK(r);
-  EXPECT_NE(r.out.find("[libcrypto.so.3]"), std::string::npos) << r.out;  // the dependencies are listed
-  EXPECT_EQ(r.out.find("libstdc++"), std::string::npos) << r.out;
-  EXPECT_EQ(r.out.find("libgcc_s"), std::string::npos) << r.out;
+// Every program that activates tpmkey loads tpmkey.so, TPM key or not, and every program that uses
+// a key also loads tpmkey-core.so: neither may bring a shared libstdc++, whose binding alone costs
+// the dynamic loader ~2 ms per process (docs/architecture.md). The front needs libc alone (the
+// sanitizer build links them differently).
+TEST_F(CliTest, ModulesDoNotLoadASharedLibstdcxx) {
+  auto needed = [](const std::string& module) {
+    auto r = run({"readelf", "-d", provider_dir() + "/" + module});
+    EXPECT_OK(r);
+    std::vector<std::string> libs;
+    for (size_t at = r.out.find("Shared library: ["); at != std::string::npos;
+         at = r.out.find("Shared library: [", at + 1)) {
+      const size_t from = at + 17;
+      libs.push_back(r.out.substr(from, r.out.find(']', from) - from));
+    }
+    return libs;
+  };
+  EXPECT_EQ(needed("tpmkey.so"), std::vector<std::string>{"libc.so.6"});
+  const auto core = needed("tpmkey-core.so");
+  EXPECT_NE(std::find(core.begin(), core.end(), "libcrypto.so.3"), core.end());  // the dependencies are listed
+  for (const std::string& lib : core) {
+    EXPECT_EQ(lib.find("libstdc++"), std::string::npos) << lib;
+    EXPECT_EQ(lib.find("libgcc_s"), std::string::npos) << lib;
+  }
 }
 #endif
+
+// tpmkey.so without the provider proper next to it (a copy made by hand): activation fails and
+// says which file is missing.
+TEST_F(CliTest, FrontWithoutItsCoreFailsClearly) {
+  const std::string lone = dir_ + "/lone";
+  std::filesystem::create_directories(lone);
+  std::filesystem::copy_file(provider_dir() + "/tpmkey.so", lone + "/tpmkey.so");
+  auto r = run({"openssl", "list", "-providers", "-provider-path", lone, "-provider", "tpmkey"}, env_);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("tpmkey-core.so is missing"), std::string::npos) << r.err;
+}
 
 // tpmkey speaks swtpm's protocol itself and loads the TCTI module any other TCTI string names
 // (keystore/tpm/transport.cc): a one-shot process maps neither libtss2-tctildr nor libtss2-rc, and

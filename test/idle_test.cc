@@ -1,6 +1,7 @@
 // The idle provider (docs/performance.md): a process with tpmkey activated in its openssl.cnf that
-// uses no TPM key maps no tpm2-tss library; the first TPM key loads libtss2-mu and libtss2-sys
-// (keystore/tpm/tss_loader.cc). Which libraries a real `openssl` process loads is read from the
+// asks it nothing maps tpmkey.so's front alone (provider/module.cc), one that asks it for key
+// management or decoders (a software key) also the provider proper, tpmkey-core.so, and no
+// tpm2-tss library; the first TPM key loads libtss2-mu and libtss2-sys (keystore/tpm/tss_loader.cc). Which libraries a real `openssl` process loads is read from the
 // dynamic loader's own account of it (LD_DEBUG=files), in both provider orders.
 #include <gtest/gtest.h>
 
@@ -59,6 +60,7 @@ TEST_P(IdleTest, SoftwareOnlyProcessMapsNoTss) {
   EXPECT_OK(dgst);
   EXPECT_NE(dgst.out.find("SHA2-256("), std::string::npos) << dgst.out;
   EXPECT_TRUE(loaded(dgst, "tpmkey.so")) << dgst.err;  // the provider was activated
+  EXPECT_FALSE(loaded(dgst, "tpmkey-core.so")) << dgst.err;  // and asked nothing it answers
   EXPECT_TRUE(loaded(dgst, "libcrypto.so")) << dgst.err;
   EXPECT_FALSE(loaded(dgst, "libtss2-")) << dgst.err;
 
@@ -71,6 +73,7 @@ TEST_P(IdleTest, SoftwareOnlyProcessMapsNoTss) {
   auto sign = openssl(sign_args(dir_ + "/soft.pem", dir_ + "/soft.sig"));
   EXPECT_OK(sign);
   EXPECT_TRUE(loaded(sign, "tpmkey.so")) << sign.err;
+  EXPECT_TRUE(loaded(sign, "tpmkey-core.so")) << sign.err;  // asked for its decoders
   EXPECT_FALSE(loaded(sign, "libtss2-")) << sign.err;
   verify(dir_ + "/soft.pub", dir_ + "/soft.sig");
 }
@@ -82,6 +85,7 @@ TEST_P(IdleTest, TpmKeyLoadsTssOnFirstUse) {
   write_file(dir_ + "/idle.pub", pub.out);
   auto sign = openssl(sign_args("tpm2:idle", dir_ + "/idle.sig"));
   EXPECT_OK(sign);
+  EXPECT_TRUE(loaded(sign, "tpmkey-core.so")) << sign.err;
   EXPECT_TRUE(loaded(sign, "libtss2-mu.so")) << sign.err;
   EXPECT_TRUE(loaded(sign, "libtss2-sys.so")) << sign.err;
   EXPECT_FALSE(loaded(sign, "libtss2-esys")) << sign.err;

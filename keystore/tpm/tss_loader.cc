@@ -11,7 +11,7 @@
 #include <tuple>
 #include <type_traits>
 
-// The definitions below stay inside tpmkey.so and the programs: a library that really links
+// The definitions below stay inside tpmkey-core.so and the programs: a library that really links
 // tpm2-tss (ESYS in the tests) keeps calling its own.
 #pragma GCC visibility push(hidden)
 #include <tss2/tss2_mu.h>

@@ -5,7 +5,7 @@
 // uses a TPM key maps none of them (docs/performance.md, "The idle provider").
 //
 // A call to a function missing from the list in tss_loader.cc is an undefined reference when
-// tpmkey.so and the tpmkey program are linked: add the function there.
+// tpmkey-core.so and the tpmkey program are linked: add the function there.
 #pragma once
 
 #include <string>
