@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(uri keyfile srk_pin ssh_wire private_key frame ssh_key agent tpm_response params)
+[ ${#targets[@]} -gt 0 ] || targets=(uri keyfile srk_pin ssh_wire private_key frame ssh_key agent tpm_response tpm params)
 jobs=${FUZZ_BUILD_JOBS:-2}
 build=${FUZZ_BUILD_DIR:-build-fuzz}  # another directory, for a second checkout or a scratch build
 

@@ -33,6 +33,7 @@
 #include "keystore/keyfile.h"
 #include "keystore/tpm/tpm.h"
 #include "keystore/tpm/transport.h"
+#include "test/fuzz/fake_tpm.h"
 #include "test/fuzz/fuzz_support.h"
 
 namespace tpmkey::fuzz {
@@ -44,42 +45,19 @@ const uint8_t kNewPassword[] = "tpm fuzz new password, encrypted";
 const uint8_t kDigest[32] = {0xd1, 0x9e, 0x27, 0x4a, 0xc3, 0x08, 0x7b, 0xe5, 0x61, 0x3f, 0xa2, 0x9c, 0x14, 0xb7, 0x58, 0x0d,
                              0xe9, 0x46, 0x2b, 0x83, 0xfa, 0x15, 0x6c, 0xd0, 0x37, 0x92, 0xae, 0x49, 0x05, 0xbb, 0x70, 0xc8};
 
-bool contains(const uint8_t* hay, size_t n, const uint8_t* needle, size_t m) {
-  if (n < m) return false;
-  for (size_t i = 0; i + m <= n; ++i)
-    if (std::memcmp(hay + i, needle, m) == 0) return true;
-  return false;
-}
-void put16(Bytes& b, uint16_t v) { b.insert(b.end(), {uint8_t(v >> 8), uint8_t(v)}); }
-void put32(Bytes& b, uint32_t v) { b.insert(b.end(), {uint8_t(v >> 24), uint8_t(v >> 16), uint8_t(v >> 8), uint8_t(v)}); }
-
 struct Run {
-  const uint8_t* p = nullptr;
-  size_t left = 0;
+  Input in;
   size_t responses = 0;
   bool oracle = true;  // false with the cleartext-password opt-out
   Bytes record;        // record mode: the responses of the input being written
   std::optional<SrkPin> learnt;  // the SRK trusted on first use
-  bool take(void* out, size_t n) {
-    if (left < n) return false;
-    if (n) std::memcpy(out, p, n);
-    p += n;
-    left -= n;
-    return true;
-  }
-  bool u16(uint16_t* v) {
-    uint8_t b[2];
-    if (!take(b, 2)) return false;
-    *v = uint16_t(b[0] << 8 | b[1]);
-    return true;
-  }
 };
 Run g_run;
 
 const char* record_file() { return std::getenv("TPMKEY_FUZZ_RECORD"); }
 
 // The malicious TPM, or in record mode the real one behind it.
-class FuzzTpm : public Link {
+class FuzzTpm : public FakeTpmLink {
  public:
   FuzzTpm() {
     if (!record_file()) return;
@@ -101,11 +79,11 @@ class FuzzTpm : public Link {
     if (++g_run.responses > kMaxResponses) return TSS2_TCTI_RC_IO_ERROR;
     if (real_) return record(cmd, size, deadline);
     uint8_t kind = 0;
-    if (!g_run.take(&kind, 1)) return TSS2_TCTI_RC_IO_ERROR;
+    if (!g_run.in.take(&kind, 1)) return TSS2_TCTI_RC_IO_ERROR;
     uint16_t n = 0;
     switch (kind % 3) {
       case 0:
-        if (!g_run.u16(&n)) return TSS2_TCTI_RC_IO_ERROR;
+        if (!g_run.in.u16(&n)) return TSS2_TCTI_RC_IO_ERROR;
         n = uint16_t(n % 4087);
         // A success answers in the command's form: with an authorization area if it had one.
         put16(response_, uint16_t(cmd[0] << 8 | cmd[1]));
@@ -114,37 +92,22 @@ class FuzzTpm : public Link {
         break;
       case 1: {
         uint8_t rc[4];
-        if (!g_run.take(rc, 4)) return TSS2_TCTI_RC_IO_ERROR;
+        if (!g_run.in.take(rc, 4)) return TSS2_TCTI_RC_IO_ERROR;
         put16(response_, TPM2_ST_NO_SESSIONS);
         put32(response_, 10);
         response_.insert(response_.end(), rc, rc + 4);
         return TSS2_RC_SUCCESS;
       }
       default:
-        if (!g_run.u16(&n)) return TSS2_TCTI_RC_IO_ERROR;
+        if (!g_run.in.u16(&n)) return TSS2_TCTI_RC_IO_ERROR;
         n = uint16_t(n % 4097);
         break;
     }
     const size_t at = response_.size();
     response_.resize(at + n);
-    if (!g_run.take(response_.data() + at, n)) return TSS2_TCTI_RC_IO_ERROR;
+    if (!g_run.in.take(response_.data() + at, n)) return TSS2_TCTI_RC_IO_ERROR;
     return TSS2_RC_SUCCESS;
   }
-  TSS2_RC receive(size_t* size, uint8_t* rsp, Deadline) override {
-    if (response_.empty()) return TSS2_TCTI_RC_IO_ERROR;
-    if (!rsp) {
-      *size = response_.size();
-      return TSS2_RC_SUCCESS;
-    }
-    if (*size < response_.size()) return TSS2_TCTI_RC_INSUFFICIENT_BUFFER;
-    std::memcpy(rsp, response_.data(), response_.size());
-    *size = response_.size();
-    response_.clear();
-    return TSS2_RC_SUCCESS;
-  }
-  bool continuous() const override { return true; }
-  void forget_in_child() override {}
-
  private:
   // Sends the command to the real TPM and writes its answer as a kind-0 response (kind 2 if its
   // tag is not the command's).
@@ -171,7 +134,6 @@ class FuzzTpm : public Link {
   }
 
   std::unique_ptr<Link> real_;
-  Bytes response_;
 };
 
 // A key file for a key of this SRK's: a real public area, a private blob no TPM made.
@@ -234,8 +196,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }();
   if (size < 1) return 0;
   g_run = Run{};
-  g_run.p = data + 1;
-  g_run.left = size - 1;
+  g_run.in = Input{data + 1, size - 1};
   const uint8_t flags = data[0];
   g_run.oracle = !(flags & 0x40);
 
@@ -246,10 +207,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (flags & 0x80) {
     uint8_t kind = 0, n = 0;
     SrkPin pin;
-    if (!g_run.take(&kind, 1) || !g_run.take(&n, 1)) return 0;
+    if (!g_run.in.take(&kind, 1) || !g_run.in.take(&n, 1)) return 0;
     pin.handle = (kind & 1) ? kSrkHandle : 0;
     pin.name.resize(n);
-    if (!g_run.take(pin.name.data(), n)) return 0;
+    if (!g_run.in.take(pin.name.data(), n)) return 0;
     opts.pin = pin;
   }
   opts.on_first_srk = [](const SrkPin& learnt) {

@@ -35,6 +35,7 @@
 #include "keystore/tpm/runner.h"
 #include "keystore/tpm/session.h"
 #include "keystore/tpm/transport.h"
+#include "test/fuzz/fake_tpm.h"
 #include "test/fuzz/fuzz_support.h"
 
 namespace tpmkey::fuzz {
@@ -52,45 +53,6 @@ const uint8_t kDigest[32] = {0x5a, 0x17, 0xc3, 0x9e, 0x01, 0x88, 0x42, 0xd7, 0x6
 const uint8_t kSalt[32] = {0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xf0, 0x01,
                            0x12, 0x23, 0x34, 0x45, 0x56, 0x67, 0x78, 0x89, 0x9a, 0xab, 0xbc, 0xcd, 0xde, 0xef, 0xf1, 0x02};
 
-bool contains(const uint8_t* hay, size_t n, const uint8_t* needle, size_t m) {
-  if (m == 0 || n < m) return false;
-  for (size_t i = 0; i + m <= n; ++i)
-    if (std::memcmp(hay + i, needle, m) == 0) return true;
-  return false;
-}
-
-uint32_t be32(const uint8_t* p) { return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3]; }
-uint16_t be16(const uint8_t* p) { return uint16_t(p[0] << 8 | p[1]); }
-void put16(Bytes& b, uint16_t v) { b.insert(b.end(), {uint8_t(v >> 8), uint8_t(v)}); }
-void put32(Bytes& b, uint32_t v) { b.insert(b.end(), {uint8_t(v >> 24), uint8_t(v >> 16), uint8_t(v >> 8), uint8_t(v)}); }
-
-// The fuzz input, read front to back.
-struct Input {
-  const uint8_t* p;
-  size_t left;
-  bool take(void* out, size_t n) {
-    if (left < n) return false;
-    if (n == 0) return true;
-    std::memcpy(out, p, n);
-    p += n;
-    left -= n;
-    return true;
-  }
-  bool u8(uint8_t* v) { return take(v, 1); }
-  bool u16(uint16_t* v) {
-    uint8_t b[2];
-    if (!take(b, 2)) return false;
-    *v = be16(b);
-    return true;
-  }
-  bool u32(uint32_t* v) {
-    uint8_t b[4];
-    if (!take(b, 4)) return false;
-    *v = be32(b);
-    return true;
-  }
-};
-
 // What one run shares between the harness and its TPM.
 struct Run {
   Input in{nullptr, 0};
@@ -106,7 +68,7 @@ struct Run {
 Run g_run;
 
 // The malicious TPM. Commands to anything but `cc` (a flush) get the next response too.
-class FuzzTpm : public Link {
+class FuzzTpm : public FakeTpmLink {
  public:
   TSS2_RC transmit(const uint8_t* cmd, size_t size, Deadline) override {
     response_.clear();
@@ -148,21 +110,6 @@ class FuzzTpm : public Link {
       }
     }
   }
-  TSS2_RC receive(size_t* size, uint8_t* rsp, Deadline) override {
-    if (response_.empty()) return TSS2_TCTI_RC_IO_ERROR;
-    if (!rsp) {
-      *size = response_.size();
-      return TSS2_RC_SUCCESS;
-    }
-    if (*size < response_.size()) return TSS2_TCTI_RC_INSUFFICIENT_BUFFER;
-    std::memcpy(rsp, response_.data(), response_.size());
-    *size = response_.size();
-    response_.clear();
-    return TSS2_RC_SUCCESS;
-  }
-  bool continuous() const override { return true; }
-  void forget_in_child() override {}
-
  private:
   // A success response to a session command, HMAC'd as the TPM does (Part 1 §19.6.14-17): the
   // caller's nonce is read from the command's authorization area.
@@ -224,8 +171,6 @@ class FuzzTpm : public Link {
     for (int i = 0; i < 4; ++i) response_[2 + size_t(i)] = uint8_t(total >> (24 - 8 * i));
     return TSS2_RC_SUCCESS;
   }
-
-  Bytes response_;
 };
 
 }  // namespace
