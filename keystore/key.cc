@@ -43,10 +43,10 @@ Result<std::shared_ptr<Key>> Key::from_file(Context& ctx, KeyFile kf, std::strin
 
 Result<Tpm*> Key::tpm() {
   auto tpm = ctx_.tpm();
-  if (!tpm || parent_auth_given_to_ == *tpm || kf_.parent == kOwnerParent) return tpm;
+  if (!tpm || parent_auth_given_to_ == (*tpm)->serial() || kf_.parent == kOwnerParent) return tpm;
   if (has_parent_auth_) (*tpm)->set_parent_auth(kf_.parent, parent_auth_);
   else if (needs_parent_auth_) (*tpm)->require_parent_auth(kf_.parent);
-  parent_auth_given_to_ = *tpm;
+  parent_auth_given_to_ = (*tpm)->serial();
   return tpm;
 }
 

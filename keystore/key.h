@@ -99,7 +99,9 @@ class Key {
   SecretBytes parent_auth_;
   bool has_parent_auth_ = false;
   bool needs_parent_auth_ = false;
-  const Tpm* parent_auth_given_to_ = nullptr;  // once per Tpm: a password it refused is not sent again
+  // Tpm::serial() of the connection the parent's password was given to: once per connection, so
+  // that a password it refused is not sent again; a new one (a forked child's) gets it again.
+  uint64_t parent_auth_given_to_ = 0;
   // The TPM connection, told the parent's password (or that it needs one) first.
   Result<Tpm*> tpm();
   // The implicit-rejection secret: the raw decryption of implicit_rejection_probe

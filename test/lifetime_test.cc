@@ -29,10 +29,6 @@
 #include "test/fixture.h"
 #include "test/support.h"
 
-// LeakSanitizer asks this at exit; forked children end with _exit and leak on purpose.
-static bool g_child = false;
-extern "C" int __lsan_is_turned_off() { return g_child; }
-
 namespace tpmkey::test {
 namespace {
 
@@ -136,7 +132,7 @@ TEST_F(LifetimeTest, ForkWhileAThreadSigns) {
     pid_t pid = fork();
     if (pid > 0 && kGateForks) gate.unlock();
     if (pid == 0) {
-      g_child = true;
+      child_leaks_on_purpose();
       int code = 0;
       if (kind == 0) {
         if (tpm_commands(l) != 0) code = 3;  // a fresh connection in the child
@@ -459,7 +455,7 @@ TEST_F(LifetimeTest, OrphanedTemporaryFilesAreCleanedUp) {
   for (int i = 0; i < 10; ++i) {
     pid_t pid = fork();
     if (pid == 0) {
-      g_child = true;
+      child_leaks_on_purpose();
       execl(tpmkey_bin().c_str(), "tpmkey", "--tcti", tcti_.c_str(), "--keystore", keystore_.c_str(), "create",
             numbered("c", i).c_str(), static_cast<char*>(nullptr));
       _exit(127);
@@ -497,7 +493,7 @@ TEST_F(LifetimeTest, UnstartedTpmIsNotReady) {
   }
   pid_t pid = fork();
   if (pid == 0) {
-    g_child = true;
+    child_leaks_on_purpose();
     int devnull = open("/dev/null", O_RDWR);
     dup2(devnull, 1);
     dup2(devnull, 2);

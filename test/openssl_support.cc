@@ -1,6 +1,8 @@
 #include "test/openssl_support.h"
 
+#include <cstring>
 #include <filesystem>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 
@@ -9,6 +11,7 @@
 #include <openssl/provider.h>
 #include <openssl/rsa.h>
 #include <openssl/store.h>
+#include <openssl/ui.h>
 #include <openssl/x509.h>
 
 #include "keystore/ossl.h"
@@ -121,8 +124,18 @@ bool store_key(EVP_PKEY* key, const std::string& path) {
   return ok;
 }
 
-PkeyPtr load_key(OSSL_LIB_CTX* lib, const std::string& uri, int expect) {
-  OSSL_STORE_CTX* s = OSSL_STORE_open_ex(uri.c_str(), lib, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr);
+PkeyPtr load_key(OSSL_LIB_CTX* lib, const std::string& uri, int expect, const char* passphrase) {
+  // The prompt's answer, as a PEM password callback would give it (its user data: `passphrase`).
+  pem_password_cb* answer = [](char* buf, int size, int, void* u) -> int {
+    const int n = int(std::strlen(static_cast<const char*>(u)));
+    if (n > size) return -1;
+    std::memcpy(buf, u, size_t(n));
+    return n;
+  };
+  std::unique_ptr<UI_METHOD, void (*)(UI_METHOD*)> ui(passphrase ? UI_UTIL_wrap_read_pem_callback(answer, 0) : nullptr,
+                                                     UI_destroy_method);
+  OSSL_STORE_CTX* s = OSSL_STORE_open_ex(uri.c_str(), lib, nullptr, ui.get(), const_cast<char*>(passphrase), nullptr,
+                                         nullptr, nullptr);
   EVP_PKEY* key = nullptr;
   if (s) {
     if (expect) OSSL_STORE_expect(s, expect);

@@ -48,8 +48,9 @@ PkeyPtr generate_key(OSSL_LIB_CTX* lib, const char* type, const char* group, siz
                      const char* user_auth = nullptr);
 // Writes the key's TSS2 PEM (through the tpmkey encoder) to `path`.
 bool store_key(EVP_PKEY* key, const std::string& path);
-// The first private (or, with `expect`, public) key OSSL_STORE finds at `uri`.
-PkeyPtr load_key(OSSL_LIB_CTX* lib, const std::string& uri, int expect = 0);
+// The first private (or, with `expect`, public) key OSSL_STORE finds at `uri`; `passphrase`
+// answers OpenSSL's passphrase prompt, if it comes.
+PkeyPtr load_key(OSSL_LIB_CTX* lib, const std::string& uri, int expect = 0, const char* passphrase = nullptr);
 
 // All OpenSSL errors on the queue as text (and clears it).
 std::string drain_errors();

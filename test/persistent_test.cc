@@ -1,7 +1,11 @@
 // Persistent keys against a real swtpm: `tpmkey create --persistent` and `delete`, tpm2:handle=
 // for keys made persistent by tpm2-tools, and restricted (attestation) keys refused clearly.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 
 #include <openssl/err.h>
@@ -207,6 +211,31 @@ TEST_F(PersistentTest, ParentWithItsOwnPassword) {
     EXPECT_OK(run({"openssl", "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-rawin", "-digest", "sha256", "-in", msg,
                    "-sigfile", sig},
                   {"OPENSSL_CONF=/dev/null"}));
+  }
+  EXPECT_EQ(lockout_counter(tcti_), strikes);
+
+  // A forked child signs with the key its parent loaded: its own TPM connection loads the key
+  // again under the parent with the password the key was opened with, asking nothing; the parent
+  // goes on signing; no dictionary-attack failure on either side.
+  {
+    OSSL_LIB_CTX* l = lib(tcti_);
+    PkeyPtr k = load_key(l, "tpm2:pk", 0, "parent secret");
+    ASSERT_TRUE(k) << drain_errors();
+    ASSERT_TRUE(sign_verifies(l, k.get(), "the parent, before"));
+    const pid_t pid = fork();
+    if (pid == 0) {
+      child_leaks_on_purpose();
+      const bool ok = sign_verifies(l, k.get(), "the child") && sign_verifies(l, k.get(), "the child, again");
+      if (!ok) std::fprintf(stderr, "child: %s\n", drain_errors().c_str());
+      std::exit(ok ? 0 : 1);  // exit(), so that tpmkey flushes what the child loaded
+    }
+    ASSERT_GT(pid, 0);
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+    EXPECT_TRUE(sign_verifies(l, k.get(), "the parent, after"));
+    k.reset();
+    release(l);
   }
   EXPECT_EQ(lockout_counter(tcti_), strikes);
 

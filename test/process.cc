@@ -15,7 +15,16 @@
 #include <stdexcept>
 #include <thread>
 
+namespace {
+bool g_leaks_on_purpose = false;
+}  // namespace
+
+// LeakSanitizer asks this at exit (a weak hook in its runtime; unused without it).
+extern "C" int __lsan_is_turned_off() { return g_leaks_on_purpose; }
+
 namespace tpmkey::test {
+
+void child_leaks_on_purpose() { g_leaks_on_purpose = true; }
 
 std::string make_temp_dir(const std::string& prefix) {
   std::string tmpl = (std::filesystem::temp_directory_path() / (prefix + "-XXXXXX")).string();

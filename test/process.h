@@ -13,6 +13,9 @@
 namespace tpmkey::test {
 
 std::string make_temp_dir(const std::string& prefix);
+// A forked child that ends holding what it allocated (the parent's library context, on purpose)
+// calls this first: LeakSanitizer then does not check that process at exit.
+void child_leaks_on_purpose();
 void remove_tree(const std::string& dir);
 // Writes `data` to `path`; a new file is created with mode 0600.
 void write_file(const std::string& path, const std::string& data);

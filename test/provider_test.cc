@@ -30,10 +30,6 @@
 #include "test/fixture.h"
 #include "test/support.h"
 
-// LeakSanitizer asks this at exit; the forked child below leaks on purpose.
-static bool g_child_leaks_on_purpose = false;
-extern "C" int __lsan_is_turned_off() { return g_child_leaks_on_purpose; }
-
 namespace tpmkey::test {
 namespace {
 
@@ -767,7 +763,7 @@ TEST_P(ProviderTest, ExitWhileHoldingKeysLeavesTheTpmClean) {
   lib_ = nullptr;
   pid_t pid = fork();
   if (pid == 0) {
-    g_child_leaks_on_purpose = true;
+    child_leaks_on_purpose();
     OSSL_LIB_CTX* lib = new_configured_libctx(cnf_);
     lib_ = lib;
     EVP_PKEY* leaked = load("tpm2:held").release();  // never freed, like a careless program

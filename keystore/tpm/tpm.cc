@@ -1,6 +1,7 @@
 // Tpm: construction, the operation driver's non-template parts, and proving and releasing handles.
 #include "keystore/tpm/tpm.h"
 
+#include <atomic>
 #include <cstdio>
 
 #include "keystore/tpm/driver.h"
@@ -38,7 +39,10 @@ std::unique_ptr<Tpm> Tpm::create(TpmOptions opts, const Crypto& crypto) {
 }
 
 Tpm::Tpm(TpmOptions opts, const Crypto& crypto)
-    : opts_(std::move(opts)), crypto_(crypto), conn_(opts_.tcti, opts_.timeouts), run_(conn_, crypto), pid_(getpid()) {}
+    : opts_(std::move(opts)), crypto_(crypto), conn_(opts_.tcti, opts_.timeouts), run_(conn_, crypto), pid_(getpid()) {
+  static std::atomic<uint64_t> made{0};
+  serial_ = ++made;
+}
 
 Tpm::~Tpm() {
   unregister_tpm(this);

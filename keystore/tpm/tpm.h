@@ -100,6 +100,9 @@ class Tpm {
   // TPM commands sent so far.
   uint64_t commands() const { return conn_.commands(); }
   pid_t owner_pid() const { return pid_; }
+  // Tells this connection apart from every other a process has had: a Tpm made after another
+  // was freed (a forked child's first, for one) may sit at the same address.
+  uint64_t serial() const { return serial_; }
 
   // Flushes the key's loaded handle, if any, and forgets it.
   void forget(ObjectId id);
@@ -283,6 +286,7 @@ class Tpm {
   Connection conn_;
   Runner run_;
   pid_t pid_ = 0;
+  uint64_t serial_ = 0;
   bool forked_ = false;
 
   Session session_;
