@@ -3,6 +3,7 @@
 // (failed), 2 (usage error).
 // What the commands do lives in the core (keystore/manage.h).
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -673,26 +674,59 @@ int cmd_list(const Args& a) {
     std::printf("no keys in %s (create one with: tpmkey create NAME)\n", ctx.keystore().dir().c_str());
     return kExitOk;
   }
-  std::printf("%-24s %-10s %-6s %-9s %s\n", "NAME", "ALGORITHM", "BITS", "PASSWORD", "PARENT");
+  // One row per key; a column is as wide as its widest entry, or as wide as usual if that is more.
+  struct Row {
+    std::string name, alg, bits, password, parent, error;  // error: why the key file cannot be read
+  };
+  std::vector<Row> rows;
   int rc = kExitOk;
   for (const auto& n : *names) {
     auto kf = ctx.keystore().read(n);
     if (!kf) {
-      std::printf("%-24s %s\n", n.c_str(), kf.error().text().c_str());
+      rows.push_back({n, "", "", "", "", kf.error().text()});
       rc = kExitError;
       continue;
     }
-    auto spec = spec_of(kf->pub.publicArea);
+    const TPMT_PUBLIC& pub = kf->pub.publicArea;
+    auto spec = spec_of(pub);
+    Row r{n, spec ? (*spec)->name : "unknown", spec ? std::to_string((*spec)->bits) : "?", kf->empty_auth ? "no" : "yes",
+          ""};
+    // An RSA-PSS key signs with one hash only, the one its public area names.
+    if (spec && (*spec)->kind == KeyKind::kRsaPss) {
+      std::string hash = hash_name(pub.parameters.rsaDetail.scheme.details.rsapss.hashAlg);
+      for (char& c : hash) c = char(std::tolower(static_cast<unsigned char>(c)));
+      r.alg += " (" + hash + ")";
+    }
     char parent[16];
     std::snprintf(parent, sizeof parent, "0x%08x", kf->parent);
-    char where[64] = "";
-    if (kf->persistent) std::snprintf(where, sizeof where, ", persistent 0x%08x", kf->persistent);
-    if (is_imported(kf->pub.publicArea)) std::strncat(where, ", imported", sizeof where - std::strlen(where) - 1);
-    if (unsigned u = usage_of(kf->pub.publicArea); u != kUsageSign)
-      std::strncat(where, (", usage " + usage_text(u)).c_str(), sizeof where - std::strlen(where) - 1);
-    std::printf("%-24s %-10s %-6d %-9s %s%s%s\n", n.c_str(), spec ? (*spec)->name : "unknown", spec ? (*spec)->bits : 0,
-                kf->empty_auth ? "no" : "yes", parent, kf->parent == kOwnerParent ? " (owner SRK)" : "", where);
+    r.parent = parent;
+    if (kf->parent == kOwnerParent) r.parent += " (owner SRK)";
+    if (kf->persistent) {
+      char where[32];
+      std::snprintf(where, sizeof where, ", persistent 0x%08x", kf->persistent);
+      r.parent += where;
+    }
+    if (is_imported(pub)) r.parent += ", imported";
+    if (unsigned u = usage_of(pub); u != kUsageSign) r.parent += ", usage " + usage_text(u);
+    rows.push_back(std::move(r));
   }
+  size_t w_name = 24, w_alg = 10, w_bits = 6;
+  for (const Row& r : rows) {
+    w_name = std::max(w_name, r.name.size());
+    if (!r.error.empty()) continue;
+    w_alg = std::max(w_alg, r.alg.size());
+    w_bits = std::max(w_bits, r.bits.size());
+  }
+  auto line = [&](const Row& r) {
+    if (!r.error.empty()) {
+      std::printf("%-*s %s\n", int(w_name), r.name.c_str(), r.error.c_str());
+      return;
+    }
+    std::printf("%-*s %-*s %-*s %-9s %s\n", int(w_name), r.name.c_str(), int(w_alg), r.alg.c_str(), int(w_bits),
+                r.bits.c_str(), r.password.c_str(), r.parent.c_str());
+  };
+  line({"NAME", "ALGORITHM", "BITS", "PASSWORD", "PARENT", ""});
+  for (const Row& r : rows) line(r);
   return rc;
 }
 
