@@ -29,22 +29,27 @@ constexpr uint8_t kSuccess = 6, kExtension = 27, kExtensionResponse = 29;
 // A signature is at most 512 bytes (RSA 4096); the answer is refused above this.
 constexpr uint32_t kMaxAnswer = 16 * 1024;
 
-// Why the agent was not used, for TPMKEY_DEBUG.
-void debug(const std::string& socket, const std::string& why) {
+// Whether and why the agent was used or not, for TPMKEY_DEBUG: a line on stderr.
+void debug(const std::string& line) {
   const char* d = secure_getenv("TPMKEY_DEBUG");
-  if (d && *d) std::fprintf(stderr, "tpmkey: agent %s: %s\n", socket.c_str(), why.c_str());
+  if (d && *d) std::fprintf(stderr, "tpmkey: %s\n", line.c_str());
+}
+
+// Why the agent was not asked or did not sign, for those lines: "agent PATH: why".
+std::string why_not(const Error& e) {
+  return e.detail.empty() ? e.text() : (e.where.empty() ? "" : e.where + ": ") + e.detail;
 }
 
 bool trusted_uid(uid_t uid) { return uid == geteuid() || uid == 0; }
 
 // The socket itself: a socket (not a link), the user's or root's, writable by nobody else.
-std::optional<std::string> socket_problem(const std::string& path) {
+Status check_socket(const std::string& path) {
   struct stat st{};
-  if (lstat(path.c_str(), &st) != 0) return std::string(std::strerror(errno));
-  if (!S_ISSOCK(st.st_mode)) return std::string("not a socket");
-  if (!trusted_uid(st.st_uid)) return "owned by uid " + std::to_string(st.st_uid);
-  if (st.st_mode & (S_IWGRP | S_IWOTH)) return std::string("writable by others");
-  return std::nullopt;
+  if (lstat(path.c_str(), &st) != 0) return make_error(Reason::kIo, std::strerror(errno));
+  if (!S_ISSOCK(st.st_mode)) return make_error(Reason::kIo, "not a socket");
+  if (!trusted_uid(st.st_uid)) return make_error(Reason::kUnsafePermissions, "owned by uid " + std::to_string(st.st_uid));
+  if (st.st_mode & (S_IWGRP | S_IWOTH)) return make_error(Reason::kUnsafePermissions, "writable by others");
+  return Status::Ok();
 }
 
 class Fd {
@@ -109,8 +114,34 @@ bool recv_all(int fd, uint8_t* p, size_t n, Deadline deadline) {
   return true;
 }
 
-// One request and its answer over the socket at `path`; the answer or why there is none.
-Result<Bytes> exchange(const std::string& path, const Bytes& message, std::chrono::milliseconds timeout) {
+// Whether `sig` (Key::sign's form) is the key's signature over `digest` with `scheme`.
+bool verifies(EVP_PKEY* pub, OSSL_LIB_CTX* libctx, const SignScheme& scheme, const Bytes& sig,
+              const uint8_t* digest, size_t len) {
+  OsslPtr<EVP_PKEY_CTX, EVP_PKEY_CTX_free> vctx(EVP_PKEY_CTX_new_from_pkey(libctx, pub, "provider=default"));
+  if (!vctx || EVP_PKEY_verify_init(vctx.get()) <= 0) return false;
+  char md[16], pad_pkcs1[] = OSSL_PKEY_RSA_PAD_MODE_PKCSV15, pad_pss[] = OSSL_PKEY_RSA_PAD_MODE_PSS,
+               salt[] = OSSL_PKEY_RSA_PSS_SALT_LEN_DIGEST;
+  std::snprintf(md, sizeof md, "%s", hash_name(scheme.hash));
+  OSSL_PARAM params[5];
+  size_t i = 0;
+  params[i++] = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, md, 0);
+  if (scheme.alg == SigAlg::kRsaPkcs1) {
+    params[i++] = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_PAD_MODE, pad_pkcs1, 0);
+  } else if (scheme.alg == SigAlg::kRsaPss) {
+    params[i++] = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_PAD_MODE, pad_pss, 0);
+    params[i++] = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_PSS_SALTLEN, salt, 0);
+    params[i++] = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_MGF1_DIGEST, md, 0);
+  }
+  params[i] = OSSL_PARAM_construct_end();
+  const bool ok = EVP_PKEY_CTX_set_params(vctx.get(), params) > 0 &&
+                  EVP_PKEY_verify(vctx.get(), sig.data(), sig.size(), digest, len) == 1;
+  ERR_clear_error();
+  return ok;
+}
+
+}  // namespace
+
+Result<Bytes> agent_exchange(const std::string& path, const Bytes& message, std::chrono::milliseconds timeout) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.size() >= sizeof addr.sun_path) return make_error(Reason::kInvalidArgument, "the path is too long");
@@ -144,33 +175,6 @@ Result<Bytes> exchange(const std::string& path, const Bytes& message, std::chron
   if (!recv_all(fd.get(), answer.data(), n, deadline)) return make_error(Reason::kIo, "the answer was cut short");
   return answer;
 }
-
-// Whether `sig` (Key::sign's form) is the key's signature over `digest` with `scheme`.
-bool verifies(EVP_PKEY* pub, OSSL_LIB_CTX* libctx, const SignScheme& scheme, const Bytes& sig,
-              const uint8_t* digest, size_t len) {
-  OsslPtr<EVP_PKEY_CTX, EVP_PKEY_CTX_free> vctx(EVP_PKEY_CTX_new_from_pkey(libctx, pub, "provider=default"));
-  if (!vctx || EVP_PKEY_verify_init(vctx.get()) <= 0) return false;
-  char md[16], pad_pkcs1[] = OSSL_PKEY_RSA_PAD_MODE_PKCSV15, pad_pss[] = OSSL_PKEY_RSA_PAD_MODE_PSS,
-               salt[] = OSSL_PKEY_RSA_PSS_SALT_LEN_DIGEST;
-  std::snprintf(md, sizeof md, "%s", hash_name(scheme.hash));
-  OSSL_PARAM params[5];
-  size_t i = 0;
-  params[i++] = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, md, 0);
-  if (scheme.alg == SigAlg::kRsaPkcs1) {
-    params[i++] = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_PAD_MODE, pad_pkcs1, 0);
-  } else if (scheme.alg == SigAlg::kRsaPss) {
-    params[i++] = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_PAD_MODE, pad_pss, 0);
-    params[i++] = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_PSS_SALTLEN, salt, 0);
-    params[i++] = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_MGF1_DIGEST, md, 0);
-  }
-  params[i] = OSSL_PARAM_construct_end();
-  const bool ok = EVP_PKEY_CTX_set_params(vctx.get(), params) > 0 &&
-                  EVP_PKEY_verify(vctx.get(), sig.data(), sig.size(), digest, len) == 1;
-  ERR_clear_error();
-  return ok;
-}
-
-}  // namespace
 
 std::string default_agent_socket() {
   const char* xdg = secure_getenv("XDG_RUNTIME_DIR");
@@ -243,82 +247,89 @@ Bytes sign_digest_request(const Bytes& key_blob, const Bytes& file_id, const Sig
 
 namespace {
 
-// The agent to ask and what names the key to it, once the socket and its directory are safe;
-// nullopt (with the reason under TPMKEY_DEBUG) when there is none to ask.
+// The agent to ask and what names the key to it, once the socket and its directory are safe; or
+// why there is none to ask.
 struct AgentRequest {
   std::string path;
   OSSL_LIB_CTX* libctx = nullptr;
   Bytes blob, file_id;
 };
 
-std::optional<AgentRequest> agent_for(Context& ctx, const KeyFile& kf) {
+Result<AgentRequest> agent_for(Context& ctx, const KeyFile& kf) {
   const Settings& s = ctx.settings();
-  if (!ctx.settings_valid() || s.agent == "off") return std::nullopt;
+  if (!ctx.settings_valid()) return make_error(Reason::kInvalidArgument, "the provider's settings are not valid");
+  if (s.agent == "off") return make_error(Reason::kInvalidArgument, "agent = off");
   AgentRequest a;
   a.path = s.agent == "auto" ? default_agent_socket() : s.agent;
-  if (auto problem = socket_problem(a.path)) {
-    debug(a.path, *problem + "; signing with the TPM directly");
-    return std::nullopt;
-  }
+  if (Status ok = check_socket(a.path); !ok) return ok.take_error().context("agent " + a.path);
   const std::string dir = a.path.substr(0, a.path.rfind('/'));
-  if (Status safe = check_private_dir(dir.empty() ? "/" : dir, "the agent's socket directory"); !safe) {
-    debug(a.path, safe.error().text() + "; signing with the TPM directly");
-    return std::nullopt;
-  }
+  if (Status safe = check_private_dir(dir.empty() ? "/" : dir, "the agent's socket directory"); !safe)
+    return safe.take_error().context("agent " + a.path);
   auto crypto = ctx.crypto();
-  if (!crypto) return std::nullopt;
+  if (!crypto) return crypto.take_error().context("agent " + a.path);
   a.libctx = (*crypto)->libctx();
   auto blob = openssh_blob(kf.pub.publicArea);
+  if (!blob) return blob.take_error().context("agent " + a.path);
   a.file_id = key_file_id(kf, a.libctx);
-  if (!blob || a.file_id.empty()) return std::nullopt;
+  if (a.file_id.empty()) return make_error(Reason::kInternal, "no key file id").context("agent " + a.path);
   a.blob = std::move(*blob);
   return a;
+}
+
+// Asks the agent for the signature; the signature, verified, or why there is none.
+Result<Bytes> ask_agent(Context& ctx, const KeyFile& kf, EVP_PKEY* pub, const SignScheme& scheme,
+                        const uint8_t* digest, size_t len) {
+  if (hash_wire_name(scheme.hash).empty())
+    return make_error(Reason::kUnsupported, "the agent protocol has no name for this hash");
+  auto a = agent_for(ctx, kf);
+  if (!a) return a.take_error();
+  const std::string where = "agent " + a->path;
+  auto answer = agent_exchange(a->path, sign_digest_request(a->blob, a->file_id, scheme, digest, len),
+                               ctx.settings().timeouts.command);
+  if (!answer) return answer.take_error().context(where);
+  SshReader r(answer->data(), answer->size());
+  uint8_t type = 0;
+  SshView name, sig;
+  if (!r.u8(&type) || type != kExtensionResponse || !r.string(&name) || name.text() != kSignDigestExtension ||
+      !r.string(&sig) || !r.done())
+    return make_error(Reason::kKeyNotFound, "the agent does not hold this key or did not sign (answer type " +
+                                                std::to_string(type) + ")")
+        .context(where);
+  Bytes signature = sig.bytes();
+  if (!verifies(pub, a->libctx, scheme, signature, digest, len))
+    return make_error(Reason::kIo, "the agent's signature does not verify with the key's public half").context(where);
+  return signature;
 }
 
 }  // namespace
 
 bool broker_holds(Context& ctx, const KeyFile& kf) {
   auto a = agent_for(ctx, kf);
-  if (!a) return false;
+  if (!a) {
+    if (ctx.settings().agent != "off") debug(why_not(a.error()) + "; the password is asked for");
+    return false;
+  }
   SshWriter w;
   w.u8(kExtension);
   w.string(kHoldsKeyExtension);
   w.string(a->blob);
   w.string(a->file_id);
-  auto answer = exchange(a->path, w.take(), ctx.settings().timeouts.command);
+  auto answer = agent_exchange(a->path, w.take(), ctx.settings().timeouts.command);
   const bool held = answer && answer->size() == 1 && (*answer)[0] == kSuccess;
-  debug(a->path, held ? "the agent holds this key: no password asked" : "the agent does not hold this key");
+  debug("agent " + a->path + (held ? ": the agent holds this key: no password asked" : ": the agent does not hold this key"));
   return held;
 }
 
-std::optional<Bytes> broker_sign(Context& ctx, const KeyFile& kf, EVP_PKEY* pub, const SignScheme& scheme,
-                                 const uint8_t* digest, size_t len) {
-  auto a = agent_for(ctx, kf);
-  if (!a || hash_wire_name(scheme.hash).empty()) return std::nullopt;
-  const std::string& path = a->path;
-  OSSL_LIB_CTX* libctx = a->libctx;
-  auto answer = exchange(path, sign_digest_request(a->blob, a->file_id, scheme, digest, len),
-                         ctx.settings().timeouts.command);
-  if (!answer) {
-    debug(path, answer.error().text() + "; signing with the TPM directly");
-    return std::nullopt;
-  }
-  SshReader r(answer->data(), answer->size());
-  uint8_t type = 0;
-  SshView name, sig;
-  if (!r.u8(&type) || type != kExtensionResponse || !r.string(&name) || name.text() != kSignDigestExtension ||
-      !r.string(&sig) || !r.done()) {
-    debug(path, "the agent does not hold this key or did not sign (answer type " + std::to_string(type) +
-                    "); signing with the TPM directly");
-    return std::nullopt;
-  }
-  Bytes signature = sig.bytes();
-  if (!verifies(pub, libctx, scheme, signature, digest, len)) {
-    debug(path, "the agent's signature does not verify with the key's public half; signing with the TPM directly");
-    return std::nullopt;
-  }
-  debug(path, "signed by the agent");
-  return signature;
+Result<Bytes> broker_sign(Context& ctx, const KeyFile& kf, EVP_PKEY* pub, const SignScheme& scheme,
+                          const uint8_t* digest, size_t len) {
+  auto sig = ask_agent(ctx, kf, pub, scheme, digest, len);
+  const Settings& s = ctx.settings();
+  if (sig)
+    debug("agent " + (s.agent == "auto" ? default_agent_socket() : s.agent) + ": signed by the agent");
+  else if (s.agent != "off")
+    debug(why_not(sig.error()) + (s.agent_required ? "; agent-required is set, so this process does not sign itself"
+                                                 : "; signing with the TPM directly"));
+  return sig;
 }
 
 }  // namespace tpmkey

@@ -5,6 +5,7 @@
 // tools/agent/agent.cc.
 #pragma once
 
+#include <chrono>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -40,14 +41,20 @@ Bytes key_file_id(const KeyFile& kf, OSSL_LIB_CTX* libctx);
 Bytes sign_digest_request(const Bytes& key_blob, const Bytes& file_id, const SignScheme& scheme,
                           const uint8_t* digest, size_t len);
 
+// One request message (its type byte first) and the agent's answer over a new connection to the
+// socket at `path`, within `timeout`; the answer or why there is none. It checks the peer's
+// credentials (the user's or root's, not this process), not the socket's path: agent_for in
+// broker.cc does that first.
+Result<Bytes> agent_exchange(const std::string& path, const Bytes& message, std::chrono::milliseconds timeout);
+
 // Asks the agent the settings name (ctx.settings().agent) to sign `digest` with the key of `kf`,
 // whose public half is `pub`. Returns the signature in Key::sign's form once it verifies against
-// `pub`; nullopt for every reason to sign directly instead (agent off or absent, its socket or
-// directory writable by others or not the user's, a peer of another uid, key not held, agent
-// locked, timeout, a signature that does not verify). With TPMKEY_DEBUG set the reason is
-// written to stderr.
-std::optional<Bytes> broker_sign(Context& ctx, const KeyFile& kf, EVP_PKEY* pub, const SignScheme& scheme,
-                                 const uint8_t* digest, size_t len);
+// `pub`; otherwise why the agent did not sign, which is every reason to sign directly instead
+// (agent off or absent, its socket or directory writable by others or not the user's, a peer of
+// another uid, key not held, agent locked, timeout, a signature that does not verify), or to
+// fail under agent-required. With TPMKEY_DEBUG set the outcome is written to stderr.
+Result<Bytes> broker_sign(Context& ctx, const KeyFile& kf, EVP_PKEY* pub, const SignScheme& scheme,
+                          const uint8_t* digest, size_t len);
 
 // Whether that agent would sign with the key of `kf` now (it holds it, unlocked, with its
 // password if it has one): a provider loading a password key asks this before it prompts for the

@@ -66,6 +66,16 @@ Result<Settings> resolve_settings(const SettingsInput& in) {
     return make_error(Reason::kInvalidArgument, "agent (or " + std::string(kEnvAgent) +
                                                     ") must be \"auto\", \"off\" or the absolute path of a tpmkey "
                                                     "agent's socket, not \"" + s.agent.substr(0, 32) + "\"");
+  if (const char* r = first_set(in.agent_required, kEnvAgentRequired)) {
+    const std::string v = r;
+    if (v != "yes" && v != "no")
+      return make_error(Reason::kInvalidArgument, "agent-required (or " + std::string(kEnvAgentRequired) +
+                                                      ") must be \"yes\" or \"no\", not \"" + v.substr(0, 32) + "\"");
+    s.agent_required = v == "yes";
+  }
+  if (s.agent_required && s.agent == "off")
+    return make_error(Reason::kInvalidArgument, "agent-required = yes needs an agent: agent (or " +
+                                                    std::string(kEnvAgent) + ") is \"off\"");
   return s;
 }
 

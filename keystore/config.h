@@ -16,6 +16,7 @@ inline constexpr const char* kEnvTimeout = "TPMKEY_TIMEOUT";
 inline constexpr const char* kEnvKeygenTimeout = "TPMKEY_KEYGEN_TIMEOUT";
 inline constexpr const char* kEnvBusyTimeout = "TPMKEY_BUSY_TIMEOUT";
 inline constexpr const char* kEnvAgent = "TPMKEY_AGENT";
+inline constexpr const char* kEnvAgentRequired = "TPMKEY_AGENT_REQUIRED";
 
 using Millis = std::chrono::milliseconds;
 
@@ -40,6 +41,9 @@ struct Settings {
   // Whether keys are signed through a running tpmkey agent (keystore/broker.h): "auto" (the
   // agent's default socket), "off", or the absolute path of an agent's socket.
   std::string agent = "auto";
+  // Whether a signature the agent does not make is an error instead of one made here: set, a
+  // process never signs with the TPM itself (decryption and key agreement still do).
+  bool agent_required = false;
 };
 
 // The values given explicitly (openssl.cnf keys, or the CLI's options); nullptr or "" means
@@ -52,10 +56,12 @@ struct SettingsInput {
   const char* keygen_timeout = nullptr;  // seconds
   const char* busy_timeout = nullptr;    // seconds
   const char* agent = nullptr;           // "auto", "off" or a socket path
+  const char* agent_required = nullptr;  // "yes" or "no"
 };
 
 // Explicit values win, then the TPMKEY_* environment variables, then the defaults (the tctildr
-// default TPM, $XDG_DATA_HOME/tpmkey or ~/.local/share/tpmkey, "session", Timeouts{}, "auto").
+// default TPM, $XDG_DATA_HOME/tpmkey or ~/.local/share/tpmkey, "session", Timeouts{}, "auto",
+// agent-required "no").
 // A timeout that is not a positive number of seconds is an error that names the setting.
 Result<Settings> resolve_settings(const SettingsInput& in);
 

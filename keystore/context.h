@@ -23,7 +23,10 @@ class Context {
   // Whether the settings resolved (an error is reported by tpm()).
   bool settings_valid() const { return !settings_error_; }
   // The agent's own provider signs directly: it is the agent (keystore/broker.h).
-  void never_use_agent() { settings_.agent = "off"; }
+  void never_use_agent() {
+    settings_.agent = "off";
+    settings_.agent_required = false;
+  }
   const Keystore& keystore() const { return keystore_; }
   // The error of settings that failed to resolve, if they did. Then keystore() is the default
   // settings' (or none): the store reports this before it reads the keystore.

@@ -156,9 +156,20 @@ Result<Bytes> Key::sign(const SignScheme& scheme, const uint8_t* digest, size_t 
   if (!can_sign()) return no_usage(usage_text(usage()), "sign").context(what);
   // The broker (keystore/broker.h): a running tpmkey agent that holds this key signs for a process
   // that has no TPM connection of its own yet, or no password for a key that needs one. A password
-  // this process was given is never sent: such a key signs here. Any failure: the TPM below.
-  if (!restricted() && !(needs_auth() && has_auth_) && (needs_auth() || !ctx_.tpm_if_connected())) {
-    if (auto sig = broker_sign(ctx_, kf_, pub_.get(), scheme, digest, len)) return std::move(*sig);
+  // this process was given is never sent: such a key signs here. Any failure: the TPM below,
+  // unless agent-required is set, when every signature is the agent's or an error.
+  const bool required = ctx_.settings_valid() && ctx_.settings().agent_required;
+  if (required && restricted())
+    return make_error(Reason::kUnsupported, "agent-required is set and a restricted (attestation) key does not "
+                                            "sign through the agent")
+        .context(what);
+  if (required || (!restricted() && !(needs_auth() && has_auth_) && (needs_auth() || !ctx_.tpm_if_connected()))) {
+    auto sig = broker_sign(ctx_, kf_, pub_.get(), scheme, digest, len);
+    if (sig) return std::move(*sig);
+    if (required)
+      return sig.take_error().context(what + ": agent-required is set, so this process does not sign with the TPM "
+                                             "itself; start `tpmkey agent` (and add the key if it has a password) "
+                                             "or set agent-required = no");
   }
   if (needs_auth() && !has_auth_)
     return make_error(Reason::kAuthFailed, "the key needs a password and none was given").context(what);

@@ -261,6 +261,7 @@ extern "C" __attribute__((visibility("default"))) int OSSL_provider_init(const O
     in.keygen_timeout = config_value(get_params, handle, "keygen-timeout");
     in.busy_timeout = config_value(get_params, handle, "busy-timeout");
     in.agent = config_value(get_params, handle, "agent");
+    in.agent_required = config_value(get_params, handle, "agent-required");
     auto settings = tpmkey::resolve_settings(in);
     // Only compared, never used as a library context (its type is opaque to providers); OpenSSL
     // may also record the global context as nullptr.

@@ -265,6 +265,69 @@ TEST_F(BrokerTest, OffStoppedAndMisconfigured) {
                     "not \"relative/agent.sock\"");
 }
 
+// agent-required = yes (or TPMKEY_AGENT_REQUIRED=yes): every signature is the agent's or an
+// error that says why; the process never signs with the TPM itself, whatever stops the agent.
+// The agent, started with the variable set too, still signs (it is the agent).
+TEST_F(BrokerTest, AgentRequiredNeverSignsDirectly) {
+  make_key(lib(tcti_), "ec");
+  BusProxy agent_bus(shared_swtpm().port()), client_bus(shared_swtpm().port());
+  std::filesystem::create_directories(dir_ + "/agent-required");
+  chmod((dir_ + "/agent-required").c_str(), 0700);
+  auto agent = std::make_unique<AgentProcess>(dir_ + "/agent-required", agent_bus.tcti(), keystore_,
+                                              std::vector<std::string>{},
+                                              std::vector<std::string>{"TPMKEY_AGENT_REQUIRED=yes"});
+  const std::string sock = agent->socket();
+  auto via_agent = [&](const std::string& cnf_line, const std::vector<std::string>& env) {
+    agent_bus.clear();
+    client_bus.clear();
+    auto r = one_shot("tpm2:ec", client_bus.tcti(), cnf_line, "", env);
+    EXPECT_OK(r);
+    EXPECT_NE(r.err.find("signed by the agent"), std::string::npos) << r.err;
+    EXPECT_TRUE(verifies("ec"));
+    EXPECT_EQ(signs(agent_bus), 1u);
+    EXPECT_EQ(client_bus.command_codes().size(), 0u);
+  };
+  auto refused = [&](const std::string& cnf_line, const std::vector<std::string>& env, const std::string& why) {
+    client_bus.clear();
+    auto r = one_shot("tpm2:ec", client_bus.tcti(), cnf_line, "", env);
+    EXPECT_FAILS_WITH(r, "agent-required is set, so this process does not sign with the TPM itself");
+    EXPECT_NE(r.err.find(why), std::string::npos) << r.err;
+    EXPECT_EQ(client_bus.command_codes().size(), 0u);
+  };
+  {
+    SCOPED_TRACE("config key");
+    via_agent(agent_line(sock) + "agent-required = yes\n", {});
+  }
+  {
+    SCOPED_TRACE("environment");
+    via_agent("", {"TPMKEY_AGENT=" + sock, "TPMKEY_AGENT_REQUIRED=yes"});
+  }
+  {
+    SCOPED_TRACE("a socket others could write");
+    ASSERT_EQ(chmod(sock.c_str(), 0666), 0);
+    refused(agent_line(sock) + "agent-required = yes\n", {}, "writable by others");
+    ASSERT_EQ(chmod(sock.c_str(), 0600), 0);
+  }
+  EXPECT_EQ(agent->stop(), 0) << agent->log();
+  {
+    SCOPED_TRACE("no agent");
+    refused(agent_line(sock) + "agent-required = yes\n", {}, "No such file or directory");
+  }
+  {
+    SCOPED_TRACE("agent-required = no, the variable's yes overridden: signs directly");
+    client_bus.clear();
+    auto r = one_shot("tpm2:ec", client_bus.tcti(), agent_line(sock) + "agent-required = no\n", "",
+                      {"TPMKEY_AGENT_REQUIRED=yes"});
+    EXPECT_OK(r);
+    EXPECT_TRUE(verifies("ec"));
+    EXPECT_EQ(signs(client_bus), 1u);
+  }
+  EXPECT_FAILS_WITH(one_shot(keystore_ + "/ec.pem", client_bus.tcti(), "agent = off\nagent-required = yes\n"),
+                    "agent-required = yes needs an agent");
+  EXPECT_FAILS_WITH(one_shot(keystore_ + "/ec.pem", client_bus.tcti(), "", "", {"TPMKEY_AGENT_REQUIRED=maybe"}),
+                    "agent-required (or TPMKEY_AGENT_REQUIRED) must be \"yes\" or \"no\", not \"maybe\"");
+}
+
 // A socket others could write, one of another owner, or a directory others could write in: the
 // agent is not asked (nothing reaches it), and the direct path signs.
 TEST_F(BrokerTest, UnsafeSocketIsNotUsed) {

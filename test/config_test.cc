@@ -83,6 +83,42 @@ TEST(Settings, AgentIsAutoOffOrAPath) {
   }
 }
 
+// agent-required: "no" by default, "yes" or "no" from the config value before
+// TPMKEY_AGENT_REQUIRED; anything else, or "yes" with agent = off, is an error that says so.
+TEST(Settings, AgentRequiredIsYesOrNo) {
+  unsetenv(kEnvAgent);
+  unsetenv(kEnvAgentRequired);
+  auto d = resolve_settings({});
+  ASSERT_TRUE(d);
+  EXPECT_FALSE(d->agent_required);
+  setenv(kEnvAgentRequired, "yes", 1);
+  auto e = resolve_settings({});
+  ASSERT_TRUE(e);
+  EXPECT_TRUE(e->agent_required);
+  SettingsInput no;
+  no.agent_required = "no";
+  auto n = resolve_settings(no);
+  ASSERT_TRUE(n);
+  EXPECT_FALSE(n->agent_required);
+  SettingsInput off;
+  off.agent = "off";
+  auto o = resolve_settings(off);
+  unsetenv(kEnvAgentRequired);
+  ASSERT_FALSE(o);
+  EXPECT_NE(o.error().text().find("agent-required = yes needs an agent: agent (or TPMKEY_AGENT) is \"off\""),
+            std::string::npos)
+      << o.error().text();
+  for (const char* bad : {"1", "true", "Yes", "on", "yes "}) {
+    SettingsInput b;
+    b.agent_required = bad;
+    auto r = resolve_settings(b);
+    ASSERT_FALSE(r) << bad;
+    EXPECT_NE(r.error().text().find("agent-required (or TPMKEY_AGENT_REQUIRED) must be \"yes\" or \"no\""),
+              std::string::npos)
+        << r.error().text();
+  }
+}
+
 // A URI's query may hold a password: no message repeats any part of it.
 TEST(UriSecrets, QueryNeverAppearsInMessages) {
   for (const char* uri : {"tpm2:k?hunter2", "tpm2:k?pin-value=a&hunter2", "tpm2:k?hunter2=x", "tpm2:k?pin-value=x&hunter2=y",
