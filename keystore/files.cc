@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include <openssl/rand.h>
@@ -87,17 +88,26 @@ Status check_secret_mode(const std::string& path, const struct stat& st) {
 }
 
 // The effective user's home directory, symbolic links resolved (from the password database, as
-// OpenSSH takes it, not from $HOME); empty if unknown.
+// OpenSSH takes it, not from $HOME); empty if unknown. Looked up once per effective user: every
+// check of a directory needs it (the keystore's, the agent socket's), and the lookup reads
+// /etc/nsswitch.conf and the password database.
 std::string real_home() {
+  static std::mutex mu;
+  static uid_t cached_uid = uid_t(-1);
+  static std::string cached;
+  const uid_t euid = geteuid();
+  std::lock_guard<std::mutex> lock(mu);
+  if (cached_uid == euid && !cached.empty()) return cached;
   passwd pw{};
   passwd* found = nullptr;
   std::vector<char> buf(16384);
-  if (getpwuid_r(geteuid(), &pw, buf.data(), buf.size(), &found) != 0 || !found || !pw.pw_dir) return "";
+  if (getpwuid_r(euid, &pw, buf.data(), buf.size(), &found) != 0 || !found || !pw.pw_dir) return "";
   char* real = realpath(pw.pw_dir, nullptr);
   if (!real) return "";
-  std::string home = real;
+  cached = real;
+  cached_uid = euid;
   std::free(real);
-  return home;
+  return cached;
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "provider/module.h"
@@ -128,12 +129,22 @@ const OSSL_DISPATCH kFrontDispatch[] = {
     {OSSL_FUNC_PROVIDER_GET_CAPABILITIES, reinterpret_cast<void (*)()>(get_capabilities)},
     {0, nullptr}};
 
-// tpmkey-core.so's path: this module's own file, symlinks resolved, with its name replaced.
+// tpmkey-core.so's path: this module's own file, symlinks resolved, with its name replaced. The
+// path the module was loaded by is used as it is when it is absolute and not itself a symlink
+// (symlinked directories above it lead to the same directory); otherwise realpath() resolves it, so
+// that the path stays right should the process change its directory before its first key.
 bool core_path(char (&out)[PATH_MAX]) {
   Dl_info info{};
   if (!dladdr(reinterpret_cast<const void*>(&kFrontDispatch), &info) || !info.dli_fname) return false;
   char self[PATH_MAX];
-  if (!realpath(info.dli_fname, self)) return false;
+  struct stat st{};
+  if (info.dli_fname[0] == '/' && lstat(info.dli_fname, &st) == 0 && !S_ISLNK(st.st_mode)) {
+    const size_t n = strlen(info.dli_fname);
+    if (n >= sizeof self) return false;
+    memcpy(self, info.dli_fname, n + 1);
+  } else if (!realpath(info.dli_fname, self)) {
+    return false;
+  }
   char* slash = strrchr(self, '/');
   if (!slash) return false;
   const size_t dir = size_t(slash - self) + 1;
