@@ -1,11 +1,13 @@
 // One-shot whole-process signing: `openssl pkeyutl -sign -rawin -digest sha256` (posix_spawn and
 // wait) with a software key, a tpmkey key signing directly (agent = off), the same tpmkey key with
-// a tpmkey agent running (the broker, keystore/broker.h) and a tpm2-openssl key, side by side in
-// each iteration. This is what a script or a short-lived tool pays: process start, provider load,
+// a tpmkey agent running (the broker, keystore/broker.h) and a tpm2-openssl key, and that agent's
+// answer alone (the request the process sends, from this process), side by side in each
+// iteration. This is what a script or a short-lived tool pays: process start, provider load,
 // TPM connection, parent, key load, one signature, teardown; or with the agent, one round trip
-// over its socket, in which the agent sends one TPM2_Sign.
+// over its socket, in which the agent sends one TPM2_Sign (after a pause of over 1 ms, a
+// TPM2_ReadPublic first: docs/sessions.md).
 //   pkeyutl/ALG (ALG: ecdsa-p256, rsa2048-pkcs1), counters <kind>_ms and <kind>_cmds (the
-//   process's own TPM commands: 0 for tpmkey-agent)
+//   process's own TPM commands: 0 for tpmkey-agent; none for agent-answer, which is no process)
 //   tss-floor   what tpm2-tss and the transport alone cost a process (tss_floor.cc)
 //   idle-provider  `openssl dgst -sha256` with tpmkey activated in its openssl.cnf and without,
 //               side by side: what tpmkey costs a process that uses no TPM key
@@ -28,11 +30,15 @@
 
 #include "bench/benchmarks.h"
 #include "bench/common.h"
+#include "keystore/broker.h"
+#include "keystore/keyfile.h"
+#include "keystore/public_key.h"
+#include "keystore/ssh_wire.h"
 
 namespace tpmkey::bench {
 namespace {
 
-enum class Kind { kSoftware, kTpmkey, kTpmkeyAgent, kTpm2Openssl };
+enum class Kind { kSoftware, kTpmkey, kTpmkeyAgent, kTpm2Openssl, kAgentAnswer };
 
 const char* kind_name(Kind k) {
   switch (k) {
@@ -40,6 +46,7 @@ const char* kind_name(Kind k) {
     case Kind::kTpmkey: return "tpmkey";
     case Kind::kTpmkeyAgent: return "tpmkey-agent";
     case Kind::kTpm2Openssl: return "tpm2-openssl";
+    case Kind::kAgentAnswer: return "agent-answer";
   }
   return "?";
 }
@@ -79,6 +86,7 @@ Command pkeyutl(Kind k, Alg a, const std::string& tcti, const std::string& sig_o
                                    "-inkey", tpm2_openssl_key_file(a)});
       c.env.push_back("TPM2OPENSSL_TCTI=" + tcti);
       break;
+    case Kind::kAgentAnswer: break;  // no process: AgentAnswer below
   }
   c.argv.insert(c.argv.end(), {"-sign", "-rawin", "-digest", "sha256", "-in", message_file(), "-out", sig_out});
   if (a == Alg::kRsaPkcs1) c.argv.insert(c.argv.end(), {"-pkeyopt", "rsa_padding_mode:pkcs1"});
@@ -117,8 +125,49 @@ double counted_run(Kind k, Alg a, const std::string& agent) {
   return double(total);
 }
 
+// The agent's answer alone: the sign-digest@tpmkey request a tpmkey process sends for the key
+// (keystore/broker.h), built once from its key file, over a new connection per signature as the
+// process makes it. No process starts and no provider loads: this is what is left of the
+// tpmkey-agent kind's time once process start, OpenSSL and the provider are taken away, the
+// least a one-shot process that signs through the agent can take here.
+class AgentAnswer {
+ public:
+  AgentAnswer(Alg a, std::string socket) : socket_(std::move(socket)) {
+    const std::string path = options().keystore + "/" + tpmkey_uri(a).substr(std::strlen("tpm2:")) + ".pem";
+    const std::string file = read_all(path);
+    auto kf = parse_keyfile(reinterpret_cast<const uint8_t*>(file.data()), file.size());
+    if (!kf) throw std::runtime_error("agent-answer: " + path + ": " + kf.error().text());
+    auto blob = openssh_blob(kf->pub.publicArea);
+    const Bytes id = key_file_id(*kf, nullptr);
+    if (!blob || id.empty()) throw std::runtime_error("agent-answer: no OpenSSH blob or file id for " + path);
+    SignScheme scheme;
+    scheme.alg = is_rsa(a) ? SigAlg::kRsaPkcs1 : SigAlg::kEcdsa;
+    request_ = sign_digest_request(*blob, id, scheme, message_digest(), 32);
+  }
+
+  // One request and its answer; "" or what went wrong. The signature is kept for the check.
+  std::string sign() {
+    auto answer = agent_exchange(socket_, request_, std::chrono::seconds(10));
+    if (!answer) return "agent-answer: " + answer.error().text();
+    SshReader r(answer->data(), answer->size());
+    uint8_t type = 0;
+    SshView name, sig;
+    if (!r.u8(&type) || type != kExtensionResponse || !r.string(&name) || !r.string(&sig) || !r.done())
+      return "agent-answer: the agent did not sign (answer type " + std::to_string(type) + ")";
+    signature_ = sig.bytes();
+    return "";
+  }
+  const Bytes& signature() const { return signature_; }
+
+ private:
+  static constexpr uint8_t kExtensionResponse = 29;  // SSH_AGENT_EXTENSION_RESPONSE
+  std::string socket_;
+  Bytes request_, signature_;
+};
+
 // An iteration runs the software key, tpmkey (direct), tpmkey with the agent and tpm2-openssl
-// processes back to back, in an order that rotates, so the four see the same machine: on a shared
+// processes and the agent's answer alone back to back, in an order that rotates, so the five see
+// the same machine: on a shared
 // machine the speed of everything drifts by 10-30% within minutes, and only times taken side by
 // side give steady ratios. The iteration time is the sum; each kind's mean time per process is a
 // counter (<kind>_ms), as are its TPM commands per process (<kind>_cmds). The agent runs for the
@@ -126,19 +175,21 @@ double counted_run(Kind k, Alg a, const std::string& agent) {
 // other kinds' processes talk to the TPM between its requests, as they would with an agent that
 // serves other keys.
 void process_sign(benchmark::State& state, Alg a) {
-  constexpr Kind kKinds[] = {Kind::kSoftware, Kind::kTpmkey, Kind::kTpmkeyAgent, Kind::kTpm2Openssl};
-  constexpr int kN = 4;
+  constexpr Kind kKinds[] = {Kind::kSoftware, Kind::kTpmkey, Kind::kTpmkeyAgent, Kind::kTpm2Openssl, Kind::kAgentAnswer};
+  constexpr int kN = 5, kProcesses = 4, kAnswer = 4;
   std::optional<AgentProcess> agent;
+  std::optional<AgentAnswer> answer;
   try {
     agent.emplace(false, "broker-agent");
+    answer.emplace(a, agent->socket());
   } catch (const std::exception& e) {
     record_problem(std::string("pkeyutl/") + alg_name(a) + ": " + e.what());
     state.SkipWithError(e.what());
     return;
   }
-  Command timed[kN];
-  std::string logs[kN];
-  for (int i = 0; i < kN; ++i) {
+  Command timed[kProcesses];
+  std::string logs[kProcesses];
+  for (int i = 0; i < kProcesses; ++i) {
     timed[i] = pkeyutl(kKinds[i], a, options().tcti, "/dev/null", agent->socket());
     logs[i] = options().workdir + "/pkeyutl-" + kind_name(kKinds[i]) + "-" + alg_name(a) + ".log";
   }
@@ -150,6 +201,7 @@ void process_sign(benchmark::State& state, Alg a) {
     ++failures;
   }
   const Interleaved r = interleave(state, kN, [&](int i) -> std::string {
+    if (i == kAnswer) return answer->sign();
     if (const int status = run(timed[i], logs[i]); status != 0)
       return std::string("pkeyutl-") + kind_name(kKinds[i]) + "/" + alg_name(a) + ": exit status " +
              std::to_string(status) + ": " + read_all(logs[i]);
@@ -159,10 +211,15 @@ void process_sign(benchmark::State& state, Alg a) {
   state.SetItemsProcessed(state.iterations());
   for (int i = 0; i < kN; ++i) state.counters[std::string(kind_name(kKinds[i])) + "_ms"] = r.mean_ms[size_t(i)];
   if (!failures) {
-    for (Kind k : kKinds) {
-      const double cmds = counted_run(k, a, agent->socket());
+    for (int i = 0; i < kProcesses; ++i) {
+      const double cmds = counted_run(kKinds[i], a, agent->socket());
       if (cmds < 0) ++failures;
-      state.counters[std::string(kind_name(k)) + "_cmds"] = cmds;
+      state.counters[std::string(kind_name(kKinds[i])) + "_cmds"] = cmds;
+    }
+    PkeyPtr pub = public_key(Kind::kTpmkey, a);
+    if (!pub || !verify(pub.get(), a, answer->signature())) {
+      record_problem(std::string("pkeyutl-agent-answer/") + alg_name(a) + ": the agent's last signature does not verify");
+      ++failures;
     }
   }
   state.counters["failures"] = double(failures);
@@ -203,16 +260,19 @@ void tss_floor(benchmark::State& state) {
   check_tpm_clean("tss-floor");
 }
 
-// An openssl.cnf in the workdir that activates the default provider, and tpmkey after it (as a
-// system-wide configuration would: its TPM and keystore configured, never used by `openssl dgst`).
-std::string idle_cnf(bool with_tpmkey) {
-  const std::string path = options().workdir + (with_tpmkey ? "/idle-tpmkey.cnf" : "/idle-default.cnf");
+// An openssl.cnf in the workdir that activates the default provider alone ("default"), and after
+// it the empty provider (empty_provider.cc: "empty") or tpmkey ("tpmkey", as a system-wide
+// configuration would: its TPM and keystore configured, never used by `openssl dgst`).
+std::string idle_cnf(const std::string& kind) {
+  const std::string path = options().workdir + "/idle-" + kind + ".cnf";
   std::ofstream f(path, std::ios::trunc);
   f << "openssl_conf = openssl_init\n\n[openssl_init]\nproviders = provider_sect\n\n[provider_sect]\n"
-    << "default = default_sect\n" << (with_tpmkey ? "tpmkey = tpmkey_sect\n" : "") << "\n[default_sect]\nactivate = 1\n";
-  if (with_tpmkey)
-    f << "\n[tpmkey_sect]\nmodule = " << options().provider_dir << "/tpmkey.so\ntcti = " << options().tcti
-      << "\nkeystore = " << options().keystore << "\nactivate = 1\n";
+    << "default = default_sect\n" << (kind != "default" ? kind + " = second_sect\n" : "")
+    << "\n[default_sect]\nactivate = 1\n";
+  if (kind == "tpmkey")
+    f << "\n[second_sect]\nmodule = " << options().provider_dir << "/tpmkey.so\ntcti = "
+      << options().tcti << "\nkeystore = " << options().keystore << "\nactivate = 1\n";
+  if (kind == "empty") f << "\n[second_sect]\nmodule = " << TPMKEY_BENCH_EMPTY_PROVIDER << "\nactivate = 1\n";
   return path;
 }
 
@@ -225,16 +285,16 @@ Command dgst(const std::string& cnf) {
 }
 
 // The idle provider: `openssl dgst -sha256` of the message as a new process, with an openssl.cnf
-// that activates default alone and one that activates default and tpmkey, side by side in each
-// iteration (the order alternates), as the one-shot rows run. Counters: each kind's mean time
-// per process (<kind>_ms) and the median over the iterations of the paired difference
-// (tpmkey-minus-default_ms). An untimed `openssl list -providers` first checks that the second
-// configuration really activates tpmkey.
+// that activates default alone, one that activates default and the empty provider, and one that
+// activates default and tpmkey, side by side in each iteration (the order rotates), as the
+// one-shot rows run. Counters: each kind's mean time per process (<kind>_ms) and the median over
+// the iterations of the paired differences (<kind>-minus-default_ms). An untimed `openssl list
+// -providers` first checks that the tpmkey configuration really activates tpmkey.
 void idle_provider(benchmark::State& state) {
-  const std::string kinds[2] = {"default", "tpmkey"};
-  Command timed[2] = {dgst(idle_cnf(false)), dgst(idle_cnf(true))};
+  const std::string kinds[3] = {"default", "empty", "tpmkey"};
+  Command timed[3] = {dgst(idle_cnf(kinds[0])), dgst(idle_cnf(kinds[1])), dgst(idle_cnf(kinds[2]))};
   const std::string log = options().workdir + "/idle-provider.log";
-  Command list = timed[1];
+  Command list = timed[2];
   list.argv = {"openssl", "list", "-providers"};
   if (run(list, log) != 0 || read_all(log).find("tpmkey") == std::string::npos) {
     std::string msg = "idle-provider: the configuration does not activate tpmkey: " + read_all(log);
@@ -242,19 +302,21 @@ void idle_provider(benchmark::State& state) {
     state.SkipWithError(msg.c_str());
     return;
   }
-  std::vector<double> differences;
+  std::vector<double> differences[3];
   const Interleaved r = interleave(
-      state, 2,
+      state, 3,
       [&](int i) -> std::string {
         const int status = run(timed[i], log);
         return status == 0 ? "" : "idle-provider/" + kinds[i] + ": exit status " + std::to_string(status) + ": " +
                                       read_all(log);
       },
-      [&](const std::vector<double>& ms) { differences.push_back(ms[1] - ms[0]); });
+      [&](const std::vector<double>& ms) {
+        for (int i = 1; i < 3; ++i) differences[i].push_back(ms[size_t(i)] - ms[0]);
+      });
   const int64_t failures = r.failed ? 1 : 0;
   state.SetItemsProcessed(state.iterations());
-  for (int i = 0; i < 2; ++i) state.counters[kinds[i] + "_ms"] = r.mean_ms[size_t(i)];
-  state.counters["tpmkey-minus-default_ms"] = median(std::move(differences));
+  for (int i = 0; i < 3; ++i) state.counters[kinds[i] + "_ms"] = r.mean_ms[size_t(i)];
+  for (int i = 1; i < 3; ++i) state.counters[kinds[i] + "-minus-default_ms"] = median(std::move(differences[i]));
   state.counters["failures"] = double(failures);
 }
 
