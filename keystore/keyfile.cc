@@ -8,6 +8,7 @@
 
 #include "keystore/der.h"
 #include "keystore/tpm/tss_loader.h"
+#include "keystore/tpm_wire.h"
 
 namespace tpmkey {
 namespace {
@@ -93,14 +94,9 @@ Result<KeyFile> parse_der(const uint8_t* data, size_t size, TPM2B_ENCRYPTED_SECR
   auto pub = r.next_if(der::kOctetString);
   auto priv = r.next_if(der::kOctetString);
   if (!pub || !priv || !r.at_end() || r.failed()) return bad("missing public or private blob");
-  TPMKEY_TRY(tss::load());  // libtss2-mu and -sys, by the first key file read (tss_loader.h)
-  size_t off = 0;
-  if (Tss2_MU_TPM2B_PUBLIC_Unmarshal(pub->value, pub->length, &off, &kf.pub) != TSS2_RC_SUCCESS ||
-      off != pub->length)
-    return bad("the public blob is not a TPM2B_PUBLIC");
-  off = 0;
-  if (Tss2_MU_TPM2B_PRIVATE_Unmarshal(priv->value, priv->length, &off, &kf.priv) != TSS2_RC_SUCCESS ||
-      off != priv->length)
+  // Read here, not by tss2-mu: a process that signs through an agent loads no tpm2-tss library.
+  if (!read_tpm2b_public(pub->value, pub->length, &kf.pub)) return bad("the public blob is not a TPM2B_PUBLIC");
+  if (!read_tpm2b_private(priv->value, priv->length, &kf.priv))
     return bad("the private blob is not a TPM2B_PRIVATE");
   return kf;
 }
@@ -152,8 +148,10 @@ namespace {
 Bytes write_der(const KeyFile& kf, const TPM2B_ENCRYPTED_SECRET* seed) {
   uint8_t pub[sizeof(TPM2B_PUBLIC)], priv[sizeof(TPM2B_PRIVATE)];
   size_t pub_len = 0, priv_len = 0;
-  Tss2_MU_TPM2B_PUBLIC_Marshal(&kf.pub, pub, sizeof pub, &pub_len);
-  Tss2_MU_TPM2B_PRIVATE_Marshal(&kf.priv, priv, sizeof priv, &priv_len);
+  // tss2-mu writes the blobs (loaded on this first use, tss_loader.h); nothing if it cannot.
+  if (Tss2_MU_TPM2B_PUBLIC_Marshal(&kf.pub, pub, sizeof pub, &pub_len) != TSS2_RC_SUCCESS ||
+      Tss2_MU_TPM2B_PRIVATE_Marshal(&kf.priv, priv, sizeof priv, &priv_len) != TSS2_RC_SUCCESS)
+    return {};
 
   der::Writer body;
   if (seed) body.tlv(der::kOid, kOidImportable, sizeof kOidImportable);
@@ -182,6 +180,7 @@ Bytes write_der(const KeyFile& kf, const TPM2B_ENCRYPTED_SECRET* seed) {
 }
 
 std::string pem_of(const Bytes& d) {
+  if (d.empty()) return "";
   BioPtr bio(BIO_new(BIO_s_mem()));
   PEM_write_bio(bio.get(), kTss2PemLabel, "", d.data(), long(d.size()));
   char* p = nullptr;
@@ -209,6 +208,10 @@ Bytes der_of(const uint8_t* data, size_t size) {
 }  // namespace
 
 Bytes keyfile_der(const KeyFile& kf) { return write_der(kf, nullptr); }
+Error keyfile_unwritable() {
+  const std::string why = tss::load_failure();
+  return make_error(Reason::kTpmUnreachable, "cannot encode the key file: " + (why.empty() ? "tss2-mu failed" : why));
+}
 std::string keyfile_pem(const KeyFile& kf) { return pem_of(write_der(kf, nullptr)); }
 Bytes importable_keyfile_der(const ImportableKeyFile& kf) { return write_der(kf.key, &kf.sym_seed); }
 std::string importable_keyfile_pem(const ImportableKeyFile& kf) { return pem_of(write_der(kf.key, &kf.sym_seed)); }

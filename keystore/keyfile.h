@@ -41,12 +41,16 @@ struct ImportableKeyFile {
 // Whether PEM or DER `data` is an importable key file (its type OID; nothing else is checked).
 bool is_importable_keyfile(const uint8_t* data, size_t size);
 Result<ImportableKeyFile> parse_importable_keyfile(const uint8_t* data, size_t size);
-Bytes importable_keyfile_der(const ImportableKeyFile& kf);
+Bytes importable_keyfile_der(const ImportableKeyFile& kf);  // empty as keyfile_der is
 std::string importable_keyfile_pem(const ImportableKeyFile& kf);
 // Whether DER `data` begins like a TPM 2.0 key file: a SEQUENCE whose first element is an OID
 // under 2.23.133.10.1. Looks at the first bytes only, so a truncated file still answers yes.
 bool looks_like_tss2_der(const uint8_t* data, size_t size);
+// A key file's DER or PEM; empty if libtss2-mu, which writes its blobs, cannot be loaded
+// (tss::load_failure() says why).
 Bytes keyfile_der(const KeyFile& kf);
 std::string keyfile_pem(const KeyFile& kf);
+// The error for an empty one of those.
+Error keyfile_unwritable();
 
 }  // namespace tpmkey

@@ -93,6 +93,7 @@ Status Keystore::add(const std::string& name, const KeyFile& kf) const {
   if (exists(name))
     return make_error(Reason::kInvalidArgument, "a key named \"" + name + "\" already exists in " + dir_);
   const std::string pem = keyfile_pem(kf);
+  if (pem.empty()) return keyfile_unwritable().context("add(tpm2:" + name + ")");
   if (pem.size() > kMaxKeyFileSize)
     return make_error(Reason::kInvalidArgument,
                       "the key file would be " + std::to_string(pem.size()) + " bytes, more than the " +
@@ -117,6 +118,7 @@ Status Keystore::replace(const std::string& name, const KeyFile& kf) const {
   if (kf.persistent || access(handle_path_of(name).c_str(), F_OK) == 0)
     return make_error(Reason::kUnsupported, "the key is persistent (" + handle_path_of(name) + ")").context(what);
   const std::string pem = keyfile_pem(kf);
+  if (pem.empty()) return keyfile_unwritable().context(what);
   if (pem.size() > kMaxKeyFileSize)
     return make_error(Reason::kInvalidArgument, "the key file would be larger than " +
                                                     std::to_string(kMaxKeyFileSize / 1024) + " KiB")

@@ -162,10 +162,12 @@ Result<WrappedKey> wrap_key(const Crypto& c, const WrapRequest& req) {
   kf.key.priv = blob->duplicate;
   kf.key.description = req.description;
   kf.sym_seed = blob->sym_seed;
+  const std::string pem = importable_keyfile_pem(kf);
+  if (pem.empty()) return keyfile_unwritable().context(what);
   const std::string text =
       "A key wrapped for one TPM only: the TPM whose storage root key has the name\n"
       "below. Bring it in there with: tpmkey import NAME FILE\n" +
-      std::string(kSrkNameField) + to_hex(srk->name) + "\n" + importable_keyfile_pem(kf);
+      std::string(kSrkNameField) + to_hex(srk->name) + "\n" + pem;
   if (Status st = write_file_exclusive(req.out_path, text); !st) return st.take_error().context(what);
   WrappedKey out;
   out.spec = form->spec;

@@ -81,9 +81,11 @@ int encode(void* vctx, OSSL_CORE_BIO* out, const void* obj, const OSSL_PARAM[], 
     bool ok;
     if constexpr (kPem) {
       std::string pem = keyfile_pem(kd->key->file());
+      if (pem.empty()) return keyfile_unwritable().context("encode(" + kd->key->label() + ")");
       ok = write_all(prov, out, pem.data(), pem.size());
     } else {
       Bytes der = keyfile_der(kd->key->file());
+      if (der.empty()) return keyfile_unwritable().context("encode(" + kd->key->label() + ")");
       ok = write_all(prov, out, der.data(), der.size());
     }
     if (!ok) return make_error(Reason::kIo, "cannot write the key").context("encode(" + kd->key->label() + ")");

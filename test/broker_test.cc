@@ -194,11 +194,14 @@ TEST_F(BrokerTest, OneShotProcessesSignThroughTheAgent) {
       EXPECT_EQ(signs(agent_bus), 1u);
     }
   }
-  // A key file by plain path is the same key file: the agent serves it too.
+  // A key file by plain path is the same key file: the agent serves it too. The process loads
+  // no tpm2-tss library at all (the dynamic loader's own account, LD_DEBUG=files).
   client_bus.clear();
-  auto r = one_shot(keystore_ + "/ec.pem", client_bus.tcti(), agent_line(agent->socket()));
+  auto r = one_shot(keystore_ + "/ec.pem", client_bus.tcti(), agent_line(agent->socket()), "", {"LD_DEBUG=files"});
   EXPECT_OK(r);
   EXPECT_NE(r.err.find("signed by the agent"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("tpmkey-core.so"), std::string::npos) << r.err;  // LD_DEBUG did report the loads
+  EXPECT_EQ(r.err.find("libtss2"), std::string::npos) << r.err;
   EXPECT_TRUE(verifies("ec"));
   EXPECT_EQ(client_bus.command_codes().size(), 0u);
   EXPECT_EQ(agent->stop(), 0) << agent->log();

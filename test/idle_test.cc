@@ -1,8 +1,9 @@
 // The idle provider (docs/performance.md): a process with tpmkey activated in its openssl.cnf that
 // asks it nothing maps tpmkey.so's front alone (provider/module.cc), one that asks it for key
 // management or decoders (a software key) also the provider proper, tpmkey-core.so, and no
-// tpm2-tss library; the first TPM key loads libtss2-mu and libtss2-sys (keystore/tpm/tss_loader.cc). Which libraries a real `openssl` process loads is read from the
-// dynamic loader's own account of it (LD_DEBUG=files), in both provider orders.
+// tpm2-tss library; the first TPM command loads libtss2-mu and libtss2-sys (keystore/tpm/tss_loader.cc;
+// reading a key file needs neither, keystore/tpm_wire.h). Which libraries a real `openssl` process
+// loads is read from the dynamic loader's own account of it (LD_DEBUG=files), in both provider orders.
 #include <gtest/gtest.h>
 
 #include <dlfcn.h>

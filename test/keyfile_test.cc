@@ -3,10 +3,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstring>
 #include <filesystem>
+#include <vector>
 
+#include <tss2/tss2_mu.h>
+
+#include "keystore/algorithm.h"
 #include "keystore/keyfile.h"
 #include "keystore/keystore.h"
+#include "keystore/tpm/tss_loader.h"
+#include "keystore/tpm_wire.h"
 #include "test/support.h"
 
 namespace tpmkey {
@@ -115,6 +123,127 @@ TEST(KeyFile, RecognisesTpmKeyFilesByTheirFirstBytes) {
   const uint8_t other_oid[] = {0x30, 0x10, 0x06, 0x06, 0x67, 0x81, 0x05, 0x0A, 0x02, 0x03, 0x00, 0x00, 0x00};
   EXPECT_FALSE(looks_like_tss2_der(other_oid, sizeof other_oid));
   EXPECT_FALSE(looks_like_tss2_der(nullptr, 0));
+}
+
+// Public areas of every kind a key file can hold, for the reader's comparison with tss2-mu:
+// tpmkey's own templates (EC, RSA, RSA-PSS, both usages, imported), the SRK's, and selectors
+// tpmkey does not make (ECDAA, OAEP, a KDF, AES symmetric parameters, keyed-hash and symmetric
+// objects), with unique fields filled.
+std::vector<TPM2B_PUBLIC> sample_public_areas() {
+  std::vector<TPM2B_PUBLIC> out;
+  for (const char* name : {"ec-p256", "ec-p384", "rsa2048", "rsa-pss2048"}) {
+    const AlgorithmSpec* spec = find_algorithm(name);
+    if (!spec) continue;
+    for (unsigned usage : {kUsageSign, kUsageSign | kUsageDecrypt}) {
+      KeyOptions o;
+      o.spec = spec;
+      o.usage = spec->kind == KeyKind::kRsaPss ? kUsageSign : usage;
+      o.with_auth = usage != kUsageSign;
+      out.push_back(key_template(o));
+      out.push_back(import_template(o));
+    }
+  }
+  out.push_back(srk_template());
+  for (TPM2B_PUBLIC& t : out) {
+    TPMT_PUBLIC& p = t.publicArea;
+    if (p.type == TPM2_ALG_RSA) {
+      p.unique.rsa.size = 256;
+      std::memset(p.unique.rsa.buffer, 0xA5, 256);
+    } else {
+      p.unique.ecc.x.size = p.unique.ecc.y.size = 32;
+      std::memset(p.unique.ecc.x.buffer, 0x11, 32);
+      std::memset(p.unique.ecc.y.buffer, 0x22, 32);
+    }
+  }
+  TPM2B_PUBLIC ecdaa = out.front();
+  ecdaa.publicArea.parameters.eccDetail.scheme.scheme = TPM2_ALG_ECDAA;
+  ecdaa.publicArea.parameters.eccDetail.scheme.details.ecdaa = {TPM2_ALG_SHA256, 7};
+  ecdaa.publicArea.parameters.eccDetail.kdf.scheme = TPM2_ALG_KDF1_SP800_56A;
+  ecdaa.publicArea.parameters.eccDetail.kdf.details.kdf1_sp800_56a.hashAlg = TPM2_ALG_SHA384;
+  ecdaa.publicArea.authPolicy.size = 32;
+  std::memset(ecdaa.publicArea.authPolicy.buffer, 0x5A, 32);
+  out.push_back(ecdaa);
+  TPM2B_PUBLIC oaep = *std::find_if(out.begin(), out.end(), [](const TPM2B_PUBLIC& t) {
+    return t.publicArea.type == TPM2_ALG_RSA && t.publicArea.parameters.rsaDetail.scheme.scheme == TPM2_ALG_NULL;
+  });
+  oaep.publicArea.parameters.rsaDetail.scheme.scheme = TPM2_ALG_OAEP;
+  oaep.publicArea.parameters.rsaDetail.scheme.details.oaep.hashAlg = TPM2_ALG_SHA256;
+  oaep.publicArea.parameters.rsaDetail.symmetric = {TPM2_ALG_AES, {128}, {TPM2_ALG_CFB}};
+  out.push_back(oaep);
+  TPM2B_PUBLIC hmac{};
+  hmac.publicArea.type = TPM2_ALG_KEYEDHASH;
+  hmac.publicArea.nameAlg = TPM2_ALG_SHA256;
+  hmac.publicArea.parameters.keyedHashDetail.scheme.scheme = TPM2_ALG_XOR;
+  hmac.publicArea.parameters.keyedHashDetail.scheme.details.exclusiveOr = {TPM2_ALG_SHA256, TPM2_ALG_KDF1_SP800_108};
+  hmac.publicArea.unique.keyedHash.size = 32;
+  out.push_back(hmac);
+  TPM2B_PUBLIC sym{};
+  sym.publicArea.type = TPM2_ALG_SYMCIPHER;
+  sym.publicArea.nameAlg = TPM2_ALG_SHA256;
+  sym.publicArea.parameters.symDetail.sym = {TPM2_ALG_AES, {256}, {TPM2_ALG_CBC}};
+  out.push_back(sym);
+  return out;
+}
+
+// What tss2-mu makes of `blob`: whether it reads all of it as a TPM2B_PUBLIC, and into what.
+bool mu_reads(const std::vector<uint8_t>& blob, TPM2B_PUBLIC* out) {
+  size_t off = 0;
+  return Tss2_MU_TPM2B_PUBLIC_Unmarshal(blob.data(), blob.size(), &off, out) == TSS2_RC_SUCCESS && off == blob.size();
+}
+
+// Key files are read without tpm2-tss (keystore/tpm_wire.h). Every public area tss2-mu writes
+// reads back to the same structure; and over every one-byte change, truncation and extension of
+// those blobs, whatever the reader accepts tss2-mu reads identically, so it accepts nothing that
+// tss2-mu would refuse or read otherwise.
+TEST(TpmWire, ReadsWhatTss2MuReadsAndNothingElse) {
+  ASSERT_TRUE(tss::load());
+  size_t accepted = 0, mutations = 0;
+  const std::vector<TPM2B_PUBLIC> samples = sample_public_areas();
+  for (size_t n = 0; n < samples.size(); ++n) {
+    SCOPED_TRACE("sample " + std::to_string(n));
+    const TPM2B_PUBLIC& t = samples[n];
+    std::vector<uint8_t> blob(sizeof(TPM2B_PUBLIC));
+    size_t len = 0;
+    ASSERT_EQ(Tss2_MU_TPM2B_PUBLIC_Marshal(&t, blob.data(), blob.size(), &len), TSS2_RC_SUCCESS) << "type " << t.publicArea.type;
+    blob.resize(len);
+    TPM2B_PUBLIC mine{}, theirs{};
+    ASSERT_TRUE(read_tpm2b_public(blob.data(), blob.size(), &mine)) << "type " << t.publicArea.type;
+    ASSERT_TRUE(mu_reads(blob, &theirs));
+    EXPECT_EQ(std::memcmp(&mine, &theirs, sizeof mine), 0) << "type " << t.publicArea.type;
+    auto compare = [&](const std::vector<uint8_t>& b) {
+      ++mutations;
+      TPM2B_PUBLIC m{}, u{};
+      if (!read_tpm2b_public(b.data(), b.size(), &m)) return;
+      ++accepted;
+      ASSERT_TRUE(mu_reads(b, &u)) << "accepted what tss2-mu refuses (type " << t.publicArea.type << "): "
+                                   << to_hex(b);
+      ASSERT_EQ(std::memcmp(&m, &u, sizeof m), 0) << "read otherwise than tss2-mu (type " << t.publicArea.type << ")";
+    };
+    for (size_t i = 0; i < blob.size(); ++i) {
+      for (uint8_t v : {uint8_t(0x00), uint8_t(0x01), uint8_t(0xFF), uint8_t(blob[i] ^ 0x80), uint8_t(blob[i] + 1)}) {
+        std::vector<uint8_t> b = blob;
+        b[i] = v;
+        compare(b);
+      }
+      compare(std::vector<uint8_t>(blob.begin(), blob.begin() + long(i)));
+    }
+    std::vector<uint8_t> longer = blob;
+    longer.push_back(0);
+    compare(longer);
+  }
+  EXPECT_GT(accepted, 0u);
+  std::printf("%zu changed blobs, %zu read (each as tss2-mu reads it)\n", mutations, accepted);
+  // The private blob: a size and that many bytes, no more and no less.
+  TPM2B_PRIVATE priv{};
+  const uint8_t ok[] = {0x00, 0x03, 1, 2, 3};
+  ASSERT_TRUE(read_tpm2b_private(ok, sizeof ok, &priv));
+  EXPECT_EQ(priv.size, 3);
+  EXPECT_EQ(priv.buffer[2], 3);
+  EXPECT_FALSE(read_tpm2b_private(ok, sizeof ok - 1, &priv));
+  const uint8_t extra[] = {0x00, 0x01, 1, 2};
+  EXPECT_FALSE(read_tpm2b_private(extra, sizeof extra, &priv));
+  const uint8_t huge[] = {0xFF, 0xFF};
+  EXPECT_FALSE(read_tpm2b_private(huge, sizeof huge, &priv));
 }
 
 TEST(Keystore, AddIsAtomicPrivateAndNeverOverwrites) {
