@@ -124,23 +124,33 @@ Status check_private_dir(const std::string& dir, const std::string& role) {
   if (!real) return io_error(what, errno);
   std::string path = real;
   std::free(real);
-  const std::string top = path, home = real_home();
+  const std::string top = path;
   for (;;) {
     struct stat st{};
     if (stat(path.c_str(), &st) != 0) return io_error(what, errno);
     const bool first = path == top;
     if (first && !S_ISDIR(st.st_mode)) return make_error(Reason::kIo, "not a directory").context(what);
     const std::string subject = first ? role + " " + top : path + ", a directory above " + role + " " + top + ",";
+    Status problem = Status::Ok();
     if (!trusted_owner(st.st_uid))
-      return unsafe(subject + " is owned by uid " + std::to_string(st.st_uid) + ", not by you (uid " + euid_text() +
-                    ") or root, so that user could put other files in its place: use a directory of your own, or "
-                    "(as root) `chown " + euid_text() + " " + path + "`");
-    if ((st.st_mode & (S_IWGRP | S_IWOTH)) && (first || !(st.st_mode & S_ISVTX)))
-      return unsafe(subject + " is " + writable_by(st.st_mode) + " (mode " + mode_text(st.st_mode) + ")" +
-                    (first ? ", so another user could put files in it" :
-                             " and not sticky, so another user could put another directory in place of what is in it") +
-                    ": `chmod go-w " + path + "`");
-    if (path == home || path == "/") return Status::Ok();
+      problem = unsafe(subject + " is owned by uid " + std::to_string(st.st_uid) + ", not by you (uid " +
+                       euid_text() + ") or root, so that user could put other files in its place: use a directory "
+                       "of your own, or (as root) `chown " + euid_text() + " " + path + "`");
+    else if ((st.st_mode & (S_IWGRP | S_IWOTH)) && (first || !(st.st_mode & S_ISVTX)))
+      problem = unsafe(subject + " is " + writable_by(st.st_mode) + " (mode " + mode_text(st.st_mode) + ")" +
+                       (first ? ", so another user could put files in it" :
+                                " and not sticky, so another user could put another directory in place of what is "
+                                "in it") +
+                       ": `chmod go-w " + path + "`");
+    if (!problem) {
+      // The walk ends at the home directory: what is above it is not the user's to fix. The
+      // home directory is looked up only here, when a directory fails: most walks reach / clean.
+      const std::string home = real_home();
+      const bool top_in_home = !home.empty() && (top == home || top.rfind(home + "/", 0) == 0);
+      const bool above_home = path != home && (path == "/" || home.rfind(path + "/", 0) == 0);
+      return top_in_home && above_home ? Status::Ok() : problem;
+    }
+    if (path == "/") return Status::Ok();
     const size_t slash = path.find_last_of('/');
     path = slash == 0 ? "/" : path.substr(0, slash);
   }

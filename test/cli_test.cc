@@ -2,10 +2,12 @@
 #include <gtest/gtest.h>
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
 #include <functional>
+#include <sstream>
 
 #include "keystore/algorithm.h"
 #include "keystore/keyfile.h"
@@ -132,6 +134,48 @@ TEST_F(CliTest, CreateListPubkeyDelete) {
 // evicted behind tpmkey's back (the keystore entry is still deleted).
 // RSA-1024 is made only when asked for by name or size, each time with the warning, and signs;
 // the defaults stay RSA-2048 and say nothing.
+// The walk up from the keystore ends at the home directory, which comes from the password
+// database as OpenSSH takes it: a directory above the home directory that others could write does
+// not make a keystore in it unsafe, the home directory itself does, and so does such a directory
+// above a keystore outside the home directory. A private mount namespace gives this user a home
+// of the test's making (/etc/passwd bind-mounted over).
+TEST_F(CliTest, DirectoryWalkEndsAtTheHomeDirectory) {
+  if (geteuid() != 0 || run({"unshare", "-m", "true"}).exit_code != 0) GTEST_SKIP() << "no mount namespaces here";
+  const std::string shared = dir_ + "/shared", home = shared + "/home";
+  const std::string inside = home + "/ks", outside = shared + "/elsewhere/ks";
+  std::filesystem::create_directories(inside);
+  std::filesystem::create_directories(outside);
+  for (const std::string& d : {home, inside, outside, shared + "/elsewhere"}) chmod(d.c_str(), 0700);
+  chmod(shared.c_str(), 0775);  // group-writable, not sticky
+  std::string passwd;
+  for (std::istringstream in(read_file("/etc/passwd")); std::getline(in, passwd);)
+    if (passwd.rfind("root:", 0) == 0) break;
+  ASSERT_EQ(passwd.rfind("root:", 0), 0u);
+  std::vector<std::string> fields;
+  for (std::istringstream f(passwd); std::getline(f, fields.emplace_back(), ':');) {}
+  fields.pop_back();
+  ASSERT_GE(fields.size(), 7u);
+  fields[5] = home;
+  std::string line;
+  for (const std::string& f : fields) line += (line.empty() ? "" : ":") + f;
+  write_file(dir_ + "/passwd", line + "\n");
+  chmod((dir_ + "/passwd").c_str(), 0644);
+  auto list = [&](const std::string& keystore) {
+    return run({"unshare", "-m", "sh", "-c", "mount --bind \"$0\" /etc/passwd || exit 99; exec \"$@\"",
+                dir_ + "/passwd", tpmkey_bin(), "list", "--keystore", keystore},
+               env_);
+  };
+  auto in_home = list(inside);
+  EXPECT_OK(in_home);
+  EXPECT_NE(in_home.out.find("no keys in " + inside), std::string::npos) << in_home.out;
+  EXPECT_FAILS_WITH(list(outside), shared + ", a directory above the keystore directory " + outside +
+                                       ", is writable by its group");
+  chmod(home.c_str(), 0770);
+  EXPECT_FAILS_WITH(list(inside),
+                    home + ", a directory above the keystore directory " + inside + ", is writable by its group");
+  chmod(shared.c_str(), 0700);
+}
+
 TEST_F(CliTest, Rsa1024OnlyWhenAskedForAndWithAWarning) {
   if (!supported("rsa1024")) GTEST_SKIP() << "this TPM has no RSA-1024";
   const std::string warning = std::string("tpmkey: warning: ") + kWeakWarning;
