@@ -1,14 +1,17 @@
 // What the fuzz targets that play a malicious TPM in the process share (tpm_response_fuzz.cc,
 // tpm_fuzz.cc): the reader of the fuzz input, big-endian writing, the search the cleartext oracle
-// runs over every command, and a Link that hands back the response its transmit() prepared.
+// runs over every command, a Link that hands back the response its transmit() prepared, and the
+// set-up of a target's first input.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 
 #include "keystore/crypto.h"
 #include "keystore/tpm/transport.h"
+#include "test/fuzz/fuzz_support.h"
 
 namespace tpmkey::fuzz {
 
@@ -74,5 +77,18 @@ class FakeTpmLink : public Link {
  protected:
   Bytes response_;
 };
+
+// Once per process, at a target's first input: registers the in-process link `name` (a new
+// LinkType for each connection to "inprocess:NAME") and makes the target's Crypto.
+template <typename LinkType>
+const Crypto& crypto_with_link(const char* name) {
+  static const std::unique_ptr<Crypto> crypto = [name] {
+    register_inprocess_link(name, [] { return std::unique_ptr<Link>(new LinkType); });
+    auto c = Crypto::create();
+    if (!c) broken("no OpenSSL");
+    return std::move(*c);
+  }();
+  return *crypto;
+}
 
 }  // namespace tpmkey::fuzz

@@ -188,12 +188,7 @@ void operate(Tpm& tpm, unsigned which) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace tpmkey;
   using namespace tpmkey::fuzz;
-  static const std::unique_ptr<Crypto> crypto = [] {
-    register_inprocess_link("tpm", [] { return std::unique_ptr<Link>(new FuzzTpm); });
-    auto c = Crypto::create();
-    if (!c) broken("no OpenSSL");
-    return std::move(*c);
-  }();
+  const Crypto& crypto = crypto_with_link<FuzzTpm>("tpm");
   if (size < 1) return 0;
   g_run = Run{};
   g_run.in = Input{data + 1, size - 1};
@@ -218,7 +213,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return Status::Ok();
   };
   {
-    auto tpm = Tpm::create(std::move(opts), *crypto);
+    auto tpm = Tpm::create(std::move(opts), crypto);
     operate(*tpm, flags & 0x07);
     operate(*tpm, (flags >> 3) & 0x07);
     tpm->flush_all();

@@ -179,12 +179,7 @@ class FuzzTpm : public FakeTpmLink {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace tpmkey;
   using namespace tpmkey::fuzz;
-  static const std::unique_ptr<Crypto> crypto = [] {
-    register_inprocess_link("tpm_response", [] { return std::unique_ptr<Link>(new FuzzTpm); });
-    auto c = Crypto::create();
-    if (!c) broken("no OpenSSL");
-    return std::move(*c);
-  }();
+  const Crypto& crypto = crypto_with_link<FuzzTpm>("tpm_response");
   if (size < 1) return 0;
   g_run = Run{};
   g_run.in = Input{data + 1, size - 1};
@@ -192,16 +187,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   Connection conn("inprocess:tpm_response", Timeouts{});
   TPMKEY_FUZZ_CHECK(conn.open().ok());
-  Runner runner(conn, *crypto);
+  Runner runner(conn, crypto);
   Session session;
   TPM2B_NONCE nonce_caller{};
-  TPMKEY_FUZZ_CHECK(session.new_start_nonce(*crypto, &nonce_caller).ok());
+  TPMKEY_FUZZ_CHECK(session.new_start_nonce(crypto, &nonce_caller).ok());
   TPM2B_NONCE nonce_tpm{};
   nonce_tpm.size = 32;
   for (uint8_t i = 0; i < 32; ++i) nonce_tpm.buffer[i] = uint8_t(0xa0 + i);
   const SecretBytes salt(kSalt, sizeof kSalt);
-  session.begin(*crypto, kSessionHandle, salt, nonce_tpm);
-  g_run.session_key = kdfa(*crypto, TPM2_ALG_SHA256, salt, "ATH", std::span(nonce_tpm.buffer, nonce_tpm.size),
+  session.begin(crypto, kSessionHandle, salt, nonce_tpm);
+  g_run.session_key = kdfa(crypto, TPM2_ALG_SHA256, salt, "ATH", std::span(nonce_tpm.buffer, nonce_tpm.size),
                            std::span(nonce_caller.buffer, nonce_caller.size), 256);
   TPMKEY_FUZZ_CHECK(g_run.session_key.size() == 32);
 
