@@ -10,7 +10,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 #include <vector>
 
 #include <openssl/rand.h>
@@ -88,26 +87,17 @@ Status check_secret_mode(const std::string& path, const struct stat& st) {
 }
 
 // The effective user's home directory, symbolic links resolved (from the password database, as
-// OpenSSH takes it, not from $HOME); empty if unknown. Looked up once per effective user: every
-// check of a directory needs it (the keystore's, the agent socket's), and the lookup reads
-// /etc/nsswitch.conf and the password database.
+// OpenSSH takes it, not from $HOME); empty if unknown.
 std::string real_home() {
-  static std::mutex mu;
-  static uid_t cached_uid = uid_t(-1);
-  static std::string cached;
-  const uid_t euid = geteuid();
-  std::lock_guard<std::mutex> lock(mu);
-  if (cached_uid == euid && !cached.empty()) return cached;
   passwd pw{};
   passwd* found = nullptr;
   std::vector<char> buf(16384);
-  if (getpwuid_r(euid, &pw, buf.data(), buf.size(), &found) != 0 || !found || !pw.pw_dir) return "";
+  if (getpwuid_r(geteuid(), &pw, buf.data(), buf.size(), &found) != 0 || !found || !pw.pw_dir) return "";
   char* real = realpath(pw.pw_dir, nullptr);
   if (!real) return "";
-  cached = real;
-  cached_uid = euid;
+  std::string home = real;
   std::free(real);
-  return cached;
+  return home;
 }
 
 }  // namespace
