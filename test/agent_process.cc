@@ -39,21 +39,11 @@ AgentProcess::AgentProcess(const std::string& dir, const std::string& tcti, cons
     : socket_(dir + "/agent.sock"), log_(dir + "/agent.log") {
   std::vector<std::string> argv = {tpmkey_bin(), "agent", "-D", "-a", socket_, "--tcti", tcti, "--keystore", keystore};
   argv.insert(argv.end(), extra.begin(), extra.end());
-  pid_ = fork();
-  if (pid_ == 0) {
-    int devnull = open("/dev/null", O_RDWR);
-    int out = open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    dup2(devnull, 0);
-    dup2(devnull, 1);  // the sh commands it prints
-    dup2(out, 2);
-    setenv("TSS2_LOG", "all+NONE", 1);
-    for (const auto& e : env) putenv(strdup(e.c_str()));
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    execv(args[0], args.data());
-    _exit(127);
-  }
+  std::vector<std::string> environment = {"TSS2_LOG=all+NONE"};
+  environment.insert(environment.end(), env.begin(), env.end());
+  // stdout takes the sh commands it prints
+  pid_ = launch({.argv = argv, .env = environment, .in = "/dev/null", .out = "/dev/null", .err = log_});
+  if (pid_ < 0) throw std::runtime_error("cannot start " + argv[0] + ": " + std::strerror(errno));
   for (int i = 0; i < 500; ++i) {
     int fd = connect_unix(socket_);
     if (fd >= 0) {

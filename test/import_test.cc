@@ -7,6 +7,7 @@
 // what crosses the bus, a TPM key file given to import, a persistent SRK, the help and usage errors.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
 #include <poll.h>
 #include <pty.h>
 #include <signal.h>
@@ -143,16 +144,19 @@ size_t openssh_private_section(const std::string& b) {
 // goes to `screen`. The exit code, or -1 on a timeout.
 int run_on_pty(const std::vector<std::string>& argv, const std::vector<std::string>& env, const std::string& prompt,
                const std::string& answer, std::string* screen, int timeout_s = 120) {
-  int master = -1;
-  const pid_t pid = forkpty(&master, nullptr, nullptr, nullptr);
-  if (pid < 0) return -1;
-  if (pid == 0) {
-    for (const auto& e : env) putenv(strdup(e.c_str()));
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    execv(args[0], args.data());
-    _exit(127);
+  int master = -1, slave = -1;
+  if (openpty(&master, &slave, nullptr, nullptr, nullptr) != 0) return -1;
+  const std::string terminal = ttyname(slave) ? ttyname(slave) : "";
+  fcntl(master, F_SETFD, FD_CLOEXEC);
+  fcntl(slave, F_SETFD, FD_CLOEXEC);
+  // A new session that opens the terminal first makes it its controlling terminal.
+  const pid_t pid = terminal.empty() ? -1
+                                     : launch({.argv = argv, .env = env, .in = terminal, .out = terminal,
+                                               .err_to_out = true, .new_session = true});
+  close(slave);  // the program's end only: reading the master ends (EIO) when the program is gone
+  if (pid < 0) {
+    close(master);
+    return -1;
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
   bool typed = false, timed_out = false;

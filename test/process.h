@@ -26,11 +26,31 @@ struct CommandResult {
   int exit_code = -1;  // the exit status, or 128 + the signal that ended it
   std::string out, err;
   bool timed_out = false;
+  std::string hung_in;  // timed out: what it was waiting in (its threads' system calls, its descriptors)
 };
 // Runs `argv` (no shell) with extra environment entries "K=V", optional stdin text. A command
 // still running after `timeout_s` seconds is killed (exit code 128 + SIGKILL) and `timed_out` set.
 CommandResult run(const std::vector<std::string>& argv, const std::vector<std::string>& env = {},
                   const std::string& stdin_text = "", int timeout_s = 120);
+
+// How a child process starts: its program (found on the PATH of its environment) and arguments,
+// environment entries "K=V" added to or replacing this process's, and where its standard
+// descriptors go: a file name, or empty to share this process's.
+struct Launch {
+  std::vector<std::string> argv;
+  std::vector<std::string> env;
+  std::string in, out, err;
+  bool err_to_out = false;   // stderr to wherever stdout goes
+  bool new_session = false;  // setsid(): no controlling terminal, unless `in` is a terminal
+  int extra_fd = -1;         // with `extra_file`: that descriptor to that file (created 0600)
+  std::string extra_file;
+};
+// Starts it with posix_spawn, and nothing else runs in the child before the program: a child
+// forked from a process with threads may find a lock held forever (an allocator's, another
+// thread's at the moment of fork; the sanitizers' allocators do not reset theirs), so no test
+// process runs code between fork and exec. The pid, or -1 with errno set (the program was not
+// found, say).
+pid_t launch(const Launch& l);
 
 // Starts `argv` in the background, stdin from /dev/null, stdout and stderr to the file `log`
 // (and, with `extra_fd_target`, that descriptor to the file `extra_fd_file`).

@@ -1,14 +1,15 @@
 #include "test/swtpm.h"
 
-#include <fcntl.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <mutex>
 #include <random>
@@ -62,15 +63,11 @@ void Swtpm::start() {
   std::string server = "type=tcp,port=" + std::to_string(port_) + ",bindaddr=127.0.0.1";
   std::string ctrl = "type=tcp,port=" + std::to_string(port_ + 1) + ",bindaddr=127.0.0.1";
   std::string state = "dir=" + dir_;
-  pid_ = fork();
-  if (pid_ == 0) {
-    int devnull = open("/dev/null", O_RDWR);
-    dup2(devnull, 0);
-    dup2(devnull, 1);
-    execlp("swtpm", "swtpm", "socket", "--tpm2", "--server", server.c_str(), "--ctrl", ctrl.c_str(), "--tpmstate",
-           state.c_str(), "--flags", "not-need-init,startup-clear", static_cast<char*>(nullptr));
-    _exit(127);
-  }
+  pid_ = launch({.argv = {"swtpm", "socket", "--tpm2", "--server", server, "--ctrl", ctrl, "--tpmstate", state, "--flags",
+                          "not-need-init,startup-clear"},
+                 .in = "/dev/null",
+                 .out = "/dev/null"});
+  if (pid_ < 0) throw std::runtime_error(std::string("cannot start swtpm (is it installed?): ") + std::strerror(errno));
   for (int i = 0; i < 500; ++i) {
     if (can_connect(port_)) {
       relax_dictionary_attack(tcti());
