@@ -34,6 +34,7 @@ struct BusProxy::Impl {
   uint32_t corrupt_cc = 0;
   BusProxy::Rewrite rewrite;
   int corrupted = 0;
+  int connections = 0;
   std::vector<int> fds;  // open connections, shut down on destruction
   std::vector<std::thread> threads;
 
@@ -109,6 +110,7 @@ struct BusProxy::Impl {
       if (c < 0) return;
       track(c);
       std::lock_guard l(mu);
+      if (data) ++connections;
       threads.emplace_back([this, c, data] { data ? serve_data(c) : serve_ctrl(c); });
     }
   }
@@ -211,6 +213,11 @@ void BusProxy::corrupt_next_response(uint32_t command_code) {
 void BusProxy::rewrite_responses(Rewrite fn) {
   std::lock_guard l(impl_->mu);
   impl_->rewrite = std::move(fn);
+}
+
+int BusProxy::connections() const {
+  std::lock_guard l(impl_->mu);
+  return impl_->connections;
 }
 
 int BusProxy::corrupted() const {

@@ -26,6 +26,8 @@ class BusProxy {
   // `needle` is among those or the commands.
   std::string received() const;
   bool crossed(const std::string& needle) const { return saw(needle) || received().find(needle) != std::string::npos; }
+  // How many connections clients opened on the data channel so far.
+  int connections() const;
   // The command codes of those commands, in order.
   std::vector<uint32_t> command_codes() const;
   // The command codes since the last call (which clears the record), without the audited reads

@@ -446,6 +446,42 @@ TEST_F(SessionTest, WorksBehindTpm2Abrmd) {
   release(b);
 }
 
+// swtpm serves one client at a time and nobody else while it stays connected: an operation keeps
+// one connection for its commands, and none is kept between operations, so that another program
+// (tpm2-tools here) reaches the TPM while the provider holds its session and key.
+TEST_F(SessionTest, OneConnectionPerOperation) {
+  {
+    OSSL_LIB_CTX* l = lib(tcti_);
+    make_key(l, "k");
+    release(l);
+  }
+  BusProxy bus(shared_swtpm().port());
+  OSSL_LIB_CTX* l = lib(bus.tcti());
+  PkeyPtr k = load_key(l, "tpm2:k");
+  ASSERT_TRUE(k);
+  EXPECT_EQ(bus.connections(), 0);
+  // The first signature: StartAuthSession, Load of the SRK and the key, Sign: one operation.
+  ASSERT_FALSE(digest_sign(l, k.get(), "cold", {}).empty()) << drain_errors();
+  EXPECT_GE(tpm_commands(l), 3u);
+  EXPECT_EQ(bus.connections(), 1);
+  const auto others = [&] {
+    return run({"tpm2_getcap", "-T", bus.tcti(), "handles-transient"}, {"TSS2_LOG=all+none"}, "", 20);
+  };
+  // Between operations the TPM is anyone's.
+  auto r = others();
+  EXPECT_OK(r);
+  const int after_others = bus.connections();
+  EXPECT_GT(after_others, 1);
+  // A warm signature (and the proof of its key after the pause): again one connection.
+  ASSERT_FALSE(digest_sign(l, k.get(), "warm", {}).empty()) << drain_errors();
+  EXPECT_EQ(bus.connections(), after_others + 1);
+  EXPECT_OK(others());
+  k.reset();
+  const int before_release = bus.connections();
+  release(l);  // the flush of the key and the session: one operation too
+  EXPECT_EQ(bus.connections(), before_release + 1);
+}
+
 // Other programs hold object slots on a bare TPM (tpm2-tools leave their objects loaded):
 // tpmkey works in what is left, and says clearly when nothing is left.
 TEST_F(SessionTest, SharesTheTpmWithOtherPrograms) {

@@ -36,6 +36,7 @@ Status Connection::open() {
     return tss_error("connect(" + spec_ + ")", rc);
   }
   transport_ = std::move(*t);
+  if (held_) transport_->link().hold(true);
   sys_ = sys;
   ++generation_;
   return Status::Ok();
@@ -54,6 +55,11 @@ void Connection::forget_in_child() {
   if (transport_) transport_->link().forget_in_child();
   forgotten_ = true;
   close();  // frees memory only: the link no longer owns a descriptor or a module
+}
+
+void Connection::hold(bool on) {
+  held_ = on;
+  if (transport_) transport_->link().hold(on);
 }
 
 bool Connection::continuous() const { return transport_ && transport_->link().continuous(); }

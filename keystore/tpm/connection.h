@@ -54,6 +54,20 @@ class Connection {
     after_call(rc);
     return rc;
   }
+  // Holds the link's connection from one command to the next until released (Link::hold); a
+  // reconnection stays held. Hold does so for a scope and then restores what was.
+  void hold(bool on);
+  class Hold {
+   public:
+    explicit Hold(Connection& c) : c_(c), was_(c.held_) { c_.hold(true); }
+    ~Hold() { c_.hold(was_); }
+    Hold(const Hold&) = delete;
+    Hold& operator=(const Hold&) = delete;
+
+   private:
+    Connection& c_;
+    bool was_;
+  };
   // How long since the TPM last answered, on a clock that also counts suspended time.
   std::chrono::nanoseconds idle() const;
   // The error for a failed call made while doing `what`, with the transport's words for a
@@ -73,6 +87,7 @@ class Connection {
   std::string last_transport_error_;
   bool forgotten_ = false;
   bool timed_out_ = false;
+  bool held_ = false;
 };
 
 }  // namespace tpmkey

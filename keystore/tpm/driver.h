@@ -27,6 +27,7 @@ R Tpm::operation(Fn&& attempt) {
   std::unique_lock lock(mu_);
   if (forked_ || getpid() != pid_)
     return R(make_error(Reason::kInternal, "this TPM connection belongs to the parent process"));
+  Connection::Hold hold(conn_);  // one swtpm connection for the operation's commands
   const auto started = std::chrono::steady_clock::now();
   bool recovered = false;
   for (unsigned round = 0;; ++round) {
@@ -38,9 +39,11 @@ R Tpm::operation(Fn&& attempt) {
     const auto waited = std::chrono::steady_clock::now() - started;
     if (is_slot_shortage(rc) && waited < opts_.timeouts.busy) {
       make_way();
+      conn_.hold(false);  // the programs holding the slots need the TPM to give them back
       lock.unlock();
       busy_backoff(round);
       lock.lock();
+      conn_.hold(true);
       continue;
     }
     if (!recovered && is_stale(rc)) {

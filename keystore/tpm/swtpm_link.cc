@@ -3,8 +3,10 @@
 // close-on-exec, writes with SIGPIPE enabled, offers no poll handles and waits forever for a TPM
 // that does not answer; tpmkey lives in long-running programs that fork and exec, so it speaks
 // the protocol itself:
-//   - swtpm serves one client connection at a time, so each command gets its own connection:
-//     connect, send the command, read the response, close (what tcti-swtpm does too);
+//   - swtpm serves one client connection at a time, and serves nobody else while a client stays
+//     connected: a connection lasts for one command (connect, send, read the response, close,
+//     as tcti-swtpm does), or while the link is held (Link::hold) for the commands of one
+//     operation, and never longer;
 //   - every socket is close-on-exec and written with MSG_NOSIGNAL;
 //   - connect, send and receive all give up at the command's deadline;
 //   - the data channel only: tpmkey never needs the control channel (locality 0 is the default).
@@ -87,9 +89,9 @@ class SwtpmLink final : public Link {
   }
 
   TSS2_RC transmit(const uint8_t* cmd, size_t size, Deadline deadline) override {
-    disconnect();
+    if (!held_) disconnect();
     response_.clear();
-    if (!connect_before(deadline)) return TSS2_TCTI_RC_IO_ERROR;
+    if (fd_ < 0 && !connect_before(deadline)) return TSS2_TCTI_RC_IO_ERROR;
     size_t off = 0;
     while (off < size) {
       if (!wait_for(POLLOUT, deadline)) return fail("send"), TSS2_TCTI_RC_IO_ERROR;
@@ -118,7 +120,7 @@ class SwtpmLink final : public Link {
         response_.clear();
         return TSS2_TCTI_RC_IO_ERROR;
       }
-      disconnect();  // one command per connection: swtpm serves the next client
+      if (!held_) disconnect();  // swtpm serves the next client
     }
     if (!rsp) {
       *size = response_.size();
@@ -135,6 +137,11 @@ class SwtpmLink final : public Link {
   }
 
   bool continuous() const override { return false; }
+
+  void hold(bool on) override {
+    held_ = on;
+    if (!on) disconnect();
+  }
 
   void forget_in_child() override {
     if (fd_ >= 0) close(fd_);
@@ -222,6 +229,7 @@ class SwtpmLink final : public Link {
   std::string path_, where_;
   std::vector<Address> addresses_;
   int fd_ = -1;
+  bool held_ = false;
   Bytes response_;
 };
 

@@ -70,6 +70,7 @@ bool Tpm::is_stale(TSS2_RC rc) const {
 void Tpm::park() {
   std::lock_guard lock(mu_);
   if (forked_ || getpid() != pid_ || !conn_.is_open() || conn_.continuous()) return;
+  Connection::Hold hold(conn_);
   if (!begin()) return;
   // Proven first: after an idle pause a handle may be another program's, and saving its context
   // would make its object look like tpmkey's.
@@ -175,6 +176,7 @@ void Tpm::flush_all() {
     session_.end();
     return;
   }
+  Connection::Hold hold(conn_);
   objects_.for_each([&](Object& o) { release(o); });
   objects_.clear();
   if (session_.active()) {

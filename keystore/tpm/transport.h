@@ -1,7 +1,8 @@
 // The transport to the TPM: a TCTI that tss2-sys talks through, over one of two links:
 //
 //   "swtpm[:host=H,port=P | :path=SOCKET]"  tpmkey's own client for swtpm's socket protocol
-//        (swtpm_link.cc): one connection per command, as swtpm serves one client at a time,
+//        (swtpm_link.cc): one connection per operation (Link::hold), as swtpm serves one client
+//        at a time,
 //        close-on-exec, no SIGPIPE, and every connect, send and receive bounded by the timeout;
 //   "NAME[:CONFIG]"  loads libtss2-tcti-NAME.so.0 (NAME itself when it has a '/' or ".so") and
 //        initializes it with CONFIG, the way tctildr reads the same string;
@@ -46,6 +47,10 @@ class Link {
   // In a forked child: closes the descriptors without talking to the TPM or finalizing anything
   // the parent still uses. The link is unusable afterwards.
   virtual void forget_in_child() = 0;
+  // While held, a link that connects per command (swtpm) keeps its connection from one command
+  // to the next: one connection for a whole operation. Releasing it closes the connection, so
+  // that other programs reach the TPM. Links that stay connected anyway ignore it.
+  virtual void hold(bool /*on*/) {}
   // What went wrong last, in words ("connect(127.0.0.1:2321): Connection refused").
   const std::string& error() const { return error_; }
   // Whether the last command failed because its deadline passed.
