@@ -18,6 +18,7 @@
 #include "keystore/context.h"
 #include "keystore/key.h"
 #include "keystore/keystore.h"
+#include "keystore/tpm/transport.h"
 #include "test/fixture.h"
 #include "test/support.h"
 
@@ -480,6 +481,46 @@ TEST_F(SessionTest, OneConnectionPerOperation) {
   const int before_release = bus.connections();
   release(l);  // the flush of the key and the session: one operation too
   EXPECT_EQ(bus.connections(), before_release + 1);
+}
+
+// The swtpm link itself, held and not: a held connection carries the next command only after the
+// last one's whole response (a command whose response was never read is not answered by the next
+// one's), a response is read only for a command sent, and an unheld link connects per command.
+TEST_F(SessionTest, SwtpmLinkNeverTakesOneCommandsResponseForAnother) {
+  BusProxy bus(shared_swtpm().port());
+  auto link = open_link(bus.tcti());
+  ASSERT_TRUE(link) << link.error().text();
+  const auto deadline = [] { return std::chrono::steady_clock::now() + std::chrono::seconds(20); };
+  // TPM2_GetRandom(n): its response is 12 + n bytes.
+  auto get_random = [](uint8_t n) {
+    return std::vector<uint8_t>{0x80, 0x01, 0, 0, 0, 0x0c, 0, 0, 0x01, 0x7b, 0, n};
+  };
+  auto answer_size = [&](Link& l) {
+    size_t size = 0;
+    if (l.receive(&size, nullptr, deadline()) != TSS2_RC_SUCCESS) return size_t(0);
+    std::vector<uint8_t> rsp(size);
+    return l.receive(&size, rsp.data(), deadline()) == TSS2_RC_SUCCESS ? size : size_t(0);
+  };
+  Link& l = **link;
+  size_t size = 0;
+  EXPECT_EQ(l.receive(&size, nullptr, deadline()), TSS2_TCTI_RC_BAD_SEQUENCE) << "nothing was sent";
+
+  l.hold(true);
+  const auto c8 = get_random(8), c16 = get_random(16), c24 = get_random(24);
+  ASSERT_EQ(l.transmit(c8.data(), c8.size(), deadline()), TSS2_RC_SUCCESS);
+  ASSERT_EQ(l.transmit(c16.data(), c16.size(), deadline()), TSS2_RC_SUCCESS);  // 8's answer never read
+  EXPECT_EQ(answer_size(l), 12u + 16);
+  ASSERT_EQ(l.transmit(c24.data(), c24.size(), deadline()), TSS2_RC_SUCCESS);
+  EXPECT_EQ(answer_size(l), 12u + 24);
+  EXPECT_EQ(l.receive(&size, nullptr, deadline()), TSS2_TCTI_RC_BAD_SEQUENCE) << "the answer was read";
+  EXPECT_EQ(bus.connections(), 2) << "the abandoned command's connection, then one for the rest";
+  l.hold(false);
+
+  ASSERT_EQ(l.transmit(c8.data(), c8.size(), deadline()), TSS2_RC_SUCCESS);
+  EXPECT_EQ(answer_size(l), 12u + 8);
+  ASSERT_EQ(l.transmit(c8.data(), c8.size(), deadline()), TSS2_RC_SUCCESS);
+  EXPECT_EQ(answer_size(l), 12u + 8);
+  EXPECT_EQ(bus.connections(), 4) << "unheld: a connection per command";
 }
 
 // Other programs hold object slots on a bare TPM (tpm2-tools leave their objects loaded):

@@ -89,7 +89,9 @@ class SwtpmLink final : public Link {
   }
 
   TSS2_RC transmit(const uint8_t* cmd, size_t size, Deadline deadline) override {
-    if (!held_) disconnect();
+    // A held connection carries the next command only after the last one's whole response: a
+    // response still owed (its command abandoned) would be read as this command's.
+    if (!held_ || awaiting_) disconnect();
     response_.clear();
     if (fd_ < 0 && !connect_before(deadline)) return TSS2_TCTI_RC_IO_ERROR;
     size_t off = 0;
@@ -100,12 +102,13 @@ class SwtpmLink final : public Link {
       if (n <= 0) return fail("send"), TSS2_TCTI_RC_IO_ERROR;
       off += size_t(n);
     }
+    awaiting_ = true;
     return TSS2_RC_SUCCESS;
   }
 
   TSS2_RC receive(size_t* size, uint8_t* rsp, Deadline deadline) override {
     if (response_.empty()) {
-      if (fd_ < 0) return TSS2_TCTI_RC_BAD_SEQUENCE;
+      if (fd_ < 0 || !awaiting_) return TSS2_TCTI_RC_BAD_SEQUENCE;
       uint8_t header[kHeaderSize];
       if (!read_exactly(header, kHeaderSize, deadline)) return TSS2_TCTI_RC_IO_ERROR;
       const uint32_t total = be32(header + 2);
@@ -120,6 +123,7 @@ class SwtpmLink final : public Link {
         response_.clear();
         return TSS2_TCTI_RC_IO_ERROR;
       }
+      awaiting_ = false;
       if (!held_) disconnect();  // swtpm serves the next client
     }
     if (!rsp) {
@@ -158,6 +162,7 @@ class SwtpmLink final : public Link {
   void disconnect() {
     if (fd_ >= 0) close(fd_);
     fd_ = -1;
+    awaiting_ = false;
   }
 
   // Records why `what` failed (errno, or the deadline) and drops the connection.
@@ -230,6 +235,7 @@ class SwtpmLink final : public Link {
   std::vector<Address> addresses_;
   int fd_ = -1;
   bool held_ = false;
+  bool awaiting_ = false;  // a command was sent and its response not yet read whole
   Bytes response_;
 };
 
