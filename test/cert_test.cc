@@ -517,17 +517,13 @@ TEST_F(CertTest, TlsClientAuthenticationWithAKeyFile) {
     close(fd);
   }
   const std::string accept = "127.0.0.1:" + std::to_string(port);
-  pid_t server = fork();
-  if (server == 0) {
-    int devnull = open("/dev/null", O_RDWR);
-    dup2(devnull, 0);
-    dup2(devnull, 1);
-    dup2(devnull, 2);
-    setenv("OPENSSL_CONF", "/dev/null", 1);
-    execlp("openssl", "openssl", "s_server", "-accept", accept.c_str(), "-cert", srv_crt.c_str(), "-key", srv_key.c_str(),
-           "-Verify", "1", "-CAfile", trusted.c_str(), "-www", static_cast<char*>(nullptr));
-    _exit(127);
-  }
+  const pid_t server = launch({.argv = {"openssl", "s_server", "-accept", accept, "-cert", srv_crt, "-key", srv_key,
+                                         "-Verify", "1", "-CAfile", trusted, "-www"},
+                                .env = {"OPENSSL_CONF=/dev/null"},
+                                .in = "/dev/null",
+                                .out = "/dev/null",
+                                .err_to_out = true});
+  ASSERT_GT(server, 0) << "cannot start openssl s_server";
   for (int i = 0; i < 200; ++i) {  // until it listens
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};

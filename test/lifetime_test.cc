@@ -453,13 +453,10 @@ TEST_F(LifetimeTest, OrphanedTemporaryFilesAreCleanedUp) {
   // Killed writers, for real: `tpmkey create` killed while it works never leaves a key that does
   // not load, and what it leaves is ignored.
   for (int i = 0; i < 10; ++i) {
-    pid_t pid = fork();
-    if (pid == 0) {
-      child_leaks_on_purpose();
-      execl(tpmkey_bin().c_str(), "tpmkey", "--tcti", tcti_.c_str(), "--keystore", keystore_.c_str(), "create",
-            numbered("c", i).c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
+    const pid_t pid =
+        launch({.argv = {tpmkey_bin(), "--tcti", tcti_, "--keystore", keystore_, "create", numbered("c", i)},
+                .in = "/dev/null"});
+    ASSERT_GT(pid, 0);
     std::this_thread::sleep_for(std::chrono::milliseconds(5 + 3 * i));
     kill(pid, SIGKILL);
     waitpid(pid, nullptr, 0);
@@ -491,17 +488,13 @@ TEST_F(LifetimeTest, UnstartedTpmIsNotReady) {
     SilentTpm probe;  // only to find a free port pair quickly
     port = std::stoi(probe.tcti().substr(probe.tcti().rfind('=') + 1)) + 2;
   }
-  pid_t pid = fork();
-  if (pid == 0) {
-    child_leaks_on_purpose();
-    int devnull = open("/dev/null", O_RDWR);
-    dup2(devnull, 1);
-    dup2(devnull, 2);
-    execlp("swtpm", "swtpm", "socket", "--tpm2", "--server", ("type=tcp,port=" + std::to_string(port) + ",bindaddr=127.0.0.1").c_str(),
-           "--ctrl", ("type=tcp,port=" + std::to_string(port + 1) + ",bindaddr=127.0.0.1").c_str(), "--tpmstate",
-           ("dir=" + state).c_str(), "--flags", "not-need-init", static_cast<char*>(nullptr));
-    _exit(127);
-  }
+  const pid_t pid = launch({.argv = {"swtpm", "socket", "--tpm2", "--server",
+                                      "type=tcp,port=" + std::to_string(port) + ",bindaddr=127.0.0.1", "--ctrl",
+                                      "type=tcp,port=" + std::to_string(port + 1) + ",bindaddr=127.0.0.1",
+                                      "--tpmstate", "dir=" + state, "--flags", "not-need-init"},
+                             .out = "/dev/null",
+                             .err_to_out = true});
+  ASSERT_GT(pid, 0) << "cannot start swtpm";
   const std::string tcti = "swtpm:host=127.0.0.1,port=" + std::to_string(port);
   CommandResult r;
   for (int i = 0; i < 100; ++i) {

@@ -80,7 +80,8 @@ std::vector<std::string> merged_environment(const std::vector<std::string>& extr
   return env;
 }
 
-// `program` as execvp finds it on the PATH of `env`: the first executable file of that name.
+// `program` as execvp finds it on the PATH of `env`: the first executable file of that name, or
+// empty when there is none.
 std::string on_path(const std::string& program, const std::vector<std::string>& env) {
   if (program.find('/') != std::string::npos) return program;
   std::string path = "/usr/local/bin:/usr/bin:/bin";
@@ -96,7 +97,7 @@ std::string on_path(const std::string& program, const std::vector<std::string>& 
       return candidate;
     at = end + 1;
   }
-  return program;
+  return "";
 }
 
 // What a process still running at its deadline is waiting in, for the failure message: each
@@ -108,6 +109,7 @@ std::string where_it_waits(pid_t pid) {
     return s.substr(0, s.find('\n'));
   };
   auto syscall_name = [](long n) -> std::string {
+#if defined(__x86_64__)  // the numbers below are x86-64's
     switch (n) {
       case 0: return "read";
       case 7: return "poll";
@@ -124,8 +126,10 @@ std::string where_it_waits(pid_t pid) {
       case 270: return "pselect6";
       case 271: return "ppoll";
       case 288: return "accept4";
-      default: return "system call " + std::to_string(n);
+      default: break;
     }
+#endif
+    return "system call " + std::to_string(n);
   };
   std::ostringstream o;
   o << first_line(proc + "/comm");
@@ -150,6 +154,10 @@ std::string where_it_waits(pid_t pid) {
 pid_t launch(const Launch& l) {
   std::vector<std::string> env = merged_environment(l.env);
   const std::string program = on_path(l.argv.at(0), env);
+  if (program.empty()) {
+    errno = ENOENT;
+    return -1;
+  }
   std::vector<char*> args, envp;
   for (const auto& a : l.argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
@@ -228,8 +236,10 @@ CommandResult run(const std::vector<std::string>& argv, const std::vector<std::s
 
 pid_t spawn(const std::vector<std::string>& argv, const std::string& log, int extra_fd_target,
             const std::string& extra_fd_file) {
-  return launch({.argv = argv, .in = "/dev/null", .out = log, .err_to_out = true, .extra_fd = extra_fd_target,
-                 .extra_file = extra_fd_file});
+  const pid_t pid = launch({.argv = argv, .in = "/dev/null", .out = log, .err_to_out = true,
+                            .extra_fd = extra_fd_target, .extra_file = extra_fd_file});
+  if (pid < 0) throw std::runtime_error("cannot start " + argv.at(0) + ": " + std::strerror(errno));
+  return pid;
 }
 
 void stop_child(pid_t& pid) {

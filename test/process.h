@@ -53,7 +53,8 @@ struct Launch {
 pid_t launch(const Launch& l);
 
 // Starts `argv` in the background, stdin from /dev/null, stdout and stderr to the file `log`
-// (and, with `extra_fd_target`, that descriptor to the file `extra_fd_file`).
+// (and, with `extra_fd_target`, that descriptor to the file `extra_fd_file`); throws when it
+// cannot be started (the program is not installed, say).
 pid_t spawn(const std::vector<std::string>& argv, const std::string& log, int extra_fd_target = -1,
             const std::string& extra_fd_file = "");
 // SIGTERM, up to 5 s for it to exit, then SIGKILL; sets `pid` to -1.

@@ -477,9 +477,16 @@ TEST_F(SessionTest, OneConnectionPerOperation) {
   ASSERT_FALSE(digest_sign(l, k.get(), "warm", {}).empty()) << drain_errors();
   EXPECT_EQ(bus.connections(), after_others + 1);
   EXPECT_OK(others());
+  // Freeing the key after a pause: the key is proven before it is flushed, on one connection, so
+  // that no other program can come to hold its handle number in between.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const int before_free = bus.connections();
+  const uint64_t commands_before_free = tpm_commands(l);
   k.reset();
+  EXPECT_EQ(tpm_commands(l), commands_before_free + 2) << "TPM2_ReadPublic and TPM2_FlushContext";
+  EXPECT_EQ(bus.connections(), before_free + 1);
   const int before_release = bus.connections();
-  release(l);  // the flush of the key and the session: one operation too
+  release(l);  // the flush of the session (and the SRK): one operation too
   EXPECT_EQ(bus.connections(), before_release + 1);
 }
 

@@ -202,8 +202,12 @@ void Tpm::forget(ObjectId id) {
   std::lock_guard lock(mu_);
   Object* o = objects_.find_key(id);
   if (!o) return;
-  if (!forked_ && getpid() == pid_ && conn_.is_open()) release(*o);
-  else o->abandon(), o->saved.reset();
+  if (!forked_ && getpid() == pid_ && conn_.is_open()) {
+    Connection::Hold hold(conn_);  // the proof and the flush on one connection: nobody in between
+    release(*o);
+  } else {
+    o->abandon(), o->saved.reset();
+  }
   objects_.erase_key(id);
 }
 
@@ -214,6 +218,7 @@ uint32_t Tpm::session_handle() {
 
 TSS2_RC Tpm::test_flush_handle(uint32_t handle) {
   std::lock_guard lock(mu_);
+  Connection::Hold hold(conn_);
   return conn_.call([&] { return Tss2_Sys_FlushContext(conn_.sys(), handle); });
 }
 
