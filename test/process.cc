@@ -66,13 +66,8 @@ namespace {
 // This process's environment with `extra` ("K=V") added, an entry of the same name replaced.
 std::vector<std::string> merged_environment(const std::vector<std::string>& extra) {
   std::vector<std::string> env;
+  for (char** e = environ; e && *e; ++e) env.push_back(*e);
   auto name = [](const std::string& e) { return e.substr(0, e.find('=')); };
-  for (char** e = environ; e && *e; ++e) {
-    const std::string entry = *e;
-    bool replaced = false;
-    for (const auto& x : extra) replaced = replaced || name(x) == name(entry);
-    if (!replaced) env.push_back(entry);
-  }
   for (const auto& x : extra) {
     std::erase_if(env, [&](const std::string& e) { return name(e) == name(x); });  // the last one wins
     env.push_back(x);

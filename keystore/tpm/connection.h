@@ -55,18 +55,17 @@ class Connection {
     return rc;
   }
   // Holds the link's connection from one command to the next until released (Link::hold); a
-  // reconnection stays held. Hold does so for a scope and then restores what was.
+  // reconnection stays held. Hold does so for one operation, under the Tpm's lock (never nested).
   void hold(bool on);
   class Hold {
    public:
-    explicit Hold(Connection& c) : c_(c), was_(c.held_) { c_.hold(true); }
-    ~Hold() { c_.hold(was_); }
+    explicit Hold(Connection& c) : c_(c) { c_.hold(true); }
+    ~Hold() { c_.hold(false); }
     Hold(const Hold&) = delete;
     Hold& operator=(const Hold&) = delete;
 
    private:
     Connection& c_;
-    bool was_;
   };
   // How long since the TPM last answered, on a clock that also counts suspended time.
   std::chrono::nanoseconds idle() const;

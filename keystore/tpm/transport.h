@@ -2,8 +2,8 @@
 //
 //   "swtpm[:host=H,port=P | :path=SOCKET]"  tpmkey's own client for swtpm's socket protocol
 //        (swtpm_link.cc): one connection per operation (Link::hold), as swtpm serves one client
-//        at a time,
-//        close-on-exec, no SIGPIPE, and every connect, send and receive bounded by the timeout;
+//        at a time, close-on-exec, no SIGPIPE, and every connect, send and receive bounded by
+//        the timeout;
 //   "NAME[:CONFIG]"  loads libtss2-tcti-NAME.so.0 (NAME itself when it has a '/' or ".so") and
 //        initializes it with CONFIG, the way tctildr reads the same string;
 //   ""               the tctildr default (tpm2-abrmd, /dev/tpmrm0, /dev/tpm0, ...), for which
